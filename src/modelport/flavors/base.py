@@ -1,0 +1,42 @@
+"""The contract every flavor implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+
+class Flavor(ABC):
+    """Saves one kind of model object to a folder and loads it back as a predictor.
+
+    Flavors are deliberately synchronous: `load` and `predict` are pure compute and I/O
+    that `modelport.Model` runs off the event loop (in a thread, or a worker process
+    for models that hold the GIL). Keeping them sync is what lets a worker process
+    rebuild a flavor from its folder and options alone.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, path: Path, options: dict[str, Any], *, trusted: bool = False) -> None:
+        self.path = path
+        self.options = options
+        self.trusted = trusted
+
+    @classmethod
+    @abstractmethod
+    def save(cls, obj: Any, path: Path, *, trusted: bool = False) -> dict[str, Any]:
+        """Write `obj` into the empty folder `path`; return options `load` will need."""
+
+    @classmethod
+    def read_file(cls, path: Path, *, trusted: bool = False) -> Any:
+        """Read a model object from a file a user already has (for `models register`)."""
+        raise NotImplementedError(f"the {cls.name} flavor cannot read model files")
+
+    @abstractmethod
+    def load(self) -> None:
+        """Read the model from `self.path` into memory."""
+
+    @abstractmethod
+    def predict(self, x: Any) -> Any:
+        """Predict on a batch as the model object expects it (array, DataFrame, dict)."""

@@ -1,0 +1,84 @@
+"""scikit-learn estimators and pipelines, saved with skops (safe) or joblib (trusted)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from modelport.errors import FlavorError
+from modelport.flavors.base import Flavor
+
+
+class SklearnFlavor(Flavor):
+    """Classifiers answer `predictions` (labels) and `probabilities`; others `predictions`.
+
+    skops reads only the types it is told to trust; the types a model needs beyond
+    skops' defaults are recorded when it is registered (its owner vouches for them) and
+    nothing else is accepted at load. Pickle (joblib) runs arbitrary code on load, so it
+    is used only when both the registering and the loading side say `trusted=True`.
+    """
+
+    name = "sklearn"
+
+    @classmethod
+    def save(cls, obj: Any, path: Path, *, trusted: bool = False) -> dict[str, Any]:
+        import skops.io as sio
+
+        try:
+            sio.dump(obj, path / "model.skops")
+            untrusted = sio.get_untrusted_types(file=path / "model.skops")
+            return {"format": "skops", "trusted_types": sorted(untrusted), **_methods(obj)}
+        except Exception as exc:
+            if not trusted:
+                raise FlavorError(
+                    f"skops cannot save this model ({exc}); pass trusted=True to save it "
+                    "with joblib (pickle), which only trusted loaders may read"
+                ) from exc
+        import joblib
+
+        (path / "model.skops").unlink(missing_ok=True)
+        joblib.dump(obj, path / "model.joblib")
+        return {"format": "joblib", **_methods(obj)}
+
+    @classmethod
+    def read_file(cls, path: Path, *, trusted: bool = False) -> Any:
+        if path.suffix == ".skops":
+            import skops.io as sio
+
+            return sio.load(path, trusted=sio.get_untrusted_types(file=path) if trusted else None)
+        if not trusted:
+            raise FlavorError(f"{path.name}: pickle/joblib files run code when read; "
+                              "pass --trusted if you trust where it came from")
+        import joblib
+
+        return joblib.load(path)
+
+    def load(self) -> None:
+        if self.options["format"] == "joblib":
+            if not self.trusted:
+                raise FlavorError(
+                    "this version is a pickle (joblib) artifact; load it with trusted=True "
+                    "only if you trust whoever registered it"
+                )
+            import joblib
+
+            self.model = joblib.load(self.path / "model.joblib")
+        else:
+            import skops.io as sio
+
+            file = self.path / "model.skops"
+            unknown = set(sio.get_untrusted_types(file=file)) - set(self.options["trusted_types"])
+            if unknown:
+                raise FlavorError(f"artifact holds types nobody vouched for: {sorted(unknown)}")
+            self.model = sio.load(file, trusted=self.options["trusted_types"])
+
+    def predict(self, x: Any) -> Any:
+        out = {"predictions": self.model.predict(x)}
+        if self.options.get("proba"):
+            # a separate call: argmax(proba) differs from predict for some estimators (SVC)
+            out["probabilities"] = self.model.predict_proba(x)
+        return out
+
+
+def _methods(obj: Any) -> dict[str, Any]:
+    return {"proba": hasattr(obj, "predict_proba") and hasattr(obj, "classes_")}

@@ -1,0 +1,62 @@
+"""A registered model version, loaded and ready to predict."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from modelport.flavors import get_flavor
+from modelport.signature import Batch, Signature
+
+if TYPE_CHECKING:
+    from modelport.registry.store import ModelVersion
+
+
+class Model:
+    """What `Registry.load` returns and what every trigger calls.
+
+    `predict(X)` is the convenience for people (any input the signature can read,
+    returns the first output); `predict_batch` is the typed core; `infer` runs it off
+    the event loop for the server, the stream worker and the batch runner.
+    """
+
+    def __init__(self, record: ModelVersion, path: Path, *, trusted: bool = False) -> None:
+        self.record = record
+        self.path = path
+        self.flavor = get_flavor(record.flavor)(path, record.options, trusted=trusted)
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def version(self) -> int:
+        return self.record.version
+
+    @property
+    def signature(self) -> Signature:
+        return self.record.signature
+
+    def load(self) -> Model:
+        self.flavor.load()
+        return self
+
+    def predict_batch(self, batch: Batch) -> Batch:
+        raw = self.flavor.predict(self.signature.to_model_input(batch))
+        return self.signature.encode_outputs(raw)
+
+    def predict(self, data: Any, *, output: str | None = None) -> np.ndarray:
+        """Predict on rows, records, an array or a DataFrame; returns one output."""
+        outputs = self.predict_batch(self.signature.decode(data))
+        return outputs[output] if output else next(iter(outputs.values()))
+
+    async def infer(self, batch: Batch, executor: Executor | None = None) -> Batch:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, self.predict_batch, batch)
+
+    def __repr__(self) -> str:
+        return f"<Model {self.name}:{self.version} ({self.record.flavor})>"

@@ -1,0 +1,1 @@
+"""Monitoring: input profiles and drift (metrics and the prediction log join later)."""

@@ -1,0 +1,84 @@
+"""Server-wide settings: the only module that reads the environment.
+
+Read once (`Settings()`), then passed down to whatever needs them. Every field can be
+set by a `MODELPORT_`-prefixed variable; nested groups use a double underscore, e.g.
+`MODELPORT_SERVER__PORT=9000` or `MODELPORT_BATCHING__MAX_BATCH_SIZE=64`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BatchingSettings(BaseModel):
+    """Defaults for every model's adaptive batcher (a service config may override them)."""
+
+    enabled: bool = True
+    """Coalesce concurrent requests into one model call."""
+    max_batch_size: int = Field(64, ge=1)
+    """Most rows one model call receives."""
+    max_delay_ms: float = Field(2.0, ge=0)
+    """Longest a request waits for company once the model is free; 0 waits for none."""
+    max_queue: int = Field(1024, ge=1)
+    """Requests waiting per model version before new ones get a 503."""
+
+
+class ServerSettings(BaseModel):
+    """How `modelport serve` listens and protects itself."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1)
+    """Worker processes for models that hold the GIL (sklearn and friends)."""
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1)
+    """Larger request bodies get 413 before they are read whole."""
+    request_timeout_s: float = Field(30.0, gt=0)
+    """A request still waiting for its prediction after this long gets 504."""
+    poll_interval_s: float = Field(2.0, gt=0)
+    """How often a server checks the registry for moved aliases."""
+    api_keys_file: Path | None = None
+    """YAML/JSON file of hashed API keys and scopes; none means open prediction routes."""
+    require_predict_key: bool = False
+    """Prediction routes need a key with the `predict` scope."""
+    log_json: bool = True
+
+
+class Settings(BaseSettings):
+    """All of modelport's settings; construct once at the entry point."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MODELPORT_",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    home: Path = Path(".modelport")
+    """Where local state lives by default (registry database, artifacts, caches)."""
+    registry_url: str | None = None
+    """SQLAlchemy URL of the registry metadata; default a SQLite file under `home`."""
+    artifacts: str | None = None
+    """Artifact store: a directory, or `s3://bucket/prefix`; default `home/artifacts`."""
+    s3_endpoint_url: str | None = None
+    """Endpoint of an S3-compatible store (MinIO, moto, …); AWS when unset."""
+    cache_dir: Path | None = None
+    """Where verified artifacts are unpacked for loading; default `home/cache`."""
+    user: str | None = None
+    """Recorded as the actor of alias moves; default the login name."""
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+
+    @property
+    def resolved_registry_url(self) -> str:
+        return self.registry_url or f"sqlite:///{self.home / 'registry.db'}"
+
+    @property
+    def resolved_artifacts(self) -> str:
+        return self.artifacts or str(self.home / "artifacts")
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        return self.cache_dir or self.home / "cache"
