@@ -1,0 +1,184 @@
+"""Adaptive batching: concurrent requests for one model coalesce into one model call.
+
+A batch closes on size, or as soon as the model is free: an idle model runs a lone
+request at once (no fixed window to wait out), while requests that arrive during a
+model call queue up and form the next batch. `max_delay_ms` adds a short wait for
+company only when the last batch showed there is concurrency to wait for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+import numpy as np
+
+from modelport.errors import DeadlineExceeded, ModelportError, Overloaded
+from modelport.signature import Batch
+
+Infer = Callable[[Batch], Awaitable[Batch]]
+
+
+@dataclass
+class _Item:
+    batch: Batch
+    rows: int
+    future: asyncio.Future[Batch]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class BatchStats:
+    """What the batcher has done; read by metrics and the benchmark."""
+
+    batches: int = 0
+    rows: int = 0
+    sizes: dict[int, int] = field(default_factory=dict)
+
+    def record(self, rows: int) -> None:
+        self.batches += 1
+        self.rows += rows
+        self.sizes[rows] = self.sizes.get(rows, 0) + 1
+
+
+class AdaptiveBatcher:
+    """Queue requests for one model version and run them in batches.
+
+    `concurrency` batches may run at once (one per worker process, say). A failing
+    batch fails each of its callers with the error; nobody is left waiting.
+    """
+
+    def __init__(self, infer: Infer, *, max_batch_size: int = 64, max_delay_ms: float = 2.0,
+                 max_queue: int = 1024, concurrency: int = 1,
+                 on_batch: Callable[[int, float], None] | None = None) -> None:
+        self.infer = infer
+        self.max_batch_size = max_batch_size
+        self.max_delay = max_delay_ms / 1000
+        self.max_queue = max_queue
+        self.concurrency = concurrency
+        self.on_batch = on_batch
+        self.stats = BatchStats()
+        # Created on start(), inside the running loop: an asyncio.Queue binds to the
+        # loop that first uses it, and apps are built before their loop exists.
+        self._queue: asyncio.Queue[_Item] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._slots: asyncio.Semaphore | None = None
+        self._last_size = 1
+        self._carry: _Item | None = None
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize() if self._queue else 0
+
+    def start(self) -> None:
+        if self._queue is None:
+            self._queue = asyncio.Queue(self.max_queue)
+            self._slots = asyncio.Semaphore(self.concurrency)
+            self._tasks.append(asyncio.create_task(self._run(), name="batcher"))
+
+    async def submit(self, batch: Batch, *, timeout: float | None = None) -> Batch:
+        """Queue `batch` and wait for its outputs; 503 when the queue is full."""
+        if self._queue is None:
+            self.start()
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        rows = len(next(iter(batch.values())))
+        item = _Item(batch, rows, loop.create_future())
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            raise Overloaded(
+                f"model queue is full ({self.max_queue} requests waiting); retry shortly",
+                retry_after=1.0,
+            ) from None
+        try:
+            return await asyncio.wait_for(asyncio.shield(item.future), timeout)
+        except TimeoutError:
+            item.future.cancel()  # the batch loop skips it if it has not run yet
+            raise DeadlineExceeded(f"no prediction within {timeout:g}s") from None
+
+    async def close(self, *, drain: bool = True) -> None:
+        """Stop taking work; with `drain`, finish what is queued first."""
+        if drain and self._queue is not None:
+            while self._queue.qsize() or self._carry is not None:
+                await asyncio.sleep(0.005)
+            assert self._slots is not None
+            for _ in range(self.concurrency):  # wait for batches in flight
+                await self._slots.acquire()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    async def _run(self) -> None:
+        assert self._queue is not None and self._slots is not None
+        queue, slots = self._queue, self._slots
+        running: set[asyncio.Task[None]] = set()
+        while True:
+            await slots.acquire()
+            first, self._carry = (self._carry or await queue.get()), None
+            items, rows = [first], first.rows
+            while rows < self.max_batch_size:
+                if queue.empty():
+                    if self._last_size <= 1 or self.max_delay <= 0:
+                        break
+                    # others were here last time: give them a moment to arrive
+                    try:
+                        nxt = await asyncio.wait_for(queue.get(), self.max_delay)
+                    except TimeoutError:
+                        break
+                else:
+                    nxt = queue.get_nowait()
+                if rows + nxt.rows > self.max_batch_size:
+                    self._carry = nxt  # it opens the next batch
+                    break
+                items.append(nxt)
+                rows += nxt.rows
+            items = [i for i in items if not i.future.done()]
+            if not items:
+                slots.release()
+                continue
+            self._last_size = len(items)
+            task = asyncio.create_task(self._execute(items))
+            running.add(task)
+            task.add_done_callback(running.discard)
+
+    async def _execute(self, items: list[_Item]) -> None:
+        assert self._slots is not None
+        started = time.perf_counter()
+        try:
+            merged = _concat([i.batch for i in items]) if len(items) > 1 else items[0].batch
+            outputs = await self.infer(merged)
+            parts = _split(outputs, [i.rows for i in items])
+        except Exception as exc:  # fan the failure out: no caller hangs
+            error = exc if isinstance(exc, ModelportError) else ModelportError(
+                f"model failed on a batch of {sum(i.rows for i in items)} rows: {exc}")
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(error)
+        else:
+            for item, part in zip(items, parts, strict=True):
+                if not item.future.done():
+                    item.future.set_result(part)
+        finally:
+            self._slots.release()
+        rows = sum(i.rows for i in items)
+        self.stats.record(rows)
+        if self.on_batch is not None:
+            self.on_batch(rows, time.perf_counter() - started)
+
+
+def _concat(batches: list[Batch]) -> Batch:
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+
+def _split(outputs: Batch, sizes: list[int]) -> list[Batch]:
+    cuts = np.cumsum(sizes)[:-1]
+    per_key = {k: np.split(v, cuts) for k, v in outputs.items()}
+    return [{k: parts[i] for k, parts in per_key.items()} for i in range(len(sizes))]
+
+
+__all__ = ["AdaptiveBatcher", "BatchStats", "Infer"]

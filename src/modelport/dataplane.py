@@ -1,0 +1,255 @@
+"""The data plane: the protocol-agnostic core every trigger calls.
+
+It keeps the configured models loaded (one `Deployment` per served version, each with
+its own adaptive batcher and executor), answers which version serves a name, runs
+validated batches through the batcher, and follows the registry: when an alias moves,
+the new version is loaded and smoke-tested on its signature's sample, swapped in
+atomically, and only then is the old one drained and unloaded. A version that fails
+to load or to pass its smoke test leaves the old one serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from modelport.batching import AdaptiveBatcher
+from modelport.errors import ModelNotFound, ModelportError, NotReady, VersionNotFound
+from modelport.model import Model
+from modelport.monitoring.metrics import Metrics
+from modelport.registry import ModelVersion, Registry, parse_ref
+from modelport.settings import BatchingSettings, Settings
+from modelport.signature import Batch
+
+log = logging.getLogger("modelport.dataplane")
+
+
+class ModelConfig(BaseModel):
+    """One model a service serves, as written under `models:` in modelport.yaml."""
+
+    ref: str
+    """`name@alias` (follows the alias) or `name:version` (pinned)."""
+    name: str | None = None
+    """Name it is served under; default the registered name."""
+    trusted: bool = False
+    """Allow artifacts that run code when loaded (pickle, python flavor)."""
+    workers: int = Field(0, ge=0)
+    """0 runs the model in threads; N runs it in N worker processes (GIL-bound models)."""
+    batching: BatchingSettings | None = None
+
+    @property
+    def served_name(self) -> str:
+        return self.name or parse_ref(self.ref)[0]
+
+
+@dataclass
+class Deployment:
+    """One loaded model version with its batcher (and worker processes, if any)."""
+
+    model: Model
+    batcher: AdaptiveBatcher
+    executor: Executor | None = None
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def version(self) -> int:
+        return self.model.version
+
+    async def close(self) -> None:
+        await self.batcher.close(drain=True)
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class Endpoint:
+    """A served name: the deployment answering for it now, and what went wrong last."""
+
+    config: ModelConfig
+    current: Deployment | None = None
+    error: str | None = None
+    failed_version: int | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.current is not None
+
+
+class DataPlane:
+    def __init__(self, registry: Registry, settings: Settings, models: list[ModelConfig],
+                 metrics: Metrics | None = None) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.endpoints: dict[str, Endpoint] = {}
+        for config in models:
+            if config.served_name in self.endpoints:
+                raise ModelportError(f"two models are served as {config.served_name!r}")
+            self.endpoints[config.served_name] = Endpoint(config)
+        self._poller: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def start(self, *, follow: bool = True) -> None:
+        """Load every model (failures are recorded, not raised) and start following."""
+        await asyncio.gather(*(self._refresh(ep) for ep in self.endpoints.values()))
+        if follow:
+            self._poller = asyncio.create_task(self._follow(), name="registry-poller")
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        await asyncio.gather(*(ep.current.close() for ep in self.endpoints.values()
+                               if ep.current is not None))
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.server.poll_interval_s)
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("registry poll failed; serving what is loaded")
+
+    async def refresh(self) -> None:
+        """Check the registry once; redeploy every endpoint whose alias moved."""
+        aliases = await asyncio.to_thread(self.registry.store.alias_map)
+        for ep in self.endpoints.values():
+            name, alias, version = parse_ref(ep.config.ref)
+            target = aliases.get((name, alias)) if alias else version
+            if target is None:
+                if alias and ep.error is None:
+                    ep.error = f"alias {name}@{alias} does not exist"
+                continue
+            current = ep.current.version if ep.current else None
+            if target not in (current, ep.failed_version):
+                await self._refresh(ep, target)
+
+    async def _refresh(self, ep: Endpoint, version: int | None = None) -> None:
+        async with self._lock:
+            try:
+                record = await asyncio.to_thread(self._record, ep.config.ref, version)
+                if ep.current is not None and ep.current.version == record.version:
+                    return
+                deployment = await self._deploy(ep.config, record)
+            except Exception as exc:
+                ep.error = f"{ep.config.ref} (version {version or '?'}): {exc}"
+                ep.failed_version = version
+                self.metrics.model_loads.labels(ep.config.served_name, "failed").inc()
+                log.error("model load failed, keeping the serving version: %s", ep.error)
+                return
+            old, ep.current, ep.error, ep.failed_version = ep.current, deployment, None, None
+            self.metrics.model_loads.labels(ep.config.served_name, "loaded").inc()
+            self.metrics.served_version.labels(ep.config.served_name).set(record.version)
+            log.info("serving %s as %s (was %s)", record.ref, ep.config.served_name,
+                     old.version if old else None)
+        if old is not None:
+            await old.close()  # requests already queued there finish first
+
+    def _record(self, ref: str, version: int | None) -> ModelVersion:
+        if version is None:
+            return self.registry.resolve(ref)
+        return self.registry.get_version(parse_ref(ref)[0], version)
+
+    async def _deploy(self, config: ModelConfig, record: ModelVersion) -> Deployment:
+        path = await asyncio.to_thread(self.registry.artifacts.fetch, record.sha256,
+                                       self.registry.cache_dir)
+        model = Model(record, path, trusted=config.trusted)
+        await asyncio.to_thread(model.load)
+        executor = _process_pool(record, path, config) if config.workers else None
+        batching = config.batching or self.settings.batching
+        name = config.served_name
+
+        async def infer(batch: Batch) -> Batch:
+            if executor is None:
+                return await model.infer(batch)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(executor, _worker_predict, batch)
+
+        def on_batch(rows: int, seconds: float) -> None:
+            self.metrics.batch_size.labels(name, str(record.version)).observe(rows)
+
+        batcher = AdaptiveBatcher(
+            infer,
+            max_batch_size=batching.max_batch_size if batching.enabled else 1,
+            max_delay_ms=batching.max_delay_ms if batching.enabled else 0,
+            max_queue=batching.max_queue,
+            concurrency=max(config.workers, 1),
+            on_batch=on_batch,
+        )
+        batcher.start()
+        deployment = Deployment(model, batcher, executor)
+        try:  # smoke test through the same path requests take
+            if model.signature.sample:
+                await batcher.submit(model.signature.sample_batch(), timeout=60)
+        except Exception as exc:
+            await deployment.close()
+            raise ModelportError(f"smoke test on the signature's sample failed: {exc}") from exc
+        return deployment
+
+    # --- serving --------------------------------------------------------------------
+
+    def endpoint(self, name: str) -> Endpoint:
+        try:
+            return self.endpoints[name]
+        except KeyError:
+            raise ModelNotFound(f"model {name!r} is not served here") from None
+
+    def deployment(self, name: str, version: int | str | None = None) -> Deployment:
+        ep = self.endpoint(name)
+        if ep.current is None:
+            raise NotReady(f"model {name!r} is not loaded: {ep.error or 'loading'}")
+        if version is not None and str(version) != str(ep.current.version):
+            raise VersionNotFound(
+                f"model {name!r} serves version {ep.current.version}, not {version}")
+        return ep.current
+
+    async def predict(self, deployment: Deployment, batch: Batch,
+                      timeout: float | None = None) -> Batch:
+        """Run a validated batch through the deployment's batcher."""
+        return await deployment.batcher.submit(
+            batch, timeout=timeout or self.settings.server.request_timeout_s)
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        detail = {
+            name: {"ready": ep.ready, "version": ep.current.version if ep.current else None,
+                   "ref": ep.config.ref, **({"error": ep.error} if ep.error else {})}
+            for name, ep in self.endpoints.items()
+        }
+        ready = bool(self.endpoints) and all(ep.ready for ep in self.endpoints.values())
+        return ready, detail
+
+
+# --- worker processes -----------------------------------------------------------------
+
+_worker_model: Model | None = None
+
+
+def _worker_init(record_json: str, path: str, trusted: bool) -> None:
+    global _worker_model
+    record = ModelVersion.model_validate_json(record_json)
+    _worker_model = Model(record, Path(path), trusted=trusted).load()
+
+
+def _worker_predict(batch: Batch) -> Batch:
+    assert _worker_model is not None, "worker process has no model"
+    return _worker_model.predict_batch(batch)
+
+
+def _process_pool(record: ModelVersion, path: Path, config: ModelConfig) -> Executor:
+    # spawn, not fork: the server process has threads (and an event loop) by now
+    return ProcessPoolExecutor(
+        max_workers=config.workers, mp_context=get_context("spawn"),
+        initializer=_worker_init, initargs=(record.model_dump_json(), str(path), config.trusted),
+    )

@@ -1,0 +1,39 @@
+"""Prometheus metrics, on a registry of their own per app (tests build many apps)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics:
+    """Every metric modelport exports; one instance per server."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "modelport_requests_total", "HTTP requests by model, version, route and status",
+            ["model", "version", "route", "status"], registry=r)
+        self.latency = Histogram(
+            "modelport_request_seconds", "HTTP request latency by model, version and route",
+            ["model", "version", "route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            "modelport_batch_size", "Rows per model call", ["model", "version"],
+            buckets=BATCH_BUCKETS, registry=r)
+        self.queue_depth = Gauge(
+            "modelport_queue_depth", "Requests waiting for the model", ["model"], registry=r)
+        self.rejections = Counter(
+            "modelport_rejections_total", "Requests refused, by reason",
+            ["model", "reason"], registry=r)
+        self.model_loads = Counter(
+            "modelport_model_loads_total", "Model version loads by outcome (loaded, failed)",
+            ["model", "outcome"], registry=r)
+        self.served_version = Gauge(
+            "modelport_served_version", "Version each served model answers with", ["model"],
+            registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,63 @@
+"""The app factory: builds a server from settings and a data plane; nothing at import."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from modelport import __version__
+from modelport.dataplane import DataPlane
+from modelport.errors import ModelportError
+from modelport.server import predict, v2
+from modelport.server.middleware import BodyLimit, RequestContext
+from modelport.server.openapi import openapi_schema
+from modelport.server.responses import handle_error
+from modelport.settings import Settings
+
+
+def create_app(settings: Settings, dataplane: DataPlane, *, follow: bool = True) -> FastAPI:
+    """A server for `dataplane`'s models; starting it loads them, stopping drains them."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await dataplane.start(follow=follow)
+        try:
+            yield
+        finally:
+            await dataplane.stop()
+
+    async def metrics(request: Request) -> Response:
+        for name, ep in dataplane.endpoints.items():
+            depth = ep.current.batcher.depth if ep.current else 0
+            dataplane.metrics.queue_depth.labels(name).set(depth)
+        return Response(dataplane.metrics.render(),
+                        media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    routes: list[Any] = [
+        Route("/", predict.index, methods=["GET"], include_in_schema=False),
+        Route("/models/{name}/predict", predict.predict, methods=["POST"]),
+        Route("/metrics", metrics, methods=["GET"], include_in_schema=False),
+        *v2.routes,
+    ]
+    app = FastAPI(
+        title="modelport",
+        version=__version__,
+        lifespan=lifespan,
+        routes=routes,
+        middleware=[
+            Middleware(RequestContext, metrics=dataplane.metrics),
+            Middleware(BodyLimit, max_bytes=settings.server.max_body_bytes),
+        ],
+        exception_handlers={ModelportError: handle_error, Exception: handle_error},
+    )
+    app.state.dataplane = dataplane
+    app.state.settings = settings
+    app.openapi = lambda: openapi_schema(app, dataplane)  # type: ignore[method-assign]
+    return app

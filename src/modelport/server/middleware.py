@@ -1,0 +1,100 @@
+"""Pure ASGI middleware: request ids, access logs and metrics; body size limits."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from modelport.errors import PayloadTooLarge
+from modelport.monitoring.metrics import Metrics
+from modelport.server.responses import error_response
+
+access = logging.getLogger("modelport.access")
+
+
+class RequestContext:
+    """Give each request an id (from `X-Request-ID` or new), return it, log and count."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        rid = _header(scope, b"x-request-id") or uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []),
+                                      (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            model = state.get("model")
+            if model is not None:  # only model routes are counted per model
+                version, route = str(state.get("version", "")), state.get("route", "")
+                self.metrics.requests.labels(model, version, route, str(status)).inc()
+                self.metrics.latency.labels(model, version, route).observe(elapsed)
+            if access.isEnabledFor(logging.INFO):
+                access.info("%s %s %s", scope["method"], scope["path"], status, extra={
+                    "request_id": rid, "status": status, "ms": round(elapsed * 1000, 3),
+                    "model": model, "version": state.get("version")})
+
+
+class BodyLimit:
+    """413 for bodies over `max_bytes`: at once from Content-Length, else while reading."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise PayloadTooLarge(self._message())
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _message(self) -> str:
+        return f"request body is larger than the limit of {self.max_bytes} bytes"
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(PayloadTooLarge(self._message()))
+        response.headers["connection"] = "close"  # do not read the rest of the body
+        await response(scope, receive, send)
+
+
+def _header(scope: Scope, name: bytes) -> Any:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None

@@ -1,0 +1,87 @@
+"""The OpenAPI document, written from each served model's signature.
+
+`/docs` then shows every model's real input columns and types, and an example built
+from the sample rows stored at registration.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from modelport.dataplane import DataPlane
+from modelport.signature import FieldSpec, Signature
+
+_JSON_TYPES = {"BOOL": "boolean", "BYTES": "string", "FP16": "number", "FP32": "number",
+               "FP64": "number"}
+
+
+def field_schema(spec: FieldSpec, allow_nan: bool = False) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": _JSON_TYPES.get(spec.datatype, "integer"),
+                              "description": spec.datatype}
+    for dim in reversed(spec.shape):
+        schema = {"type": "array", "items": schema,
+                  **({"minItems": dim, "maxItems": dim} if dim >= 0 else {})}
+    if allow_nan and spec.datatype.startswith("FP"):
+        schema["nullable"] = True
+    return schema
+
+
+def request_schema(sig: Signature) -> dict[str, Any]:
+    record = {
+        "type": "object",
+        "properties": {s.name: field_schema(s, sig.allow_nan) for s in sig.inputs},
+        "required": [s.name for s in sig.inputs],
+        "additionalProperties": False,
+    }
+    if sig.layout == "columns":
+        row: dict[str, Any] = {"type": "array", "prefixItems": [
+            field_schema(s, sig.allow_nan) for s in sig.inputs],
+            "minItems": len(sig.inputs), "maxItems": len(sig.inputs),
+            "description": "values in column order: " + ", ".join(s.name for s in sig.inputs)}
+    else:
+        row = field_schema(sig.inputs[0], sig.allow_nan)
+    return {"type": "object", "properties": {
+        "instances": {"type": "array", "items": row, "description": "rows"},
+        "records": {"type": "array", "items": record, "description": "named values per row"},
+    }}
+
+
+def response_schema(sig: Signature) -> dict[str, Any]:
+    props: dict[str, Any] = {s.name: {"type": "array", "items": field_schema(s)}
+                             for s in sig.outputs}
+    if sig.outputs:
+        props["predictions"] = props.pop(sig.outputs[0].name)
+    props["model"] = {"type": "string"}
+    props["version"] = {"type": "integer"}
+    return {"type": "object", "properties": props}
+
+
+def openapi_schema(app: FastAPI, dataplane: DataPlane) -> dict[str, Any]:
+    schema = get_openapi(title=app.title, version=app.version, routes=app.routes,
+                         description="Models served by this modelport server.")
+    paths: dict[str, Any] = schema.setdefault("paths", {})
+    paths.pop("/models/{name}/predict", None)
+    for name, ep in dataplane.endpoints.items():
+        if ep.current is None:
+            continue
+        sig = ep.current.model.signature
+        example: dict[str, Any] = {"records": sig.sample[:2]} if sig.sample else {}
+        paths[f"/models/{name}/predict"] = {"post": {
+            "summary": f"Predict with {name} (version {ep.current.version})",
+            "description": "Inputs: " + sig.describe(),
+            "tags": ["models"],
+            "operationId": f"predict_{name}",
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": request_schema(sig), **({"example": example} if example else {})}}},
+            "responses": {
+                "200": {"description": "predictions",
+                        "content": {"application/json": {"schema": response_schema(sig)}}},
+                "400": {"description": "input does not match the signature"},
+                "503": {"description": "queue full (see Retry-After) or model not loaded"},
+                "504": {"description": "no prediction within the request deadline"},
+            },
+        }}
+    return schema

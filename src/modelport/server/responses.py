@@ -1,0 +1,50 @@
+"""JSON responses and error translation shared by every route."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from modelport.errors import InvalidInput, ModelportError, Overloaded
+
+log = logging.getLogger("modelport.server")
+
+# orjson writes NaN/inf as null, so every answer is valid JSON
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=_OPTIONS)
+
+
+def error_response(exc: ModelportError) -> JSON:
+    headers = {"Retry-After": f"{max(1, round(exc.retry_after))}"} \
+        if isinstance(exc, Overloaded) else None
+    return JSON({"error": exc.message}, status_code=exc.status_code, headers=headers)
+
+
+async def handle_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, ModelportError):
+        if exc.status_code >= 500:
+            log.warning("%s %s: %s", request.method, request.url.path, exc.message)
+        return error_response(exc)
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSON({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+
+async def read_json(request: Request) -> Any:
+    """The request body as JSON, or a 400 that says what is wrong with it."""
+    body = await request.body()
+    if not body:
+        raise InvalidInput("request body is empty: expected JSON")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
