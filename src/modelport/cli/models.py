@@ -136,8 +136,8 @@ def history(
     for column in ("alias", "change", "from", "to", "by", "reason"):
         table.add_column(column)
     for e in events:
-        table.add_row(when(e.at).removesuffix(" UTC"), e.alias, e.kind, _opt(e.from_version), _opt(e.to_version),
-                      e.actor or "", e.reason or "")
+        table.add_row(when(e.at).removesuffix(" UTC"), e.alias, e.kind, _opt(e.from_version),
+                      _opt(e.to_version), e.actor or "", e.reason or "")
     cli.out.print(table)
 
 
@@ -210,7 +210,8 @@ def set_alias(
     name: Name,
     alias: Alias,
     version: Annotated[int | None, typer.Argument(
-        metavar="VERSION", min=1, show_default=False, help="The version the alias should point at.")] = None,
+        metavar="VERSION", min=1, show_default=False,
+        help="The version the alias should point at.")] = None,
     remove: Annotated[bool, typer.Option("--remove", help="Remove the alias instead.")] = False,
     reason: Annotated[str | None, typer.Option(help="Recorded in the alias history.")] = None,
 ) -> None:
