@@ -1,0 +1,36 @@
+# Everything runs from the project's own virtual environment, which this Makefile
+# creates (python3.11 -m venv) and fills (pip install -e '.[dev]'). The stamp file
+# makes later runs skip the install until pyproject.toml changes.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test lint clean
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## Create .venv and install modelport with its dev tools
+
+demo: $(STAMP)  ## Train, register, promote and load a model (modelport quickstart)
+	$(BIN)/modelport quickstart
+
+lint: $(STAMP)  ## ruff and mypy (strict)
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+
+test: lint  ## Lint, then the whole test suite (integration tests need PostgreSQL)
+	$(BIN)/pytest
+
+clean:  ## Remove the virtual environment and caches (not ./.modelport)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
