@@ -44,6 +44,9 @@ class ServerSettings(BaseModel):
     require_predict_key: bool = False
     """Prediction routes need a key with the `predict` scope."""
     log_json: bool = True
+    """Logs as one JSON object per line (else plain text)."""
+    access_log: bool = True
+    """Log every request (with its request id, status and latency)."""
 
 
 class Settings(BaseSettings):
