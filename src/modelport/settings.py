@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -73,6 +73,12 @@ class Settings(BaseSettings):
 
     server: ServerSettings = Field(default_factory=ServerSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
+
+    @field_validator("home", "cache_dir")
+    @classmethod
+    def _expand_user(cls, value: Path | None) -> Path | None:
+        # `MODELPORT_HOME=~/.modelport` must not create a folder literally named "~"
+        return value.expanduser() if value is not None else None
 
     @property
     def resolved_registry_url(self) -> str:

@@ -4,6 +4,7 @@ artifact store."""
 from __future__ import annotations
 
 import getpass
+import math
 import re
 import tempfile
 from pathlib import Path
@@ -20,8 +21,11 @@ from modelport.registry.store import AliasEvent, ModelVersion, Store
 from modelport.settings import Settings
 from modelport.signature import infer_signature
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+# fullmatch, not match + "$": "$" also matches before a trailing newline
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+VERSION = re.compile(r"[0-9]{1,9}")  # ASCII only: str.isdigit() also accepts "²" and "٣"
+ACTOR_MAX = 128  # the width of the actor/created_by columns
 
 
 class Registry:
@@ -77,10 +81,15 @@ class Registry:
         training set, ideally) or else the sample.
         """
         check_name(name)
+        # cheap checks first: a bad metric should not cost a model save
+        recorded = {"metrics": jsonable(metrics or {}, "metrics"),
+                    "params": jsonable(params or {}, "params"),
+                    "tags": jsonable(tags or {}, "tags")}
         flavor_name = flavor or infer_flavor(model)
         flavor_cls = get_flavor(flavor_name)
         signature = infer_signature(sample_input, allow_nan=allow_nan)
         sample = signature.decode(sample_input)
+        reference = signature.decode(reference_data) if reference_data is not None else sample
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / "model"
             folder.mkdir()
@@ -93,21 +102,24 @@ class Registry:
             except Exception as exc:
                 raise FlavorError(f"the model fails on its own sample_input: {exc}") from exc
             signature.outputs = infer_signature(sample_input, signature.encode_outputs(raw)).outputs
-            sha256, size = pack(folder, Path(tmp) / "artifact.tar")
-            self.artifacts.put(Path(tmp) / "artifact.tar", sha256)
-        reference = signature.decode(reference_data) if reference_data is not None else sample
-        number = self.store.add_version(name, {
-            "flavor": flavor_name,
-            "options": options,
-            "signature": signature.model_dump(mode="json"),
-            "metrics": _jsonable(metrics or {}, "metrics"),
-            "params": _jsonable(params or {}, "params"),
-            "tags": _jsonable(tags or {}, "tags"),
-            "profile": profile(reference, signature),
-            "sha256": sha256,
-            "size": size,
-            "created_by": self._actor(),
-        }, description)
+            archive = Path(tmp) / "artifact.tar"
+            sha256, size = pack(folder, archive)
+            self.artifacts.put(archive, sha256)
+            number = self.store.add_version(name, {
+                "flavor": flavor_name,
+                "options": options,
+                "signature": signature.model_dump(mode="json"),
+                **recorded,
+                "profile": profile(reference, signature),
+                "sha256": sha256,
+                "size": size,
+                "created_by": self._actor(),
+            }, description)
+            # Identical bytes are stored once. If another version with these bytes was
+            # deleted between our put and our insert, its delete removed the blob we
+            # were about to reference: put it back while we still hold the archive.
+            if not self.artifacts.exists(sha256):
+                self.artifacts.put(archive, sha256)
         return self.store.get_version(name, number)
 
     # --- reading --------------------------------------------------------------------
@@ -115,78 +127,100 @@ class Registry:
     def resolve(self, ref: str) -> ModelVersion:
         """`name@alias`, `name:version`, or `name` (its latest version)."""
         name, alias, version = parse_ref(ref)
-        if alias is not None:
-            version = self.store.get_alias(name, alias)
-        elif version is None:
-            version = self.store.latest_version(name)
-        return self.store.get_version(name, version)
+        return self.store.resolve(name, alias, version)
 
     def get_version(self, name: str, version: int) -> ModelVersion:
+        check_name(name)
         return self.store.get_version(name, version)
 
     def list_models(self) -> list[dict[str, Any]]:
+        """One entry per model: name, description, latest_version, versions, aliases."""
         return self.store.list_models()
 
     def list_versions(self, name: str) -> list[ModelVersion]:
+        check_name(name)
         return self.store.list_versions(name)
 
     def load(self, ref: str | ModelVersion, *, trusted: bool = False) -> Model:
         """Fetch, verify (sha256) and load a version; `trusted` allows pickle/code."""
         record = ref if isinstance(ref, ModelVersion) else self.resolve(ref)
-        path = self.artifacts.fetch(record.sha256, self.cache_dir)
+        path = self.artifacts.fetch(record.sha256, self.cache_dir, label=record.ref)
         return Model(record, path, trusted=trusted).load()
 
     # --- aliases --------------------------------------------------------------------
 
     def set_alias(self, name: str, alias: str, version: int, *,
-                  reason: str | None = None) -> int | None:
-        """Point `alias` at `version`; returns the version it pointed at before."""
+                  reason: str | None = None, actor: str | None = None) -> int | None:
+        """Point `alias` at `version`; returns the version it pointed at before.
+
+        `actor` is recorded as who moved it (the admin API passes the API key's name);
+        by default `settings.user` or the login name.
+        """
+        check_name(name)
         check_alias(alias)
-        return self.store.set_alias(name, alias, version, actor=self._actor(), reason=reason)
+        return self.store.set_alias(name, alias, version, actor=self._actor(actor),
+                                    reason=reason)
 
-    def remove_alias(self, name: str, alias: str) -> None:
-        self.store.set_alias(name, alias, None, kind="remove", actor=self._actor())
+    def get_alias(self, name: str, alias: str) -> int:
+        check_name(name)
+        check_alias(alias)
+        return self.store.get_alias(name, alias)
 
-    def rollback(self, name: str, alias: str) -> ModelVersion:
+    def remove_alias(self, name: str, alias: str, *, reason: str | None = None,
+                     actor: str | None = None) -> int:
+        """Remove `alias`; returns the version it pointed at."""
+        check_name(name)
+        check_alias(alias)
+        return self.store.remove_alias(name, alias, actor=self._actor(actor), reason=reason)
+
+    def rollback(self, name: str, alias: str, *, reason: str | None = None,
+                 actor: str | None = None) -> ModelVersion:
         """Move `alias` back to the version it pointed at before its last move.
 
         Rollbacks undo moves one at a time: after 1 → 2 → 3, two rollbacks give 2,
-        then 1.
+        then 1, and a third raises Conflict. Raises Conflict too when that earlier
+        version has been deleted since.
         """
-        current = self.store.get_alias(name, alias)
-        stack: list[int] = []
-        for ev in self.store.alias_history(name, alias):
-            if ev.kind == "set" and ev.to_version is not None:
-                stack.append(ev.to_version)
-            elif ev.kind == "rollback" and stack:
-                stack.pop()
-            elif ev.kind == "remove":
-                stack.clear()
-        if len(stack) < 2 or stack[-1] != current:
-            raise InvalidInput(f"{name}@{alias} has no earlier version to roll back to")
-        self.store.set_alias(name, alias, stack[-2], kind="rollback", actor=self._actor())
-        return self.store.get_version(name, stack[-2])
+        check_name(name)
+        check_alias(alias)
+        target = self.store.rollback(name, alias, actor=self._actor(actor), reason=reason)
+        return self.store.get_version(name, target)
 
     def alias_history(self, name: str, alias: str | None = None) -> list[AliasEvent]:
+        """Every move of `alias` (or of all the model's aliases), oldest first."""
+        check_name(name)
+        if alias is not None:
+            check_alias(alias)
         return self.store.alias_history(name, alias)
 
     def delete_version(self, name: str, version: int) -> None:
-        """Delete a version (refused while an alias points at it) and its artifact."""
+        """Delete a version and, unless another version shares it, its artifact.
+
+        Raises Conflict (409) while an alias points at the version.
+        """
+        check_name(name)
         orphan = self.store.delete_version(name, version)
         if orphan:
             self.artifacts.delete(orphan)
 
-    def _actor(self) -> str | None:
+    def _actor(self, given: str | None = None) -> str | None:
+        if given:
+            return given[:ACTOR_MAX]
         if self.settings.user:
-            return self.settings.user
+            return self.settings.user[:ACTOR_MAX]
         try:
-            return getpass.getuser()
+            return getpass.getuser()[:ACTOR_MAX]
         except (KeyError, OSError):
             return None
 
 
 def parse_ref(ref: str) -> tuple[str, str | None, int | None]:
-    """Split `name@alias` / `name:version` / `name`; validates each part."""
+    """Split `name@alias` / `name:version` / `name` into (name, alias, version).
+
+    Each part is validated; anything else raises InvalidName.
+    """
+    if not isinstance(ref, str):
+        raise InvalidName(f"a model reference is a string, got {type(ref).__name__}")
     if "@" in ref:
         name, _, alias = ref.partition("@")
         check_name(name)
@@ -195,7 +229,7 @@ def parse_ref(ref: str) -> tuple[str, str | None, int | None]:
     if ":" in ref:
         name, _, number = ref.rpartition(":")
         check_name(name)
-        if not number.isdigit() or int(number) < 1:
+        if not VERSION.fullmatch(number) or int(number) < 1:
             raise InvalidName(f"{ref!r}: a version is a positive integer, as in {name}:1")
         return name, None, int(number)
     check_name(ref)
@@ -203,29 +237,46 @@ def parse_ref(ref: str) -> tuple[str, str | None, int | None]:
 
 
 def check_name(name: str) -> None:
-    if not isinstance(name, str) or not NAME.match(name) or ".." in name:
+    """Model names: 1-128 letters, digits, '.', '_', '-'; never a path."""
+    if not isinstance(name, str) or not NAME.fullmatch(name) or ".." in name:
         raise InvalidName(
             f"invalid model name {name!r}: use 1-128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
+            "starting with a letter or digit, without '..'"
         )
 
 
 def check_alias(alias: str) -> None:
-    if not ALIAS.match(alias):
+    if not isinstance(alias, str) or not ALIAS.fullmatch(alias):
         raise InvalidName(
             f"invalid alias {alias!r}: use 1-64 letters, digits, '_' or '-', starting with a letter"
         )
 
 
-def _jsonable(values: dict[str, Any], what: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, np.generic):
-            value = value.item()
-        if not isinstance(value, str | int | float | bool | type(None) | list | dict):
-            raise InvalidInput(f"{what}[{key!r}] must be a JSON value, got {type(value).__name__}")
-        out[str(key)] = value
-    return out
+def jsonable(values: dict[str, Any], what: str) -> dict[str, Any]:
+    """Metrics, params and tags as plain JSON: numpy values unwrapped, NaN refused.
+
+    NaN and infinities are refused rather than stored: JSON has neither, and
+    PostgreSQL's JSON type rejects them.
+    """
+    if not isinstance(values, dict):
+        raise InvalidInput(f"{what} must be a dict, got {type(values).__name__}")
+    return {str(k): _json_value(v, f"{what}[{k!r}]") for k, v in values.items()}
+
+
+def _json_value(value: Any, where: str) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    elif isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidInput(f"{where} is {value}: JSON has no NaN or infinity; use None")
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, list | tuple):
+        return [_json_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {str(k): _json_value(v, f"{where}[{k!r}]") for k, v in value.items()}
+    raise InvalidInput(f"{where} must be a JSON value, got {type(value).__name__}")
 
 
 __all__ = ["Registry", "check_alias", "check_name", "parse_ref"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -13,17 +16,49 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     UniqueConstraint,
+    text,
 )
+from sqlalchemy.engine import Dialect
 
 metadata = MetaData()
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that goes in and comes out as an aware UTC datetime.
+
+    SQLite has no time zones: SQLAlchemy stores the wall-clock fields and hands back a
+    naive datetime, so an aware non-UTC value would silently shift. Normalising to UTC
+    on the way in and tagging on the way out gives one behaviour on every database.
+    The column type is unchanged (DateTime(timezone=True)), so no migration is needed.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("registry timestamps must be timezone-aware")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        # a string only from SQLite rows written by another tool
+        when: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 models = Table(
     "mp_models",
     metadata,
     Column("name", String(128), primary_key=True),
     Column("description", Text, nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    # the last version number issued: numbers are never reused, even after a delete
+    Column("last_version", Integer, nullable=False, server_default=text("0")),
 )
 
 versions = Table(
@@ -41,7 +76,7 @@ versions = Table(
     Column("profile", JSON, nullable=False),
     Column("sha256", String(64), nullable=False),
     Column("size", BigInteger, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
     Column("created_by", String(128), nullable=True),
     UniqueConstraint("name", "version", name="uq_mp_versions_name_version"),
 )
@@ -52,7 +87,7 @@ aliases = Table(
     Column("name", String(128), ForeignKey("mp_models.name"), primary_key=True),
     Column("alias", String(64), primary_key=True),
     Column("version", Integer, nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
 )
 
 alias_events = Table(
@@ -64,7 +99,7 @@ alias_events = Table(
     Column("kind", String(16), nullable=False),  # set | rollback | remove
     Column("from_version", Integer, nullable=True),
     Column("to_version", Integer, nullable=True),
-    Column("at", DateTime(timezone=True), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
     Column("actor", String(128), nullable=True),
     Column("reason", Text, nullable=True),
 )
