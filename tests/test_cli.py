@@ -167,7 +167,7 @@ def test_register_list_show(mp: Any, files: dict[str, Path]) -> None:
     assert shown["aliases"] == ["production"]
     assert len(shown["sha256"]) == 64
     assert shown["size"] > 0
-    assert [i["name"] for i in shown["signature"]["inputs"]][0] == "sepal length (cm)"
+    assert shown["signature"]["inputs"][0]["name"] == "sepal length (cm)"
     assert {o["name"] for o in shown["signature"]["outputs"]} == {"predictions", "probabilities"}
     assert "profile" not in shown
 
