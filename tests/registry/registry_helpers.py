@@ -9,12 +9,13 @@ in a module of their own so that spawned worker processes can import them.
 
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from modelport import Registry
+from modelport import Registry, Settings
 
 
 class Doubler:
@@ -66,3 +67,19 @@ def register(reg: Registry, name: str, model: Any = None, **kw: Any) -> int:
 def blob(reg: Registry, sha256: str) -> Path:
     """Where the local artifact store keeps a blob (its documented layout)."""
     return Path(reg.artifacts.url) / "sha256" / sha256[:2] / sha256
+
+
+def concurrent_worker(url: str, home: str, barrier: Any, results: Any, count: int) -> None:
+    """One process of the concurrency test (here, not in the test module, so that a
+    spawned process imports only this module and modelport, not pytest)."""
+    try:
+        with Registry(url=url, settings=Settings(home=Path(home))) as reg:
+            barrier.wait(timeout=60)
+            mine = []
+            for _ in range(count):
+                version = register(reg, "shared")
+                reg.set_alias("shared", "production", version)
+                mine.append(version)
+        results.put(("ok", mine))
+    except BaseException:
+        results.put(("error", traceback.format_exc()))

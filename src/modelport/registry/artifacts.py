@@ -207,31 +207,40 @@ def s3_errors(what: str) -> Iterator[None]:
     `what` says what was being done; the S3 error code and message follow it.
     """
     from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except ModelportError:
+        raise
+    except (ClientError, BotoCoreError, Boto3Error) as exc:
+        # boto3's transfer manager wraps the S3 error (S3UploadFailedError from a
+        # ClientError): translate the error that says what actually went wrong
+        cause = exc.__cause__ or exc.__context__
+        inner = cause if isinstance(exc, Boto3Error) and isinstance(cause, ClientError) else exc
+        raise _translate(inner, what) from exc
+
+
+def _translate(exc: Exception, what: str) -> ModelportError:
     from botocore.exceptions import (
-        BotoCoreError,
         ClientError,
         ConnectionError,
         NoCredentialsError,
         PartialCredentialsError,
     )
 
-    try:
-        yield
-    except ModelportError:
-        raise
-    except ClientError as exc:
+    if isinstance(exc, ClientError):
         code, message = _code(exc), exc.response.get("Error", {}).get("Message", "")
         if code in NOT_FOUND:
-            raise ArtifactError(f"{what}: it is missing from the store") from exc
-        if code == "NoSuchBucket" or code in DENIED:
-            raise ConfigError(f"{what}: {code} {message}".rstrip()) from exc
-        raise ArtifactError(f"{what}: {code} {message}".rstrip()) from exc
-    except (NoCredentialsError, PartialCredentialsError) as exc:
-        raise ConfigError(f"{what}: no usable AWS credentials ({exc})") from exc
-    except ConnectionError as exc:  # endpoint unreachable, timeouts
-        raise NotReady(f"{what}: the object store is unreachable ({exc})") from exc
-    except (BotoCoreError, Boto3Error) as exc:  # S3UploadFailedError among others
-        raise ArtifactError(f"{what}: {exc}") from exc
+            return ArtifactError(f"{what}: it is missing from the store")
+        if code == "NoSuchBucket" or code in DENIED:  # the deployment's settings are wrong
+            return ConfigError(f"{what}: {code} {message}".rstrip())
+        return ArtifactError(f"{what}: {code} {message}".rstrip())
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return ConfigError(f"{what}: no usable AWS credentials ({exc})")
+    if isinstance(exc, ConnectionError):  # endpoint unreachable, timeouts
+        return NotReady(f"{what}: the object store is unreachable ({exc})")
+    return ArtifactError(f"{what}: {exc}")
 
 
 def open_store(url: str, *, endpoint_url: str | None = None) -> ArtifactStore:

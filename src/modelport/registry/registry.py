@@ -41,10 +41,14 @@ class Registry:
                  settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
         self.store = Store(url or self.settings.resolved_registry_url)
-        self.artifacts: ArtifactStore = open_store(
-            artifacts or self.settings.resolved_artifacts,
-            endpoint_url=self.settings.s3_endpoint_url,
-        )
+        try:
+            self.artifacts: ArtifactStore = open_store(
+                artifacts or self.settings.resolved_artifacts,
+                endpoint_url=self.settings.s3_endpoint_url,
+            )
+        except BaseException:
+            self.store.close()
+            raise
         self.cache_dir = self.settings.resolved_cache_dir
 
     def close(self) -> None:

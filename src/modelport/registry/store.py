@@ -82,7 +82,11 @@ class Store:
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
         self.url = display(self.engine.url)
-        migrate(self.engine, self.url)
+        try:
+            migrate(self.engine, self.url)
+        except BaseException:
+            self.engine.dispose()  # a refused registry must not leak pooled connections
+            raise
 
     def close(self) -> None:
         self.engine.dispose()
