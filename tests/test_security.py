@@ -236,7 +236,7 @@ def test_add_key_refuses_bad_input_and_leaves_the_file(
 def test_add_key_refuses_to_edit_a_broken_file(tmp_path: Path) -> None:
     path = tmp_path / "keys.yaml"
     path.write_text("keys: [oops]\n")
-    with pytest.raises(ConfigError, match="keys.yaml"):
+    with pytest.raises(ConfigError, match=r"keys\.yaml"):
         add_key(path, "ops", ["admin"])
     assert path.read_text() == "keys: [oops]\n"
 

@@ -15,15 +15,23 @@ from starlette.routing import Route
 from modelport import __version__
 from modelport.dataplane import DataPlane
 from modelport.errors import ModelportError
-from modelport.server import predict, v2
+from modelport.security import KeyStore
+from modelport.server import admin, predict, v2
+from modelport.server.auth import ApiKeyGuard
 from modelport.server.middleware import BodyLimit, RequestContext
 from modelport.server.openapi import openapi_schema
 from modelport.server.responses import handle_error
 from modelport.settings import Settings
 
 
-def create_app(settings: Settings, dataplane: DataPlane, *, follow: bool = True) -> FastAPI:
-    """A server for `dataplane`'s models; starting it loads them, stopping drains them."""
+def create_app(settings: Settings, dataplane: DataPlane, *, follow: bool = True,
+               keys: KeyStore | None = None) -> FastAPI:
+    """A server for `dataplane`'s models; starting it loads them, stopping drains them.
+
+    `keys` are the API keys it accepts; by default those of `settings.server.api_keys_file`
+    (none when unset: then the admin API refuses every request).
+    """
+    keys = keys if keys is not None else KeyStore.from_settings(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,6 +53,7 @@ def create_app(settings: Settings, dataplane: DataPlane, *, follow: bool = True)
         Route("/models/{name}/predict", predict.predict, methods=["POST"]),
         Route("/metrics", metrics, methods=["GET"], include_in_schema=False),
         *v2.routes,
+        *admin.routes,
     ]
     app = FastAPI(
         title="modelport",
@@ -53,6 +62,9 @@ def create_app(settings: Settings, dataplane: DataPlane, *, follow: bool = True)
         routes=routes,
         middleware=[
             Middleware(RequestContext, metrics=dataplane.metrics),
+            # inside RequestContext, so refusals get a request id and an access log line
+            Middleware(ApiKeyGuard, keys=keys,
+                       require_predict_key=settings.server.require_predict_key),
             Middleware(BodyLimit, max_bytes=settings.server.max_body_bytes),
         ],
         exception_handlers={ModelportError: handle_error, Exception: handle_error},

@@ -1,0 +1,145 @@
+"""The admin API: look at the registry, move and roll back aliases, refresh the server.
+
+Every route here needs a key with the `admin` scope (checked by `server.auth` before
+the request gets this far); the key's name is recorded as the actor of alias moves.
+Registry calls block on SQL, so they run in a thread, off the event loop that is
+serving predictions.
+
+Moving an alias changes the registry, which every replica polls; `POST
+/admin/refresh` makes this one look now instead of at its next poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from modelport.errors import InvalidInput
+from modelport.registry import ModelVersion
+from modelport.registry.store import AliasEvent
+from modelport.server.responses import JSON, read_json
+from modelport.server.state import dataplane
+
+REASON_MAX = 1000
+
+
+async def list_models(request: Request) -> Response:
+    models = await asyncio.to_thread(dataplane(request).registry.list_models)
+    return JSON({"models": models})
+
+
+async def show_model(request: Request) -> Response:
+    name = request.path_params["name"]
+    versions = await asyncio.to_thread(dataplane(request).registry.list_versions, name)
+    aliases = {a: v.version for v in versions for a in v.aliases}
+    return JSON({"name": name, "aliases": aliases, "versions": [_version(v) for v in versions]})
+
+
+async def alias_history(request: Request) -> Response:
+    name, alias = request.path_params["name"], request.path_params["alias"]
+    events = await asyncio.to_thread(dataplane(request).registry.alias_history, name, alias)
+    return JSON({"name": name, "alias": alias, "events": [_event(e) for e in events]})
+
+
+async def set_alias(request: Request) -> Response:
+    """`{"version": N, "reason": "…"}`: point the alias at version N."""
+    name, alias = request.path_params["name"], request.path_params["alias"]
+    body = _object(await read_json(request), {"version", "reason"})
+    version = body.get("version")
+    # bool is an int in Python; `true` is not a version
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise InvalidInput("'version' is required: a positive integer, as in "
+                           '{"version": 3}')
+    previous = await asyncio.to_thread(
+        dataplane(request).registry.set_alias, name, alias, version,
+        reason=_reason(body), actor=_actor(request))
+    return JSON({"name": name, "alias": alias, "version": version, "previous": previous})
+
+
+async def remove_alias(request: Request) -> Response:
+    """Remove the alias; an optional `?reason=` is recorded."""
+    name, alias = request.path_params["name"], request.path_params["alias"]
+    # DELETE bodies are dropped by some clients and proxies: the reason is a parameter
+    reason = _reason({"reason": request.query_params.get("reason")})
+    previous = await asyncio.to_thread(
+        dataplane(request).registry.remove_alias, name, alias,
+        reason=reason, actor=_actor(request))
+    return JSON({"name": name, "alias": alias, "version": None, "previous": previous})
+
+
+async def rollback(request: Request) -> Response:
+    """Move the alias back to where it pointed before its last move; body optional."""
+    name, alias = request.path_params["name"], request.path_params["alias"]
+    body = _object(await read_json(request), {"reason"}) if await request.body() else {}
+    record = await asyncio.to_thread(
+        dataplane(request).registry.rollback, name, alias,
+        reason=_reason(body), actor=_actor(request))
+    return JSON({"name": name, "alias": alias, "version": record.version})
+
+
+async def served(request: Request) -> Response:
+    ready, detail = dataplane(request).readiness()
+    return JSON({"ready": ready, "models": detail})
+
+
+async def refresh(request: Request) -> Response:
+    """Check the registry now; answers what is served afterwards (with any load error)."""
+    dp = dataplane(request)
+    await dp.refresh()
+    ready, detail = dp.readiness()
+    return JSON({"ready": ready, "models": detail})
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def _actor(request: Request) -> str | None:
+    name: str | None = getattr(request.state, "api_key", None)
+    return name
+
+
+def _object(body: Any, allowed: set[str]) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidInput(f"expected a JSON object with {', '.join(sorted(allowed))}")
+    unknown = sorted(set(body) - allowed)
+    if unknown:  # a typo ("versoin") must not pass as a request without that field
+        raise InvalidInput(f"unknown field(s) {', '.join(repr(k) for k in unknown)}; "
+                           f"expected {', '.join(sorted(allowed))}")
+    return body
+
+
+def _reason(body: dict[str, Any]) -> str | None:
+    reason = body.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > REASON_MAX):
+        raise InvalidInput(f"'reason' must be a string of at most {REASON_MAX} characters")
+    return reason or None
+
+
+def _version(v: ModelVersion) -> dict[str, Any]:
+    return {"version": v.version, "flavor": v.flavor, "metrics": v.metrics,
+            "params": v.params, "tags": v.tags, "created_at": v.created_at.isoformat(),
+            "created_by": v.created_by, "aliases": v.aliases, "sha256": v.sha256,
+            "size": v.size}
+
+
+def _event(e: AliasEvent) -> dict[str, Any]:
+    return {"kind": e.kind, "from_version": e.from_version, "to_version": e.to_version,
+            "at": e.at.isoformat(), "actor": e.actor, "reason": e.reason}
+
+
+_ALIAS = "/admin/models/{name}/aliases/{alias}"
+
+routes = [
+    Route("/admin/models", list_models, methods=["GET"]),
+    Route("/admin/models/{name}", show_model, methods=["GET"]),
+    Route(_ALIAS, set_alias, methods=["PUT"]),
+    Route(_ALIAS, remove_alias, methods=["DELETE"]),
+    Route(_ALIAS + "/history", alias_history, methods=["GET"]),
+    Route(_ALIAS + "/rollback", rollback, methods=["POST"]),
+    Route("/admin/served", served, methods=["GET"]),
+    Route("/admin/refresh", refresh, methods=["POST"]),
+]
