@@ -13,6 +13,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 import numpy as np
 
 from modelport.errors import DeadlineExceeded, ModelportError, Overloaded
@@ -27,6 +28,10 @@ class _Item:
     rows: int
     future: asyncio.Future[Batch]
     enqueued: float = field(default_factory=time.perf_counter)
+
+
+# Queued by close(): everything before it is answered, then the loop ends.
+_STOP: Any = object()
 
 
 @dataclass
@@ -63,8 +68,10 @@ class AdaptiveBatcher:
         # Created on start(), inside the running loop: an asyncio.Queue binds to the
         # loop that first uses it, and apps are built before their loop exists.
         self._queue: asyncio.Queue[_Item] | None = None
-        self._tasks: list[asyncio.Task[None]] = []
         self._slots: asyncio.Semaphore | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._closing = False
         self._last_size = 1
         self._carry: _Item | None = None
 
@@ -76,10 +83,12 @@ class AdaptiveBatcher:
         if self._queue is None:
             self._queue = asyncio.Queue(self.max_queue)
             self._slots = asyncio.Semaphore(self.concurrency)
-            self._tasks.append(asyncio.create_task(self._run(), name="batcher"))
+            self._loop_task = asyncio.create_task(self._run(), name="batcher")
 
     async def submit(self, batch: Batch, *, timeout: float | None = None) -> Batch:
         """Queue `batch` and wait for its outputs; 503 when the queue is full."""
+        if self._closing:
+            raise Overloaded("model is being unloaded; retry shortly", retry_after=1.0)
         if self._queue is None:
             self.start()
         assert self._queue is not None
@@ -100,26 +109,35 @@ class AdaptiveBatcher:
             raise DeadlineExceeded(f"no prediction within {timeout:g}s") from None
 
     async def close(self, *, drain: bool = True) -> None:
-        """Stop taking work; with `drain`, finish what is queued first."""
-        if drain and self._queue is not None:
-            while self._queue.qsize() or self._carry is not None:
-                await asyncio.sleep(0.005)
-            assert self._slots is not None
-            for _ in range(self.concurrency):  # wait for batches in flight
-                await self._slots.acquire()
-        for task in self._tasks:
-            task.cancel()
+        """Stop taking work; with `drain`, answer everything already accepted first."""
+        self._closing = True
+        if self._queue is None or self._loop_task is None:
+            return
+        if drain:
+            await self._queue.put(_STOP)  # behind every accepted request
+            await self._loop_task
+        else:
+            self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+                await self._loop_task
+            while not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is not _STOP and not item.future.done():
+                    item.future.set_exception(Overloaded("model was unloaded; retry"))
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
 
     async def _run(self) -> None:
         assert self._queue is not None and self._slots is not None
         queue, slots = self._queue, self._slots
-        running: set[asyncio.Task[None]] = set()
-        while True:
+        stopping = False
+        while not stopping:
             await slots.acquire()
-            first, self._carry = (self._carry or await queue.get()), None
+            first = self._carry or await queue.get()
+            self._carry = None
+            if first is _STOP:
+                slots.release()
+                return
             items, rows = [first], first.rows
             while rows < self.max_batch_size:
                 if queue.empty():
@@ -132,6 +150,9 @@ class AdaptiveBatcher:
                         break
                 else:
                     nxt = queue.get_nowait()
+                if nxt is _STOP:
+                    stopping = True
+                    break
                 if rows + nxt.rows > self.max_batch_size:
                     self._carry = nxt  # it opens the next batch
                     break
@@ -143,8 +164,14 @@ class AdaptiveBatcher:
                 continue
             self._last_size = len(items)
             task = asyncio.create_task(self._execute(items))
-            running.add(task)
-            task.add_done_callback(running.discard)
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+        if self._carry is not None:  # drained: run the last carried request too
+            await slots.acquire()
+            carried, self._carry = self._carry, None
+            task = asyncio.create_task(self._execute([carried]))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
 
     async def _execute(self, items: list[_Item]) -> None:
         assert self._slots is not None

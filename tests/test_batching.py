@@ -1,0 +1,119 @@
+"""The adaptive batcher: coalescing, fan-out of failures, overload and deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from modelport.batching import AdaptiveBatcher
+from modelport.errors import DeadlineExceeded, ModelportError, Overloaded
+from modelport.signature import Batch
+
+
+def rows(*values: float) -> Batch:
+    return {"x": np.asarray(values, dtype=np.float64)}
+
+
+class SlowDouble:
+    """A model that takes `delay` seconds per call and records the batch sizes."""
+
+    def __init__(self, delay: float = 0.02) -> None:
+        self.delay = delay
+        self.calls: list[int] = []
+
+    async def __call__(self, batch: Batch) -> Batch:
+        self.calls.append(len(batch["x"]))
+        await asyncio.sleep(self.delay)
+        return {"y": batch["x"] * 2}
+
+
+async def test_concurrent_requests_coalesce_and_each_gets_its_own_rows() -> None:
+    model = SlowDouble()
+    batcher = AdaptiveBatcher(model, max_batch_size=64, max_delay_ms=0)
+    results = await asyncio.gather(*(batcher.submit(rows(i, i + 0.5)) for i in range(20)))
+    for i, out in enumerate(results):
+        np.testing.assert_array_equal(out["y"], [2 * i, 2 * i + 1])
+    assert len(model.calls) < 20  # they arrived together: far fewer model calls
+    assert sum(model.calls) == 40
+    await batcher.close()
+
+
+async def test_batches_never_exceed_max_batch_size() -> None:
+    model = SlowDouble()
+    batcher = AdaptiveBatcher(model, max_batch_size=8, max_delay_ms=0)
+    await asyncio.gather(*(batcher.submit(rows(i)) for i in range(50)))
+    assert max(model.calls) <= 8
+    assert sum(model.calls) == 50
+    await batcher.close()
+
+
+async def test_idle_model_runs_a_lone_request_without_waiting() -> None:
+    model = SlowDouble(delay=0)
+    batcher = AdaptiveBatcher(model, max_batch_size=64, max_delay_ms=500)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for i in range(5):
+        await batcher.submit(rows(i))
+    # five sequential requests; a fixed 500 ms window would take 2.5 s
+    assert loop.time() - started < 0.4
+    assert model.calls == [1, 1, 1, 1, 1]
+    await batcher.close()
+
+
+async def test_a_failing_batch_fails_every_caller_and_the_batcher_keeps_serving() -> None:
+    calls = 0
+
+    async def flaky(batch: Batch) -> Batch:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.01)
+        if calls == 1:
+            raise RuntimeError("boom")
+        return {"y": batch["x"]}
+
+    batcher = AdaptiveBatcher(flaky, max_batch_size=64, max_delay_ms=0)
+    outcomes = await asyncio.gather(*(batcher.submit(rows(i)) for i in range(10)),
+                                    return_exceptions=True)
+    failures = [o for o in outcomes if isinstance(o, Exception)]
+    assert failures, "the failing batches must reach their callers"
+    assert all(isinstance(f, ModelportError) and "boom" in str(f) for f in failures)
+    assert (await batcher.submit(rows(7)))["y"].tolist() == [7.0]
+    await batcher.close()
+
+
+async def test_full_queue_is_refused_fast_with_retry_after() -> None:
+    model = SlowDouble(delay=0.2)
+    batcher = AdaptiveBatcher(model, max_batch_size=1, max_delay_ms=0, max_queue=2)
+    first = asyncio.ensure_future(batcher.submit(rows(0)))
+    await asyncio.sleep(0.01)  # the model is busy with the first request
+    queued = [asyncio.ensure_future(batcher.submit(rows(i))) for i in (1, 2)]
+    await asyncio.sleep(0)
+    with pytest.raises(Overloaded) as info:
+        await batcher.submit(rows(3))
+    assert info.value.status_code == 503 and info.value.retry_after >= 1
+    await asyncio.gather(first, *queued)  # what was accepted is still answered
+    await batcher.close()
+
+
+async def test_request_past_its_deadline_gets_504_and_is_skipped() -> None:
+    model = SlowDouble(delay=0.2)
+    batcher = AdaptiveBatcher(model, max_batch_size=1, max_delay_ms=0)
+    busy = asyncio.ensure_future(batcher.submit(rows(0)))
+    await asyncio.sleep(0.01)
+    with pytest.raises(DeadlineExceeded):
+        await batcher.submit(rows(1), timeout=0.05)
+    await busy
+    await asyncio.sleep(0.05)
+    assert model.calls == [1]  # the abandoned request never reached the model
+    await batcher.close()
+
+
+async def test_close_drains_queued_requests() -> None:
+    model = SlowDouble(delay=0.02)
+    batcher = AdaptiveBatcher(model, max_batch_size=2, max_delay_ms=0)
+    pending = [asyncio.ensure_future(batcher.submit(rows(i))) for i in range(6)]
+    await asyncio.sleep(0)
+    await batcher.close(drain=True)
+    assert [p.result()["y"].tolist() for p in pending] == [[2.0 * i] for i in range(6)]
