@@ -6,10 +6,13 @@ from the sample rows stored at registration.
 
 from __future__ import annotations
 
+import inspect
+import re
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.routing import Route
 
 from modelport.dataplane import DataPlane
 from modelport.signature import FieldSpec, Signature
@@ -63,6 +66,9 @@ def openapi_schema(app: FastAPI, dataplane: DataPlane) -> dict[str, Any]:
     schema = get_openapi(title=app.title, version=app.version, routes=app.routes,
                          description="Models served by this modelport server.")
     paths: dict[str, Any] = schema.setdefault("paths", {})
+    for route in app.routes:  # plain Starlette routes (the v2 protocol …): from docstrings
+        if type(route) is Route and route.include_in_schema and route.path not in paths:
+            paths[route.path] = _plain_route(route)
     paths.pop("/models/{name}/predict", None)
     for name, ep in dataplane.endpoints.items():
         if ep.current is None:
@@ -85,3 +91,16 @@ def openapi_schema(app: FastAPI, dataplane: DataPlane) -> dict[str, Any]:
             },
         }}
     return schema
+
+
+def _plain_route(route: Route) -> dict[str, Any]:
+    summary, _, description = (inspect.getdoc(route.endpoint) or route.name).partition("\n")
+    params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+              for p in route.param_convertors]
+    tag = route.path.strip("/").split("/")[0] or "server"
+    return {method.lower(): {
+        "summary": summary.strip(), "description": description.strip(), "tags": [tag],
+        "operationId": method.lower() + re.sub(r"[^A-Za-z0-9]+", "_", route.path).rstrip("_"),
+        **({"parameters": params} if params else {}),
+        "responses": {"200": {"description": "OK"}},
+    } for method in sorted((route.methods or set()) - {"HEAD"})}
