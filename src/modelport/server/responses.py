@@ -9,7 +9,13 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from modelport.errors import InvalidInput, ModelportError, Overloaded
+from modelport.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    ModelportError,
+    Overloaded,
+    PayloadTooLarge,
+)
 
 log = logging.getLogger("modelport.server")
 
@@ -30,9 +36,17 @@ def error_response(exc: ModelportError) -> JSON:
     return JSON({"error": exc.message}, status_code=exc.status_code, headers=headers)
 
 
+_REJECTIONS = {Overloaded: "queue_full", DeadlineExceeded: "deadline",
+               PayloadTooLarge: "body_too_large", InvalidInput: "invalid_input"}
+
+
 async def handle_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, ModelportError):
-        if exc.status_code >= 500:
+        reason = _REJECTIONS.get(type(exc))
+        model = getattr(request.state, "model", None)
+        if reason and model:
+            request.app.state.dataplane.metrics.rejections.labels(model, reason).inc()
+        if exc.status_code >= 500 and reason is None:
             log.warning("%s %s: %s", request.method, request.url.path, exc.message)
         return error_response(exc)
     log.exception("unhandled error on %s %s", request.method, request.url.path)

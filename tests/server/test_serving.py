@@ -1,0 +1,286 @@
+"""The prediction server end to end in-process: JSON API, limits, overload, alias swaps."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+import toy_models
+from sklearn.datasets import load_breast_cancer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from starlette.testclient import TestClient
+
+from modelport import Registry, Settings
+from modelport.dataplane import DataPlane, ModelConfig
+from modelport.server import create_app
+from modelport.settings import BatchingSettings, ServerSettings
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[object, np.ndarray]:
+    X, y = load_breast_cancer(return_X_y=True, as_frame=True)
+    return X, y
+
+
+@functools.cache
+def fitted(c: float) -> object:
+    X, y = load_breast_cancer(return_X_y=True, as_frame=True)
+    return make_pipeline(StandardScaler(), LogisticRegression(C=c)).fit(X, y)
+
+
+@pytest.fixture
+def reg(settings: Settings) -> Iterator[Registry]:
+    r = Registry(settings=settings)
+    yield r
+    r.close()
+
+
+def cancer_model(reg: Registry, data: tuple[object, np.ndarray], c: float = 1.0) -> int:
+    X, _ = data
+    mv = reg.register("cancer", fitted(c), sample_input=X[:5])  # type: ignore[index]
+    return mv.version
+
+
+def toy(reg: Registry, name: str, obj: object) -> int:
+    return reg.register(name, obj, sample_input=np.ones((2, 3))).version
+
+
+def client(settings: Settings, reg: Registry, *configs: ModelConfig) -> TestClient:
+    return TestClient(create_app(settings, DataPlane(reg, settings, list(configs))))
+
+
+def test_predict_rows_and_records_match_the_model(settings, reg, data) -> None:
+    X, y = data
+    version = cancer_model(reg, data)
+    reg.set_alias("cancer", "production", version)
+    expected = reg.load("cancer@production").predict(X[:3])
+    with client(settings, reg, ModelConfig(ref="cancer@production")) as c:
+        by_rows = c.post("/models/cancer/predict", json={"instances": X.values[:3].tolist()})
+        by_records = c.post("/models/cancer/predict",
+                            json={"records": X[:3].to_dict(orient="records")})
+    assert by_rows.status_code == 200, by_rows.text
+    assert by_rows.json()["predictions"] == expected.tolist()
+    assert by_records.json()["predictions"] == expected.tolist()
+    assert by_rows.json()["model"] == "cancer" and by_rows.json()["version"] == version
+    assert len(by_rows.json()["probabilities"][0]) == 2
+    assert by_rows.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(("body", "status", "words"), [
+    (b"{not json", 400, "not valid JSON"),
+    (b"", 400, "empty"),
+    (b'{"rows": [[1]]}', 400, "instances"),
+    (b'{"instances": [[1, 2, 3]]}', 400, "30 values"),
+    (b'{"instances": [[1, 2], [1]]}', 400, "30 values"),
+    (b'{"records": [{"mean radius": "big"}]}', 400, "missing field"),
+])
+def test_malformed_input_gets_400_naming_the_problem(settings, reg, data, body, status,
+                                                     words) -> None:
+    reg.set_alias("cancer", "production", cancer_model(reg, data))
+    with client(settings, reg, ModelConfig(ref="cancer@production")) as c:
+        r = c.post("/models/cancer/predict", content=body,
+                   headers={"content-type": "application/json"})
+        assert r.status_code == status
+        assert words in r.json()["error"]
+        # and the server keeps serving
+        X, _ = data
+        ok = c.post("/models/cancer/predict", json={"instances": X.values[:1].tolist()})
+        assert ok.status_code == 200
+
+
+def test_wrong_type_and_nan_name_the_column_and_row(settings, reg, data) -> None:
+    X, _ = data
+    reg.set_alias("cancer", "production", cancer_model(reg, data))
+    records = X[:3].to_dict(orient="records")
+    records[2]["mean texture"] = "abc"
+    nan_rows = X.values[:2].tolist()
+    nan_rows[1][0] = None
+    with client(settings, reg, ModelConfig(ref="cancer@production")) as c:
+        bad_type = c.post("/models/cancer/predict", json={"records": records})
+        bad_nan = c.post("/models/cancer/predict", json={"instances": nan_rows})
+        bare_nan = c.post("/models/cancer/predict",
+                          content=b'{"instances": [[NaN' + b", 1" * 29 + b"]]}")
+    assert bad_type.status_code == 400
+    assert bad_type.json()["error"] == \
+        "column 'mean texture': expected FP64, got string 'abc' at row 2"
+    assert bad_nan.status_code == 400
+    assert "'mean radius'" in bad_nan.json()["error"] and "row 1" in bad_nan.json()["error"]
+    assert bare_nan.status_code == 400  # NaN is not JSON
+
+
+def test_nan_outputs_are_answered_as_valid_json(settings, reg) -> None:
+    toy(reg, "nanny", toy_models.NaNOut())
+    with client(settings, reg, ModelConfig(ref="nanny:1", trusted=True)) as c:
+        r = c.post("/models/nanny/predict", json={"instances": [[1, 2, 3], [4, 5, 6]]})
+    assert r.status_code == 200
+    body = orjson.loads(r.content)  # strict parser: a bare NaN would fail here
+    assert body["predictions"] == [None, 15.0]
+
+
+def test_body_over_the_limit_gets_413(settings, reg) -> None:
+    settings.server = ServerSettings(max_body_bytes=1000)
+    toy(reg, "doubler", toy_models.Doubler())
+    with client(settings, reg, ModelConfig(ref="doubler:1", trusted=True)) as c:
+        big = orjson.dumps({"instances": [[1.0, 2.0, 3.0]] * 200})
+        declared = c.post("/models/doubler/predict", content=big)
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted while read
+            for i in range(0, len(big), 100):
+                yield big[i:i + 100]
+
+        streamed = c.post("/models/doubler/predict", content=chunks())
+        small = c.post("/models/doubler/predict", json={"instances": [[1, 2, 3]]})
+    assert declared.status_code == 413 and "limit of 1000 bytes" in declared.json()["error"]
+    assert streamed.status_code == 413
+    assert small.status_code == 200 and small.json()["predictions"] == [12.0]
+
+
+async def _serve(settings: Settings, reg: Registry,
+                 *configs: ModelConfig) -> tuple[DataPlane, httpx.AsyncClient]:
+    dp = DataPlane(reg, settings, list(configs))
+    app = create_app(settings, dp, follow=False)
+    await dp.start(follow=False)
+    transport = httpx.ASGITransport(app=app)
+    return dp, httpx.AsyncClient(transport=transport, base_url="http://mp")
+
+
+@pytest.fixture
+async def slow_server(settings: Settings, reg: Registry
+                      ) -> AsyncIterator[tuple[DataPlane, httpx.AsyncClient]]:
+    settings.batching = BatchingSettings(max_batch_size=1, max_queue=2)
+    settings.server = ServerSettings(request_timeout_s=2)
+    toy(reg, "slow", toy_models.SlowDoubler())
+    dp, http = await _serve(settings, reg, ModelConfig(ref="slow:1", trusted=True))
+    yield dp, http
+    await http.aclose()
+    await dp.stop()
+
+
+async def test_full_queue_gets_a_fast_503_with_retry_after(slow_server) -> None:
+    _, http = slow_server
+    body = {"instances": [[1, 1, 1]]}
+    answers = await asyncio.gather(*(http.post("/models/slow/predict", json=body)
+                                     for _ in range(8)))
+    statuses = sorted(r.status_code for r in answers)
+    assert 503 in statuses and 200 in statuses
+    refused = next(r for r in answers if r.status_code == 503)
+    assert refused.headers["retry-after"] == "1"
+    assert "queue is full" in refused.json()["error"]
+    metrics = (await http.get("/metrics")).text
+    assert 'modelport_rejections_total{model="slow",reason="queue_full"}' in metrics
+    # accepted requests are answered, none dropped or failed: at least the queue's worth
+    assert set(statuses) == {200, 503} and statuses.count(200) >= 2
+
+
+async def test_request_past_its_deadline_gets_504(slow_server) -> None:
+    dp, http = slow_server
+    dp.settings.server = ServerSettings(request_timeout_s=0.1)
+    r = await http.post("/models/slow/predict", json={"instances": [[1, 1, 1]]})
+    assert r.status_code == 504
+    assert "no prediction within" in r.json()["error"]
+
+
+async def test_alias_moves_under_load_without_a_failed_request(settings, reg, data) -> None:
+    X, _ = data
+    v1 = cancer_model(reg, data, c=1.0)
+    v2 = cancer_model(reg, data, c=0.01)
+    reg.set_alias("cancer", "production", v1)
+    dp, http = await _serve(settings, reg, ModelConfig(ref="cancer@production"))
+    rows = {"instances": X.values[:1].tolist()}
+    stop = asyncio.Event()
+    answers: list[httpx.Response] = []
+
+    async def load() -> None:
+        while not stop.is_set():
+            answers.append(await http.post("/models/cancer/predict", json=rows))
+
+    workers = [asyncio.create_task(load()) for _ in range(16)]
+    for version in (v2, v1, v2, v1, v2):
+        await asyncio.to_thread(reg.set_alias, "cancer", "production", version)
+        await dp.refresh()
+        await asyncio.sleep(0.1)
+    stop.set()
+    await asyncio.gather(*workers)
+    await http.aclose()
+    await dp.stop()
+    assert len(answers) > 50
+    assert [r.status_code for r in answers if r.status_code != 200] == []
+    assert {r.json()["version"] for r in answers} == {v1, v2}
+
+
+async def test_a_version_that_fails_to_load_leaves_the_old_one_serving(settings, reg,
+                                                                      monkeypatch) -> None:
+    toy(reg, "m", toy_models.Doubler())
+    toy(reg, "m", toy_models.BreaksOnLoad())
+    monkeypatch.setenv("TOY_BROKEN", "1")  # registered fine; now its weights "rot"
+    reg.set_alias("m", "production", 1)
+    dp, http = await _serve(settings, reg, ModelConfig(ref="m@production", trusted=True))
+    reg.set_alias("m", "production", 2)
+    await dp.refresh()
+    r = await http.post("/models/m/predict", json={"instances": [[1, 2, 3]]})
+    ready = await http.get("/v2/health/ready")
+    metrics = (await http.get("/metrics")).text
+    await http.aclose()
+    await dp.stop()
+    assert r.status_code == 200 and r.json()["version"] == 1
+    detail = ready.json()["models"]["m"]
+    assert detail["version"] == 1 and "weights are corrupt" in detail["error"]
+    assert 'modelport_model_loads_total{model="m",outcome="failed"} 1.0' in metrics
+
+
+async def test_readiness_needs_every_model_and_liveness_needs_nothing(settings, reg) -> None:
+    toy(reg, "here", toy_models.Doubler())
+    dp, http = await _serve(settings, reg, ModelConfig(ref="here:1", trusted=True),
+                            ModelConfig(ref="here@missing", name="other"))
+    ready = await http.get("/v2/health/ready")
+    live = await http.get("/v2/health/live")
+    await http.aclose()
+    await dp.stop()
+    assert ready.status_code == 400 and ready.json()["ready"] is False
+    assert ready.json()["models"]["here"]["ready"] is True
+    assert live.status_code == 200 and live.json() == {"live": True}
+
+
+async def test_no_models_is_never_ready(settings, reg) -> None:
+    dp, http = await _serve(settings, reg)
+    ready = await http.get("/v2/health/ready")
+    await http.aclose()
+    assert ready.status_code == 400
+
+
+def test_metrics_count_requests_and_batches(settings, reg) -> None:
+    toy(reg, "doubler", toy_models.Doubler())
+    with client(settings, reg, ModelConfig(ref="doubler:1", trusted=True)) as c:
+        for _ in range(3):
+            c.post("/models/doubler/predict", json={"instances": [[1, 2, 3]]})
+        c.post("/models/doubler/predict", json={"instances": [[1, 2]]})
+        text = c.get("/metrics").text
+    assert ('modelport_requests_total{model="doubler",route="predict",status="200",'
+            'version="1"} 3.0') in text
+    assert 'status="400"' in text
+    assert "modelport_batch_size_count" in text
+    assert "modelport_request_seconds_bucket" in text
+    assert not math.isnan(float(text.split("modelport_batch_size_sum")[1].split()[1]))
+
+
+def test_openapi_shows_each_models_columns(settings, reg, data) -> None:
+    reg.set_alias("cancer", "production", cancer_model(reg, data))
+    with client(settings, reg, ModelConfig(ref="cancer@production")) as c:
+        doc = c.get("/openapi.json").json()
+        page = c.get("/docs")
+        index = c.get("/")
+    op = doc["paths"]["/models/cancer/predict"]["post"]
+    schema = op["requestBody"]["content"]["application/json"]["schema"]
+    record = schema["properties"]["records"]["items"]
+    assert record["properties"]["mean radius"]["type"] == "number"
+    assert len(record["required"]) == 30
+    assert page.status_code == 200 and "swagger" in page.text.lower()
+    assert "cancer@production" in index.text and "/docs" in index.text

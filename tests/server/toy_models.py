@@ -1,0 +1,43 @@
+"""Small python-flavor models for server tests (packaged with their artifacts)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+
+class Doubler:
+    """Returns 2x, after `delay` seconds per call."""
+
+    delay = 0.0
+
+    def predict(self, x: Any) -> Any:
+        if self.delay:
+            time.sleep(self.delay)
+        return np.asarray(x, dtype=np.float64).sum(axis=1) * 2
+
+
+class SlowDoubler(Doubler):
+    delay = 0.3
+
+
+class NaNOut:
+    def predict(self, x: Any) -> Any:
+        out = np.asarray(x, dtype=np.float64).sum(axis=1)
+        out[0] = np.nan
+        return out
+
+
+class BreaksOnLoad:
+    """Loads at registration; fails once TOY_BROKEN is set (packaged code is imported
+    fresh on every load, so a class attribute could not carry the switch)."""
+
+    def load(self, files: dict[str, Any]) -> None:
+        if os.environ.get("TOY_BROKEN"):
+            raise RuntimeError("weights are corrupt")
+
+    def predict(self, x: Any) -> Any:
+        return x
