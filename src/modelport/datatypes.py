@@ -3,12 +3,18 @@
 The v2 protocol names tensor element types (`FP32`, `INT64`, `BYTES`, …); numpy names
 them differently. This module is the one place that maps between the two and turns
 JSON values into typed arrays, with errors that say where a value went wrong.
+
+The conversion rules, in short: integers are accepted where floats are expected and
+integral floats (3.0) where integers are; 0 and 1 count as booleans; strings are never
+parsed as numbers, numbers are never turned into strings, and booleans never count as
+numbers. `null` (and NaN) is a missing value, an error unless the model allows it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -42,116 +48,174 @@ def to_numpy(datatype: str) -> np.dtype[Any]:
 
 
 def from_numpy(dtype: np.dtype[Any]) -> str:
-    """The v2 datatype for a numpy dtype; strings, bytes and objects are BYTES."""
-    if dtype.kind in "OUSTM" or dtype.kind == "m":
+    """The v2 datatype for a numpy dtype; strings, bytes, objects and dates are BYTES."""
+    if dtype.kind in "OUSTMm":
         return "BYTES"
     for name, candidate in TO_NUMPY.items():
-        if candidate == dtype:
+        # by kind and size, not equality: a big-endian '>f8' is still FP64
+        if candidate.kind == dtype.kind and candidate.itemsize == dtype.itemsize:
             return name
     if dtype.kind == "f":
         return "FP64"
     raise InvalidInput(f"numpy dtype {dtype} has no Open Inference Protocol datatype")
 
 
+def coerce(values: Any, datatype: str, field: str, *, allow_nan: bool = False) -> np.ndarray:
+    """Turn `values` (a list or an array) into an array of `datatype`, or say why not.
+
+    `field` names the value in errors ("column 'age'"); errors also give the row of
+    the first bad value and what it was. `allow_nan` accepts missing values: NaN/inf
+    and `null` in float fields (as NaN), `null` in BYTES fields (as None).
+    """
+    target = to_numpy(datatype)
+    arr = values if isinstance(values, np.ndarray) else _asarray(values, field)
+    sent = _Sent(field, values, arr.shape)
+    if datatype == "BYTES":
+        return _strings(arr, sent, allow_nan)
+    if arr.size == 0:
+        return arr.astype(target)
+    if arr.dtype.kind == "O":
+        # Python values held as objects: let numpy find their common type first
+        retyped = _asarray(arr.tolist(), field)
+        if retyped.dtype.kind in "biuf":
+            arr = retyped
+    kind = arr.dtype.kind
+    if kind not in "biuf":
+        return _from_objects(arr, target, datatype, sent, allow_nan)
+    typed = isinstance(values, np.ndarray) and values.dtype.kind != "O"
+    if not typed and kind != "b" and _holds_bool(values):
+        # numpy reads [True, 2.5] as [1.0, 2.5]; a boolean is never a number here
+        sent.reject(datatype, lambda v: not _is_bool(v))
+    if target.kind == "b":
+        if kind == "b":
+            return arr
+        if kind in "iu" and np.isin(arr, (0, 1)).all():
+            return arr.astype(np.bool_)
+        sent.reject("BOOL", _is_bool)
+    if kind == "b":
+        sent.reject(datatype, lambda v: not _is_bool(v))
+    if target.kind in "iu":
+        return _integers(arr, target, datatype, sent)
+    return _check_finite(arr.astype(target, copy=False), field, allow_nan)
+
+
+class _Sent:
+    """What the caller sent for one field, kept to point at the first bad value."""
+
+    def __init__(self, field: str, values: Any, shape: tuple[int, ...]) -> None:
+        self.field = field
+        self.values = values
+        self.scalar = len(shape) == 0
+        self.row_len = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+
+    def where(self, flat_index: int) -> str:
+        return "" if self.scalar else f" at row {flat_index // self.row_len}"
+
+    def reject(self, expected: str, ok: Callable[[Any], bool]) -> NoReturn:
+        # scan what the caller sent: numpy may have turned [1.5, "abc"] into all-strings
+        sent = self.values
+        if not isinstance(sent, np.ndarray):
+            sent = np.asarray(sent, dtype=object)
+        for i, v in enumerate(sent.reshape(-1).tolist()):
+            if not ok(v):
+                raise InvalidInput(
+                    f"{self.field}: expected {expected}, got {_describe(v)}{self.where(i)}"
+                )
+        raise InvalidInput(f"{self.field}: expected {expected}")
+
+
+def _strings(arr: np.ndarray, sent: _Sent, allow_nan: bool) -> np.ndarray:
+    kind = arr.dtype.kind
+    if kind in "UST" or arr.size == 0:
+        return arr.astype(object)
+    if kind in "Mm":
+        return arr.astype(str).astype(object)  # dates travel as ISO 8601 strings
+    if kind == "O":
+        flat = arr.reshape(-1).tolist()
+        if all(isinstance(v, str | bytes) for v in flat):
+            return arr
+        if allow_nan and all(isinstance(v, str | bytes) or is_missing(v) for v in flat):
+            out = np.empty(len(flat), dtype=object)
+            out[:] = [None if is_missing(v) else v for v in flat]
+            return out.reshape(arr.shape)
+    expected = "BYTES (string)"
+    sent.reject(expected, lambda v: isinstance(v, str | bytes) or (allow_nan and is_missing(v)))
+
+
+def _from_objects(
+    arr: np.ndarray, target: np.dtype[Any], datatype: str, sent: _Sent, allow_nan: bool
+) -> np.ndarray:
+    """Values numpy could not type as numbers: nulls among numbers, strings, objects."""
+    if target.kind == "f" and arr.dtype.kind == "O":
+        flat = arr.reshape(-1).tolist()
+        if all(is_missing(v) or _is_number(v) for v in flat):
+            # null in a float field is a missing value
+            filled = np.array([np.nan if is_missing(v) else v for v in flat], dtype=target)
+            return _check_finite(filled.reshape(arr.shape), sent.field, allow_nan)
+    if target.kind in "iu":
+        # integers past 64 bits stay Python objects in numpy
+        info = np.iinfo(target)
+        for i, v in enumerate(arr.reshape(-1).tolist()):
+            if _is_number(v) and not info.min <= v <= info.max:
+                raise InvalidInput(
+                    f"{sent.field}: {v!r}{sent.where(i)} is out of range for {datatype}"
+                )
+    sent.reject(datatype, _is_bool if target.kind == "b" else _is_number)
+
+
+def _integers(arr: np.ndarray, target: np.dtype[Any], datatype: str, sent: _Sent) -> np.ndarray:
+    flat = arr.reshape(-1)
+    if arr.dtype.kind == "f":
+        integral = np.isfinite(flat) & (np.floor(flat) == flat)
+        if not integral.all():
+            i = int(np.argmin(integral))
+            raise InvalidInput(
+                f"{sent.field}: expected {datatype}, got float {flat[i].item()!r}{sent.where(i)}"
+            )
+    info = np.iinfo(target)
+    outside = (flat < info.min) | (flat > info.max)
+    if outside.any():
+        i = int(np.argmax(outside))
+        raise InvalidInput(
+            f"{sent.field}: {flat[i].item()!r}{sent.where(i)} is out of range for {datatype}"
+        )
+    return arr.astype(target, copy=False)
+
+
 def _describe(value: Any) -> str:
-    if value is None:
+    if value is None or type(value).__name__ == "NAType":
         return "null"
-    if isinstance(value, bool):
-        return f"boolean {value!r}".lower()
+    if _is_bool(value):
+        return f"boolean {str(bool(value)).lower()}"
     if isinstance(value, str):
         return f"string {value[:40]!r}"
     if isinstance(value, list | tuple):
         return "a list"
     if isinstance(value, dict):
         return "an object"
+    if isinstance(value, np.generic):
+        value = value.item()
     return f"{type(value).__name__} {value!r}"
 
 
-def _first_bad(values: np.ndarray, ok: Any) -> tuple[int, Any]:
-    """Index and value of the first element failing `ok`; (0, first) when none does."""
-    flat = values.reshape(-1).tolist()
-    for i, v in enumerate(flat):
-        if not ok(v):
-            return i, v
-    return 0, flat[0] if flat else None
-
-
 def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
-
-
-def coerce(values: Any, datatype: str, field: str, *, allow_nan: bool = False) -> np.ndarray:
-    """Turn `values` (a list or an array) into an array of `datatype`, or say why not.
-
-    Integers are accepted where floats are expected and integral floats (3.0) where
-    integers are; strings are never parsed as numbers, booleans never count as numbers.
-    `null` is read as a missing value: NaN for floats when `allow_nan`, else an error.
-    """
-    target = to_numpy(datatype)
-    arr = values if isinstance(values, np.ndarray) else _asarray(values, field)
-    if arr.size == 0:
-        return arr.astype(target)
-    kind = arr.dtype.kind
-    row_len = int(np.prod(arr.shape[1:])) if arr.ndim > 1 else 1
-
-    def where(i: int) -> str:
-        return f"at row {i // row_len}" if arr.ndim > 0 else ""
-
-    def first_bad(ok: Any) -> tuple[int, Any]:
-        # scan what the caller sent: numpy may have turned [1.5, "abc"] into all-strings
-        sent = values if isinstance(values, np.ndarray) else np.asarray(values, dtype=object)
-        return _first_bad(sent, ok)
-
-    if datatype == "BYTES":
-        if kind in "US":
-            return arr.astype(object)
-        if kind == "O":
-            i, bad = first_bad(lambda v: isinstance(v, str | bytes))
-            if not isinstance(bad, str | bytes):
-                raise InvalidInput(f"{field}: expected BYTES (string), got {_describe(bad)} {where(i)}")
-            return arr
-        return arr.astype(str).astype(object)
-    if kind == "O":
-        # rows of Python values: let numpy find their common type first
-        retyped = _asarray(arr.tolist(), field)
-        if retyped.dtype.kind in "biuf":
-            arr, kind = retyped, retyped.dtype.kind
-    if kind in "OUS":
-        if target.kind == "f" and kind == "O":
-            flat = arr.reshape(-1).tolist()
-            if all(v is None or _is_number(v) for v in flat):
-                # null in a float field is a missing value
-                filled = np.array([np.nan if v is None else v for v in flat], dtype=target)
-                return _check_finite(filled.reshape(arr.shape), field, allow_nan)
-        i, bad = first_bad(_is_bool if target.kind == "b" else _is_number)
-        raise InvalidInput(f"{field}: expected {datatype}, got {_describe(bad)} {where(i)}")
-    if target.kind == "b":
-        if kind == "b":
-            return arr
-        if kind in "iu" and np.isin(arr, (0, 1)).all():
-            return arr.astype(np.bool_)
-        i, bad = first_bad(_is_bool)
-        raise InvalidInput(f"{field}: expected BOOL, got {_describe(bad)} {where(i)}")
-    if kind == "b":
-        i, bad = first_bad(lambda v: not isinstance(v, bool))
-        raise InvalidInput(f"{field}: expected {datatype}, got {_describe(bad)} {where(i)}")
-    if target.kind in "iu":
-        if kind == "f":
-            finite = np.isfinite(arr)
-            integral = finite & (np.floor(arr) == arr)
-            if not integral.all():
-                i = int(np.argmin(integral.reshape(-1)))
-                bad = arr.reshape(-1)[i].item()
-                raise InvalidInput(f"{field}: expected {datatype}, got float {bad!r} {where(i)}")
-        info = np.iinfo(target)
-        if arr.size and (arr.min() < info.min or arr.max() > info.max):
-            raise InvalidInput(f"{field}: value out of range for {datatype}")
-        return arr.astype(target, copy=False)
-    return _check_finite(arr.astype(target, copy=False), field, allow_nan)
+    return isinstance(v, int | float | np.integer | np.floating) and not _is_bool(v)
 
 
 def _is_bool(v: Any) -> bool:
     return isinstance(v, bool | np.bool_)
+
+
+def is_missing(v: Any) -> bool:
+    """None, NaN, or pandas' NA: a value that is not there."""
+    if v is None or type(v).__name__ == "NAType":
+        return True
+    return isinstance(v, float | np.floating) and math.isnan(v)
+
+
+def _holds_bool(values: Any) -> bool:
+    flat = np.asarray(values, dtype=object).reshape(-1).tolist()
+    return any(_is_bool(v) for v in flat)
 
 
 def _asarray(values: Any, field: str) -> np.ndarray:
@@ -159,7 +223,9 @@ def _asarray(values: Any, field: str) -> np.ndarray:
         arr = np.asarray(values)
     except ValueError:
         raise InvalidInput(f"{field}: rows have different lengths (ragged input)") from None
-    if arr.dtype.kind == "O" and arr.ndim == 1 and any(isinstance(v, list) for v in arr):
+    if arr.dtype.kind == "O" and arr.ndim == 1 and any(
+        isinstance(v, list | tuple | np.ndarray) for v in arr.tolist()
+    ):
         raise InvalidInput(f"{field}: rows have different lengths (ragged input)")
     return arr
 
@@ -171,25 +237,46 @@ def _check_finite(arr: np.ndarray, field: str, allow_nan: bool) -> np.ndarray:
     if not finite.all():
         flat = finite.reshape(-1)
         i = int(np.argmin(flat))
-        row_len = int(np.prod(arr.shape[1:])) if arr.ndim > 1 else 1
         value = arr.reshape(-1)[i].item()
         what = "null/NaN" if np.isnan(value) else f"{value}"
+        where = f" at row {i // (int(np.prod(arr.shape[1:])) or 1)}" if arr.ndim else ""
         raise InvalidInput(
-            f"{field}: {what} at row {i // row_len} is not allowed (this model rejects NaN/inf)"
+            f"{field}: {what}{where} is not allowed (this model rejects NaN/inf)"
         )
     return arr
 
 
-def jsonable(arr: np.ndarray) -> list[Any]:
-    """Array to JSON-ready lists; NaN and infinities become null (JSON has neither)."""
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+def jsonable(arr: np.ndarray) -> Any:
+    """Array to JSON-ready (nested) lists: NaN and infinities become null (JSON has
+    neither), bytes become text, dates ISO 8601 strings."""
+    kind = arr.dtype.kind
+    if kind == "f":
+        finite = np.isfinite(arr)
+        if finite.all():
+            return arr.tolist()
         obj = arr.astype(object)
-        obj[~np.isfinite(arr)] = None
-        return obj.tolist()  # type: ignore[no-any-return]
-    if arr.dtype.kind == "O":
-        return [v.decode() if isinstance(v, bytes) else v for v in arr.reshape(-1).tolist()] \
-            if arr.ndim == 1 else [jsonable(row) for row in arr]
-    return arr.tolist()  # type: ignore[no-any-return]
+        obj[~finite] = None
+        return obj.tolist()
+    if kind == "O":
+        return _plain(arr.tolist())
+    if kind in "Mm":
+        return arr.astype(str).tolist()
+    return arr.tolist()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value)
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bytes):
+        # JSON holds text; bytes that are not UTF-8 are escaped rather than lost
+        return value.decode("utf-8", errors="backslashreplace")
+    if is_missing(value) or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    return value
 
 
 def shape_matches(actual: Sequence[int], expected: Sequence[int]) -> bool:

@@ -15,13 +15,22 @@ goes; `to_model_input` and `encode_outputs` convert at the model's edge.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
-from modelport.datatypes import coerce, from_numpy, jsonable, shape_matches, to_numpy
+from modelport.datatypes import (
+    DATATYPES,
+    coerce,
+    from_numpy,
+    is_missing,
+    jsonable,
+    shape_matches,
+    to_numpy,
+)
 from modelport.errors import InvalidInput
 
 Batch = dict[str, np.ndarray]
@@ -36,6 +45,21 @@ class FieldSpec(BaseModel):
     """Open Inference Protocol datatype: FP64, INT64, BOOL, BYTES, …"""
     shape: list[int] = Field(default_factory=list)
     """Shape of one row; [] for a scalar column, -1 for a variable dimension."""
+
+    @field_validator("datatype")
+    @classmethod
+    def _known_datatype(cls, value: str) -> str:
+        # caught when a signature is written, not as a 400 on the first request
+        if value not in DATATYPES:
+            raise ValueError(f"unknown datatype {value!r}; expected one of {', '.join(DATATYPES)}")
+        return value
+
+    @field_validator("shape")
+    @classmethod
+    def _dimensions(cls, value: list[int]) -> list[int]:
+        if any(d < -1 for d in value):
+            raise ValueError(f"shape {value}: a dimension is a size, or -1 for any size")
+        return value
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -70,7 +94,10 @@ class Signature(BaseModel):
         if isinstance(data, Mapping):
             return self.validate({str(k): v for k, v in data.items()})
         if _is_dataframe(data):
-            return self.validate({str(c): data[c].to_numpy() for c in data.columns})
+            if self.layout == "tensor" and len(self.inputs) == 1 and self.inputs[0].shape:
+                # a table for a model registered with an array: its columns are the row
+                return self._from_rows(data.to_numpy())
+            return self.validate(_frame_columns(data))
         if isinstance(data, np.ndarray):
             return self._from_rows(data)
         if isinstance(data, Sequence) and not isinstance(data, str | bytes):
@@ -105,16 +132,23 @@ class Signature(BaseModel):
             raise InvalidInput(
                 f"this model takes {len(self.inputs)} named tensors; send them by name"
             )
-        arr = rows if isinstance(rows, np.ndarray) else _table(rows, len(self.inputs))
-        if arr.ndim != 2 or arr.shape[1] != len(self.inputs):
-            got = arr.shape[1] if arr.ndim == 2 else "not a table"
+        width = len(self.inputs)
+        arr = rows if isinstance(rows, np.ndarray) else _table(rows, width)
+        if arr.ndim != 2 or arr.shape[1] != width:
+            if arr.ndim == 2:
+                got = f"rows of {arr.shape[1]}"
+            elif arr.ndim == 1 and any(isinstance(r, list | tuple) for r in arr.tolist()):
+                got = "rows of different lengths"
+            else:
+                got = f"an array of shape {list(arr.shape)}"
             raise InvalidInput(
-                f"expected rows of {len(self.inputs)} values "
+                f"expected rows of {width} values "
                 f"({', '.join(s.name for s in self.inputs)}), got {got}"
             )
         return self.validate({s.name: arr[:, i] for i, s in enumerate(self.inputs)})
 
-    def validate(self, batch: Mapping[str, Any]) -> Batch:
+    # shadows pydantic's deprecated `BaseModel.validate` classmethod, which v2 never calls
+    def validate(self, batch: Mapping[str, Any]) -> Batch:  # type: ignore[override]
         """Check names, dtypes, shapes and row counts; return typed arrays."""
         names = [spec.name for spec in self.inputs]
         for key in batch:
@@ -131,7 +165,8 @@ class Signature(BaseModel):
                 arr = arr.reshape(1)
             if not shape_matches(arr.shape[1:], spec.shape):
                 raise InvalidInput(
-                    f"{where}: expected shape [N, {', '.join(map(str, spec.shape))}]"
+                    f"{where}: expected shape [N, {', '.join(map(str, spec.shape))}], "
+                    f"got {list(arr.shape)}"
                     if spec.shape
                     else f"{where}: expected one value per row, got shape {list(arr.shape)}"
                 )
@@ -173,28 +208,37 @@ class Signature(BaseModel):
 
 
 def name_outputs(raw: Any, names: Sequence[str]) -> Batch:
-    """Give a model's raw output (array, tuple, dict, DataFrame) output names."""
+    """Give a model's raw output output names.
+
+    A dict or a DataFrame names its own outputs, and so do records (a list of dicts,
+    one per row); a tuple of arrays is one output per element, named by `names`;
+    anything else (an array, a list of per-row values) is a single output.
+    """
     if isinstance(raw, Mapping):
         return {str(k): np.asarray(v) for k, v in raw.items()}
     if _is_dataframe(raw):
-        return {str(c): raw[c].to_numpy() for c in raw.columns}
-    if isinstance(raw, tuple | list) and raw and all(hasattr(r, "shape") for r in raw):
+        return _frame_columns(raw)
+    if isinstance(raw, tuple) and raw and all(hasattr(r, "shape") for r in raw):
         keys = list(names) if len(names) == len(raw) else [f"output-{i}" for i in range(len(raw))]
         return {k: np.asarray(v) for k, v in zip(keys, raw, strict=True)}
+    if isinstance(raw, list) and raw and all(isinstance(r, Mapping) for r in raw):
+        return {str(k): np.asarray([r.get(k) for r in raw]) for k in raw[0]}
     return {names[0] if names else "predictions": np.asarray(raw)}
 
 
 def infer_signature(
     sample: Any, outputs: Batch | None = None, *, allow_nan: bool = False
 ) -> Signature:
-    """Infer a signature from a sample input (array, DataFrame, records or columns)."""
+    """Infer a signature from a sample input (array, DataFrame, records or columns).
+
+    A DataFrame or records give a `columns` signature whose model is called with a
+    DataFrame; an array gives one tensor named `input`; a mapping of name to arrays
+    gives one tensor per name. The first rows are kept as the signature's sample.
+    """
     if _is_dataframe(sample):
-        inputs = [
-            FieldSpec(name=str(c), datatype=_column_datatype(sample[c].to_numpy()))
-            for c in sample.columns
-        ]
-        sig = Signature(layout="columns", inputs=inputs, model_input="dataframe")
-        rows = sample.head(SAMPLE_ROWS).to_dict(orient="records")
+        columns = _frame_columns(sample)
+        sig = _columns_signature({k: _column_datatype(v) for k, v in columns.items()})
+        rows = _rows_of(columns, min(SAMPLE_ROWS, len(sample)))
     elif isinstance(sample, Mapping):
         arrays = {str(k): np.asarray(v) for k, v in sample.items()}
         inputs = [
@@ -202,23 +246,21 @@ def infer_signature(
             for k, a in arrays.items()
         ]
         sig = Signature(layout="tensor", inputs=inputs)
-        rows = [{k: a[i].tolist() for k, a in arrays.items()}
-                for i in range(min(SAMPLE_ROWS, _rows(arrays)))]
+        rows = _rows_of(arrays, min(SAMPLE_ROWS, _rows(arrays)))
     elif isinstance(sample, Sequence) and sample and all(isinstance(r, Mapping) for r in sample):
-        names = list(sample[0])
-        inputs = [
-            FieldSpec(name=str(n), datatype=_column_datatype(np.asarray([r[n] for r in sample])))
-            for n in names
-        ]
-        sig = Signature(layout="columns", inputs=inputs, model_input="dataframe")
-        rows = [dict(r) for r in sample[:SAMPLE_ROWS]]
+        # every field any record has, in order of appearance; a record lacking one is
+        # then reported by name when the sample is decoded
+        names = list(dict.fromkeys(str(k) for r in sample for k in r))
+        columns = {n: np.asarray([r.get(n) for r in sample], dtype=object) for n in names}
+        sig = _columns_signature({k: _column_datatype(v) for k, v in columns.items()})
+        rows = [{str(k): v for k, v in r.items()} for r in sample[:SAMPLE_ROWS]]
     else:
         arr = np.asarray(sample)
         if arr.ndim < 2:
-            raise InvalidInput("sample_input must have a batch dimension: rows × features")
+            raise InvalidInput("sample_input must have a batch dimension: rows x features")
         spec = FieldSpec(name="input", datatype=from_numpy(arr.dtype), shape=list(arr.shape[1:]))
         sig = Signature(layout="tensor", inputs=[spec])
-        rows = [{"input": r.tolist()} for r in arr[:SAMPLE_ROWS]]
+        rows = _rows_of({"input": arr}, min(SAMPLE_ROWS, len(arr)))
     sig.allow_nan = allow_nan
     sig.sample = [{k: _plain(v) for k, v in r.items()} for r in rows]
     if outputs is not None:
@@ -229,12 +271,28 @@ def infer_signature(
     return sig
 
 
+def _columns_signature(datatypes: Mapping[str, str]) -> Signature:
+    inputs = [FieldSpec(name=name, datatype=dt) for name, dt in datatypes.items()]
+    return Signature(layout="columns", inputs=inputs, model_input="dataframe")
+
+
 def _column_datatype(values: np.ndarray) -> str:
-    if values.dtype.kind == "O":
-        if all(isinstance(v, str | bytes) or v is None for v in values.tolist()):
-            return "BYTES"
-        values = np.asarray(values.tolist())
-    return from_numpy(values.dtype)
+    """A column's datatype, reading None, NaN and pandas' <NA> as missing values."""
+    if values.dtype.kind != "O":
+        return from_numpy(values.dtype)
+    present = [v for v in values.tolist() if not is_missing(v)]
+    if not present:
+        return "FP64"  # nothing but gaps: the likeliest column is numbers with NaN
+    if all(isinstance(v, str | bytes) for v in present):
+        return "BYTES"
+    typed = np.asarray(present)
+    if typed.dtype.kind in "iu" and len(present) < len(values):
+        return "FP64"  # integers with gaps are floats: a missing value is NaN
+    return from_numpy(typed.dtype)
+
+
+def _frame_columns(frame: Any) -> Batch:
+    return {str(c): frame[c].to_numpy() for c in frame.columns}
 
 
 def _table(rows: Any, width: int) -> np.ndarray:
@@ -248,13 +306,22 @@ def _rows(arrays: Mapping[str, np.ndarray]) -> int:
     return min((a.shape[0] for a in arrays.values() if a.ndim), default=0)
 
 
+def _rows_of(arrays: Mapping[str, np.ndarray], n: int) -> list[dict[str, Any]]:
+    return [{k: a[i] for k, a in arrays.items()} for i in range(n)]
+
+
 def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
+    """A sample value as JSON can hold it: NaN becomes null, arrays nested lists."""
     if isinstance(value, np.ndarray):
         return jsonable(value)
-    if isinstance(value, float) and value != value:  # NaN: JSON has no NaN
+    if isinstance(value, np.datetime64 | np.timedelta64):
+        return str(value)  # as decode hands dates to the model: ISO 8601 text
+    if isinstance(value, np.generic):
+        value = value.item()
+    if is_missing(value) or (isinstance(value, float) and not math.isfinite(value)):
         return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="backslashreplace")
     return value
 
 

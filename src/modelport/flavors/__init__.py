@@ -7,6 +7,7 @@ onnxruntime, lightgbm or xgboost load only for the models that need them.
 from __future__ import annotations
 
 import importlib
+from pathlib import PurePath
 from typing import Any
 
 from modelport.errors import FlavorError
@@ -48,7 +49,10 @@ def infer_flavor(obj: Any) -> str:
     for package, flavor in _BY_PACKAGE:
         if package in packages:
             return flavor
-    if isinstance(obj, bytes) and b"onnx" in obj[:200].lower():
+    # serialized ONNX, or a path to it: the only flavor that takes bytes or a file
+    if isinstance(obj, bytes | bytearray) or (
+        isinstance(obj, str | PurePath) and str(obj).lower().endswith(".onnx")
+    ):
         return "onnx"
     if callable(getattr(obj, "predict", None)):
         return "python"

@@ -7,21 +7,29 @@ from typing import Any
 
 import numpy as np
 
+from modelport.flavors._boosting import answer, classes_of, not_fitted
 from modelport.flavors.base import Flavor
 
 
 class LightGBMFlavor(Flavor):
     """A classifier wrapper answers `predictions` (labels) and `probabilities`, like
-    the sklearn flavor; a regressor or a bare Booster answers `predictions`."""
+    the sklearn flavor; a regressor or a bare Booster answers `predictions`.
+
+    The text format keeps the best iteration of an early-stopped model, which the
+    loaded booster then predicts with, as the wrapper does.
+    """
 
     name = "lightgbm"
 
     @classmethod
     def save(cls, obj: Any, path: Path, *, trusted: bool = False) -> dict[str, Any]:
-        booster = getattr(obj, "booster_", obj)
+        try:
+            # an unfitted wrapper raises (an AttributeError, too) rather than answer None
+            booster = obj.booster_ if hasattr(type(obj), "booster_") else obj
+        except Exception as exc:
+            raise not_fitted(obj, exc) from exc
         booster.save_model(str(path / "model.txt"))
-        classes = getattr(obj, "classes_", None)
-        return {"classes": None if classes is None else np.asarray(classes).tolist()}
+        return {"classes": classes_of(obj)}
 
     @classmethod
     def read_file(cls, path: Path, *, trusted: bool = False) -> Any:
@@ -37,8 +45,4 @@ class LightGBMFlavor(Flavor):
         self.classes = None if classes is None else np.asarray(classes)
 
     def predict(self, x: Any) -> Any:
-        raw = self.booster.predict(x)
-        if self.classes is None:
-            return {"predictions": raw}
-        proba = np.column_stack([1 - raw, raw]) if raw.ndim == 1 else raw
-        return {"predictions": self.classes[np.argmax(proba, axis=1)], "probabilities": proba}
+        return answer(np.asarray(self.booster.predict(x)), self.classes)

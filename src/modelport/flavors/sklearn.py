@@ -15,7 +15,8 @@ class SklearnFlavor(Flavor):
     skops reads only the types it is told to trust; the types a model needs beyond
     skops' defaults are recorded when it is registered (its owner vouches for them) and
     nothing else is accepted at load. Pickle (joblib) runs arbitrary code on load, so it
-    is used only when both the registering and the loading side say `trusted=True`.
+    is used only when skops cannot round-trip the model and both the registering and
+    the loading side say `trusted=True`.
     """
 
     name = "sklearn"
@@ -24,20 +25,28 @@ class SklearnFlavor(Flavor):
     def save(cls, obj: Any, path: Path, *, trusted: bool = False) -> dict[str, Any]:
         import skops.io as sio
 
+        file = path / "model.skops"
         try:
-            sio.dump(obj, path / "model.skops")
-            untrusted = sio.get_untrusted_types(file=path / "model.skops")
+            sio.dump(obj, file)
+            untrusted = sio.get_untrusted_types(file=file)
+            # some objects dump but do not load back (a compiled regex, say): only a
+            # load proves the artifact is usable
+            sio.load(file, trusted=untrusted)
             return {"format": "skops", "trusted_types": sorted(untrusted), **_methods(obj)}
         except Exception as exc:
+            file.unlink(missing_ok=True)
             if not trusted:
                 raise FlavorError(
-                    f"skops cannot save this model ({exc}); pass trusted=True to save it "
-                    "with joblib (pickle), which only trusted loaders may read"
+                    f"skops cannot save this model ({type(exc).__name__}: {exc}); pass "
+                    "trusted=True to save it with joblib (pickle), which only trusted "
+                    "loaders may read"
                 ) from exc
         import joblib
 
-        (path / "model.skops").unlink(missing_ok=True)
-        joblib.dump(obj, path / "model.joblib")
+        try:
+            joblib.dump(obj, path / "model.joblib")
+        except Exception as exc:
+            raise FlavorError(f"neither skops nor joblib can save this model: {exc}") from exc
         return {"format": "joblib", **_methods(obj)}
 
     @classmethod
@@ -45,13 +54,19 @@ class SklearnFlavor(Flavor):
         if path.suffix == ".skops":
             import skops.io as sio
 
-            return sio.load(path, trusted=sio.get_untrusted_types(file=path) if trusted else None)
+            untrusted = sio.get_untrusted_types(file=path)
+            if untrusted and not trusted:
+                raise FlavorError(
+                    f"{path.name} holds types skops does not trust by default: {untrusted}; "
+                    "pass --trusted if you trust where it came from"
+                )
+            return _read(lambda: sio.load(path, trusted=untrusted))
         if not trusted:
             raise FlavorError(f"{path.name}: pickle/joblib files run code when read; "
                               "pass --trusted if you trust where it came from")
         import joblib
 
-        return joblib.load(path)
+        return _read(lambda: joblib.load(path))
 
     def load(self) -> None:
         if self.options["format"] == "joblib":
@@ -62,15 +77,16 @@ class SklearnFlavor(Flavor):
                 )
             import joblib
 
-            self.model = joblib.load(self.path / "model.joblib")
+            self.model = _read(lambda: joblib.load(self.path / "model.joblib"))
         else:
             import skops.io as sio
 
             file = self.path / "model.skops"
-            unknown = set(sio.get_untrusted_types(file=file)) - set(self.options["trusted_types"])
+            trusted_types = self.options["trusted_types"]
+            unknown = set(sio.get_untrusted_types(file=file)) - set(trusted_types)
             if unknown:
                 raise FlavorError(f"artifact holds types nobody vouched for: {sorted(unknown)}")
-            self.model = sio.load(file, trusted=self.options["trusted_types"])
+            self.model = _read(lambda: sio.load(file, trusted=trusted_types))
 
     def predict(self, x: Any) -> Any:
         out = {"predictions": self.model.predict(x)}
@@ -82,3 +98,15 @@ class SklearnFlavor(Flavor):
 
 def _methods(obj: Any) -> dict[str, Any]:
     return {"proba": hasattr(obj, "predict_proba") and hasattr(obj, "classes_")}
+
+
+def _read(read: Any) -> Any:
+    # a model whose classes are gone (a module not installed here) fails deep in the
+    # unpickler; say so as a flavor error, not as a bare ImportError or AttributeError
+    try:
+        return read()
+    except FlavorError:
+        raise
+    except Exception as exc:
+        raise FlavorError(f"cannot read this scikit-learn model: {type(exc).__name__}: {exc}") \
+            from exc

@@ -7,20 +7,33 @@ from typing import Any
 
 import numpy as np
 
+from modelport.flavors._boosting import answer, classes_of, not_fitted
 from modelport.flavors.base import Flavor
 
 
 class XGBoostFlavor(Flavor):
-    """Answers like the lightgbm flavor: labels and probabilities for classifiers."""
+    """Answers like the lightgbm flavor: labels and probabilities for classifiers.
+
+    A wrapper fitted with early stopping predicts with the trees up to its best
+    iteration, a bare Booster with all of them; the loaded model does the same.
+    """
 
     name = "xgboost"
 
     @classmethod
     def save(cls, obj: Any, path: Path, *, trusted: bool = False) -> dict[str, Any]:
-        booster = obj.get_booster() if hasattr(obj, "get_booster") else obj
+        wrapper = hasattr(obj, "get_booster")
+        try:
+            booster = obj.get_booster() if wrapper else obj
+        except Exception as exc:
+            raise not_fitted(obj, exc) from exc
         booster.save_model(str(path / "model.ubj"))
-        classes = getattr(obj, "classes_", None)
-        return {"classes": None if classes is None else np.asarray(classes).tolist()}
+        options: dict[str, Any] = {"classes": classes_of(obj)}
+        best = getattr(obj, "best_iteration", None) if wrapper else None
+        if best is not None and getattr(obj, "booster", None) != "gblinear":
+            # the saved booster holds every tree; the wrapper's predict() stops here
+            options["iterations"] = int(best) + 1
+        return options
 
     @classmethod
     def read_file(cls, path: Path, *, trusted: bool = False) -> Any:
@@ -37,13 +50,13 @@ class XGBoostFlavor(Flavor):
         self.booster.load_model(str(self.path / "model.ubj"))
         classes = self.options.get("classes")
         self.classes = None if classes is None else np.asarray(classes)
+        self.iteration_range = (0, int(self.options.get("iterations") or 0))
 
     def predict(self, x: Any) -> Any:
         import xgboost as xgb
 
-        raw = self.booster.inplace_predict(x) if not isinstance(x, xgb.DMatrix) else \
-            self.booster.predict(x)
-        if self.classes is None:
-            return {"predictions": raw}
-        proba = np.column_stack([1 - raw, raw]) if raw.ndim == 1 else raw
-        return {"predictions": self.classes[np.argmax(proba, axis=1)], "probabilities": proba}
+        if isinstance(x, xgb.DMatrix):
+            raw = self.booster.predict(x, iteration_range=self.iteration_range)
+        else:
+            raw = self.booster.inplace_predict(x, iteration_range=self.iteration_range)
+        return answer(np.asarray(raw), self.classes)
