@@ -28,6 +28,7 @@ from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import StaticPool
 
 from modelport.errors import ConfigError, Conflict, ModelportError, NotReady
 
@@ -71,7 +72,15 @@ def make_engine(url: str) -> Engine:
 def _sqlite_engine(url: URL) -> Engine:
     if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
         Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+    memory = url.database in (None, "", ":memory:")
+    engine = create_engine(
+        # the pool hands a connection to one thread at a time, but not always the same
+        # thread (servers call the registry from worker threads): sqlite3's own check
+        # would refuse that
+        url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
+        # an in-memory database lives in its connection: share one across threads
+        **({"poolclass": StaticPool} if memory else {}),
+    )
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _: Any) -> None:
@@ -79,7 +88,7 @@ def _sqlite_engine(url: URL) -> Engine:
         # BEGIN IMMEDIATE; switch it off and issue BEGIN ourselves (SQLAlchemy's recipe)
         dbapi_conn.isolation_level = None
         dbapi_conn.execute("PRAGMA foreign_keys=ON")
-        if url.database not in (None, "", ":memory:"):
+        if not memory:
             dbapi_conn.execute("PRAGMA journal_mode=WAL")
 
     @event.listens_for(engine, "begin")
@@ -121,33 +130,43 @@ def _first_line(exc: sa_exc.SQLAlchemyError) -> str:
 def migrate(engine: Engine, where: str) -> None:
     """Bring the schema to the latest revision; safe when many processes start at once.
 
-    Everything happens in one write transaction: on SQLite `BEGIN IMMEDIATE` already
-    serialises it, on PostgreSQL an advisory lock does (DDL is transactional on both,
-    so a crash leaves the previous revision intact).
+    The common case, a registry already up to date, is one read and takes no lock (so a
+    read-only database or role can still open it). Otherwise the check is repeated and
+    the upgrade run in one write transaction: on SQLite `BEGIN IMMEDIATE` serialises
+    it, on PostgreSQL an advisory lock does; DDL is transactional on both, so a crash
+    leaves the previous revision intact.
     """
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     script = ScriptDirectory.from_config(config)
-    with sql_errors(where), engine.connect() as conn:
-        conn.execution_options(**{WRITE: True})
-        with conn.begin():
-            if engine.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
-                             {"key": PG_MIGRATION_LOCK})
-            current = MigrationContext.configure(
-                conn, opts={"version_table": VERSION_TABLE}).get_current_heads()
-            known = {rev.revision for rev in script.walk_revisions()}
-            unknown = [rev for rev in current if rev not in known]
-            if unknown:
-                raise ConfigError(
-                    f"registry database {where} has schema revision {', '.join(unknown)}, "
-                    f"newer than this modelport knows (latest {script.get_current_head()}): "
-                    "upgrade modelport to use it"
-                )
-            if set(current) == set(script.get_heads()):
-                return  # the common case: nothing to do, and no Alembic machinery to run
-            config.attributes["connection"] = conn
-            command.upgrade(config, "head")
+    with sql_errors(where):
+        with engine.connect() as conn:
+            if _up_to_date(conn, script, where):
+                return
+        with engine.connect() as conn:
+            conn.execution_options(**{WRITE: True})
+            with conn.begin():
+                if engine.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                                 {"key": PG_MIGRATION_LOCK})
+                if _up_to_date(conn, script, where):
+                    return  # another process upgraded it while we waited for the lock
+                config.attributes["connection"] = conn
+                command.upgrade(config, "head")
+
+
+def _up_to_date(conn: Connection, script: ScriptDirectory, where: str) -> bool:
+    current = MigrationContext.configure(
+        conn, opts={"version_table": VERSION_TABLE}).get_current_heads()
+    known = {rev.revision for rev in script.walk_revisions()}
+    unknown = [rev for rev in current if rev not in known]
+    if unknown:
+        raise ConfigError(
+            f"registry database {where} has schema revision {', '.join(unknown)}, newer "
+            f"than this modelport knows (latest {script.get_current_head()}): upgrade "
+            "modelport to use it"
+        )
+    return set(current) == set(script.get_heads())
 
 
 def schema_revision(engine: Engine) -> str | None:
