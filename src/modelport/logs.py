@@ -35,3 +35,4 @@ def configure_logging(*, json: bool = True, level: int = logging.INFO,
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("modelport.access").setLevel(logging.INFO if access_log else logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # "Context impl SQLiteImpl." …

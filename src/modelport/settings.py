@@ -7,6 +7,8 @@ set by a `MODELPORT_`-prefixed variable; nested groups use a double underscore, 
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import BaseModel, Field, field_validator
@@ -91,3 +93,8 @@ class Settings(BaseSettings):
     @property
     def resolved_cache_dir(self) -> Path:
         return self.cache_dir or self.home / "cache"
+
+
+def environment() -> Mapping[str, str]:
+    """The process environment, for `${VAR}` interpolation in service configs."""
+    return os.environ

@@ -22,7 +22,7 @@ import typer
 from pydantic import ValidationError
 from typer.exceptions import TyperException
 
-from modelport.cli import models
+from modelport.cli import models, serve
 from modelport.cli.context import CliState, one_line, state
 from modelport.errors import ModelportError
 from modelport.settings import Settings
@@ -35,6 +35,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(models.app, name="models")
+app.command()(serve.serve)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,91 @@
+"""`modelport serve` as a real process on a socket: SIGTERM drains, limits hold."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import toy_models
+
+from modelport import Registry, Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    home = tmp_path / "home"
+    with Registry(settings=Settings(home=home)) as reg:
+        reg.register("slow", toy_models.SlowDoubler(), sample_input=np.ones((2, 3)))
+    port = free_port()
+    env = {**os.environ, "MODELPORT_HOME": str(home), "MODELPORT_SERVER__MAX_BODY_BYTES": "4096",
+           "PYTHONPATH": str(Path(toy_models.__file__).parent)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelport", "serve", "slow:1", "--trusted", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/v2/health/ready").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            pytest.fail(f"server exited: {proc.stdout.read().decode()[-2000:]}")  # type: ignore[union-attr]
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("server did not become ready in 60 s")
+    yield proc, url
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    proc.stdout.close()  # type: ignore[union-attr]
+
+
+def test_sigterm_drains_in_flight_requests_then_exits(server) -> None:
+    proc, url = server
+
+    def ask(i: int) -> httpx.Response:
+        return httpx.post(f"{url}/models/slow/predict", json={"instances": [[i, 0, 0]]},
+                          timeout=30)
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(ask, i) for i in range(4)]
+        time.sleep(0.3)  # the requests are in: one running, three queued
+        proc.send_signal(signal.SIGTERM)
+        answers = [f.result() for f in futures]
+    assert [a.status_code for a in answers] == [200] * 4
+    assert sorted(a.json()["predictions"][0] for a in answers) == [0.0, 2.0, 4.0, 6.0]
+    # uvicorn re-raises the signal once it has shut down cleanly (exit by SIGTERM)
+    assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+
+
+def test_oversized_body_is_refused_before_it_is_sent(server) -> None:
+    _, url = server
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        # announce 1 GB, send none of it: the answer must come without the body
+        sock.sendall(b"POST /models/slow/predict HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n")
+        reply = sock.recv(4096).decode()
+    assert reply.startswith("HTTP/1.1 413")
+    assert "larger than the limit of 4096 bytes" in reply
+    # and the server keeps serving
+    ok = httpx.post(f"{url}/models/slow/predict", json={"instances": [[1, 1, 1]]}, timeout=30)
+    assert ok.status_code == 200
