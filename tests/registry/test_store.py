@@ -77,6 +77,18 @@ def test_reopening_is_a_no_op(db_url: str, monkeypatch: pytest.MonkeyPatch) -> N
     reopened.close()
 
 
+def test_an_up_to_date_registry_opens_read_only(tmp_path: Path) -> None:
+    """Opening takes no write lock unless there is something to migrate."""
+    home = tmp_path / "home"
+    with Registry(settings=Settings(home=home)) as reg:
+        register(reg, "m")
+    url = f"sqlite:///file:{home / 'registry.db'}?mode=ro&uri=true"
+    with Registry(url=url, settings=Settings(home=home)) as reader:
+        assert reader.resolve("m").version == 1
+        with pytest.raises(NotReady, match="readonly"):
+            reader.set_alias("m", "production", 1)
+
+
 def test_an_old_registry_is_upgraded_and_keeps_its_data(
         db_url: str, tmp_path: Path) -> None:
     """A registry made by the first release (revision 0001) opens and upgrades in place."""
