@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from modelport.dataplane import ModelConfig
 from modelport.errors import ConfigError
+from modelport.pipeline.pipeline import PipelineConfig
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -26,6 +27,18 @@ class ServiceConfig(BaseModel):
 
     name: str = "modelport"
     models: list[ModelConfig] = Field(default_factory=list)
+    pipelines: list[PipelineConfig] = Field(default_factory=list)
+
+    def model_for(self, ref: str) -> ModelConfig:
+        """The served model a pipeline's `model: ref` uses; added when not listed."""
+        for model in self.models:
+            if model.ref == ref:
+                return model
+        model = ModelConfig(ref=ref)
+        if any(m.served_name == model.served_name for m in self.models):
+            model.name = f"{model.served_name}-{len(self.models)}"
+        self.models.append(model)
+        return model
 
 
 def interpolate(value: Any, env: Mapping[str, str], where: str = "") -> Any:

@@ -41,7 +41,7 @@ def serve(
     for ref in refs or []:
         parse_ref(ref)  # a bad reference fails here, in one line
         service.models.append(ModelConfig(ref=ref, trusted=trusted))
-    if not service.models:
+    if not service.models and not service.pipelines:
         raise ConfigError("nothing to serve: name models (NAME@ALIAS or NAME:VERSION) "
                           "or pass --config modelport.yaml")
     if workers is not None:

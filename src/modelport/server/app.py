@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from fastapi import FastAPI
@@ -17,16 +17,22 @@ from modelport.dataplane import DataPlane
 from modelport.errors import ModelportError
 from modelport.security import KeyStore
 from modelport.server import admin, predict, v2
+from modelport.pipeline import Pipeline
+from modelport.server import pipelines as pipeline_routes
 from modelport.server.auth import ApiKeyGuard
 from modelport.server.middleware import BodyLimit, RequestContext
 from modelport.server.openapi import openapi_schema
 from modelport.server.responses import handle_error
+from modelport.service import start_pipelines
 from modelport.settings import Settings
 
 
 def create_app(settings: Settings, dataplane: DataPlane, *, follow: bool = True,
-               keys: KeyStore | None = None) -> FastAPI:
+               keys: KeyStore | None = None,
+               pipelines: Mapping[str, Pipeline] | None = None) -> FastAPI:
     """A server for `dataplane`'s models; starting it loads them, stopping drains them.
+
+    `pipelines` (built over the same data plane) get `POST /pipelines/{name}/run`.
 
     `keys` are the API keys it accepts; by default those of `settings.server.api_keys_file`
     (none when unset: then the admin API refuses every request).
@@ -36,10 +42,13 @@ def create_app(settings: Settings, dataplane: DataPlane, *, follow: bool = True,
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await dataplane.start(follow=follow)
+        await start_pipelines(app.state.pipelines.values())
         try:
             yield
         finally:
             await dataplane.stop()
+            for pipeline in app.state.pipelines.values():
+                await pipeline.close()
 
     async def metrics(request: Request) -> Response:
         for name, ep in dataplane.endpoints.items():
@@ -54,6 +63,7 @@ def create_app(settings: Settings, dataplane: DataPlane, *, follow: bool = True,
         Route("/metrics", metrics, methods=["GET"], include_in_schema=False),
         *v2.routes,
         *admin.routes,
+        *pipeline_routes.routes,
     ]
     app = FastAPI(
         title="modelport",
@@ -70,6 +80,7 @@ def create_app(settings: Settings, dataplane: DataPlane, *, follow: bool = True,
         exception_handlers={ModelportError: handle_error, Exception: handle_error},
     )
     app.state.dataplane = dataplane
+    app.state.pipelines = dict(pipelines or {})
     app.state.settings = settings
     app.openapi = lambda: openapi_schema(app, dataplane)  # type: ignore[method-assign]
     return app

@@ -36,7 +36,7 @@ def error_response(exc: ModelportError) -> JSON:
     return JSON({"error": exc.message}, status_code=exc.status_code, headers=headers)
 
 
-_REJECTIONS = {Overloaded: "queue_full", DeadlineExceeded: "deadline",
+_REJECTIONS: dict[type[ModelportError], str] = {Overloaded: "queue_full", DeadlineExceeded: "deadline",
                PayloadTooLarge: "body_too_large", InvalidInput: "invalid_input"}
 
 

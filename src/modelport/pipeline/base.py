@@ -1,0 +1,81 @@
+"""The contracts of pipeline components: frames, retrievers and writers.
+
+A `Frame` is a chunk of rows, columnar: the keys, and one array (or list) per column.
+Retrievers answer `get(keys)` for many keys with one query, never one per key; writers
+`write(frame)` idempotently (an upsert on the key), so a retried chunk or a redelivered
+message leaves exactly one row per key.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+Key = Hashable
+
+
+@dataclass
+class Frame:
+    """Rows as columns: `keys[i]` names row i of every column."""
+
+    keys: list[Key]
+    columns: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def take(self, rows: Sequence[int]) -> Frame:
+        index = np.asarray(rows, dtype=np.intp)
+        return Frame([self.keys[i] for i in rows],
+                     {k: _take(v, index) for k, v in self.columns.items()})
+
+    def records(self) -> list[dict[str, Any]]:
+        cols = {k: v.tolist() if isinstance(v, np.ndarray) else list(v)
+                for k, v in self.columns.items()}
+        return [{k: cols[k][i] for k in cols} for i in range(len(self.keys))]
+
+    @classmethod
+    def from_records(cls, keys: Sequence[Key], records: Sequence[Mapping[str, Any]]) -> Frame:
+        names = list(records[0]) if records else []
+        return cls(list(keys), {n: [r.get(n) for r in records] for n in names})
+
+
+def _take(values: Any, index: np.ndarray) -> Any:
+    if isinstance(values, np.ndarray):
+        return values[index]
+    return [values[i] for i in index.tolist()]
+
+
+class Component(ABC):  # noqa: B024 - every hook has a sensible default
+    """Lifecycle shared by retrievers and writers: connections open at start, close at
+    shutdown; `check` raises a ModelportError when the backing service is unusable."""
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def check(self) -> None:
+        return None
+
+
+class Retriever(Component):
+    @abstractmethod
+    async def get(self, keys: Sequence[Key]) -> Frame:
+        """Rows for `keys` (in any order); keys without data are simply absent."""
+
+    async def scan(self, chunk_size: int) -> AsyncIterator[Frame]:
+        """Every row, in chunks (batch jobs over a whole table or file)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot scan; give the job keys")
+        yield  # pragma: no cover - makes this an async generator
+
+
+class Writer(Component):
+    @abstractmethod
+    async def write(self, frame: Frame) -> None:
+        """Store one result row per key, replacing an earlier result for that key."""

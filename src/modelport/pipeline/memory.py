@@ -1,0 +1,36 @@
+"""In-memory components: the fakes tests (and demos) inject instead of real services."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from modelport.pipeline.base import Frame, Key, Retriever, Writer
+
+
+class MemoryRetriever(Retriever):
+    def __init__(self, rows: Mapping[Key, Mapping[str, Any]]) -> None:
+        self.rows = dict(rows)
+        self.calls: list[list[Key]] = []
+
+    async def get(self, keys: Sequence[Key]) -> Frame:
+        self.calls.append(list(keys))
+        found = [k for k in keys if k in self.rows]
+        return Frame.from_records(found, [self.rows[k] for k in found])
+
+    async def scan(self, chunk_size: int) -> AsyncIterator[Frame]:
+        keys = list(self.rows)
+        for i in range(0, len(keys), chunk_size):
+            part = keys[i:i + chunk_size]
+            yield Frame.from_records(part, [self.rows[k] for k in part])
+
+
+class MemoryWriter(Writer):
+    def __init__(self) -> None:
+        self.rows: dict[Key, dict[str, Any]] = {}
+        self.writes = 0
+
+    async def write(self, frame: Frame) -> None:
+        self.writes += 1
+        for key, record in zip(frame.keys, frame.records(), strict=True):
+            self.rows[key] = record

@@ -1,0 +1,232 @@
+"""A pipeline: `retriever → (pre) → model → (post) → writer`, run by any trigger.
+
+The model is reached through the data plane, so a pipeline shares the served model's
+batcher (and its following of the registry). Rows that do not fit the model's
+signature are set aside with the reason, never dropped silently and never failing
+their neighbours.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from modelport.dataplane import DataPlane
+from modelport.datatypes import jsonable
+from modelport.errors import ConfigError, InvalidInput
+from modelport.pipeline.base import Frame, Key, Retriever, Writer
+
+log = logging.getLogger("modelport.pipeline")
+
+Step = Callable[[Frame], Frame]
+
+# Built-in components by name; anything else is an import path `module:Class`.
+RETRIEVERS: dict[str, str] = {
+    "sql": "modelport.pipeline.sql:SqlRetriever",
+    "redis": "modelport.pipeline.redis:RedisRetriever",
+    "http": "modelport.pipeline.http:HttpRetriever",
+    "file": "modelport.pipeline.files:FileRetriever",
+    "memory": "modelport.pipeline.memory:MemoryRetriever",
+}
+WRITERS: dict[str, str] = {
+    "sql": "modelport.pipeline.sql:SqlWriter",
+    "redis": "modelport.pipeline.redis:RedisWriter",
+    "file": "modelport.pipeline.files:FileWriter",
+    "memory": "modelport.pipeline.memory:MemoryWriter",
+}
+
+
+class ComponentConfig(BaseModel):
+    """`{type: sql, url: ..., table: ...}`: the type, and its constructor's arguments."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class PipelineConfig(BaseModel):
+    """One pipeline under `pipelines:` in modelport.yaml."""
+
+    name: str
+    model: str
+    """The model, as `name@alias` or `name:version` (served by this service)."""
+    retriever: ComponentConfig | None = None
+    writer: ComponentConfig | None = None
+    pre: str | None = None
+    """Import path of a `Frame -> Frame` step run before the model."""
+    post: str | None = None
+    """Import path of a `Frame -> Frame` step run on the results before the writer."""
+    outputs: list[str] | None = None
+    """Model outputs to keep (default: all)."""
+    schedule: str | None = None
+    """Cron expression: `modelport schedule` runs this pipeline's batch job then."""
+    keys: str | None = None
+    """For scheduled batch runs: the query (or file) that lists the keys to score."""
+    chunk_size: int = Field(10_000, ge=1)
+
+
+@dataclass
+class Reject:
+    key: Key
+    reason: str
+
+
+@dataclass
+class Scored:
+    """What scoring a frame gave: results for the rows that fit, and the rest."""
+
+    results: Frame
+    rejects: list[Reject] = field(default_factory=list)
+
+
+class Pipeline:
+    """Components and a model, wired; build it with `from_config` or pass instances."""
+
+    def __init__(self, name: str, model: str, dataplane: DataPlane, *,
+                 retriever: Retriever | None = None, writer: Writer | None = None,
+                 pre: Step | None = None, post: Step | None = None,
+                 outputs: Sequence[str] | None = None) -> None:
+        self.name = name
+        self.model = model  # the served name in the data plane
+        self.dataplane = dataplane
+        self.retriever = retriever
+        self.writer = writer
+        self.pre = pre
+        self.post = post
+        self.outputs = list(outputs) if outputs else None
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig, dataplane: DataPlane, *,
+                    model_name: str) -> Pipeline:
+        return cls(
+            config.name, model_name, dataplane,
+            retriever=build(config.retriever, RETRIEVERS, f"{config.name}.retriever")
+            if config.retriever else None,
+            writer=build(config.writer, WRITERS, f"{config.name}.writer")
+            if config.writer else None,
+            pre=import_object(config.pre, f"{config.name}.pre") if config.pre else None,
+            post=import_object(config.post, f"{config.name}.post") if config.post else None,
+            outputs=config.outputs,
+        )
+
+    @property
+    def components(self) -> list[Retriever | Writer]:
+        return [c for c in (self.retriever, self.writer) if c is not None]
+
+    async def start(self) -> None:
+        for component in self.components:
+            await component.start()
+
+    async def close(self) -> None:
+        for component in self.components:
+            await component.close()
+
+    async def run(self, keys: Sequence[Key]) -> dict[Key, dict[str, Any]]:
+        """The HTTP trigger: retrieve, score, write; a result or an error per key."""
+        if self.retriever is None:
+            raise ConfigError(f"pipeline {self.name!r} has no retriever to look keys up with")
+        frame = await self.retriever.get(list(dict.fromkeys(keys)))
+        scored = await self.process(frame)
+        answers: dict[Key, dict[str, Any]] = {
+            k: {"error": f"no data for key {k!r}"} for k in keys}
+        for reject in scored.rejects:
+            answers[reject.key] = {"error": reject.reason}
+        for key, record in zip(scored.results.keys, _json_records(scored.results), strict=True):
+            answers[key] = record
+        return answers
+
+    async def process(self, frame: Frame) -> Scored:
+        """Score a frame and write its results: what batch and stream triggers call."""
+        if self.pre is not None and len(frame):
+            frame = self.pre(frame)
+        scored = await self.score(frame)
+        if self.post is not None and len(scored.results):
+            scored.results = self.post(scored.results)
+        if self.writer is not None and len(scored.results):
+            await self.writer.write(scored.results)
+        return scored
+
+    async def score(self, frame: Frame) -> Scored:
+        if not len(frame):
+            return Scored(Frame([], {}))
+        deployment = self.dataplane.deployment(self.model)
+        signature = deployment.model.signature
+        inputs = {s.name: frame.columns[s.name] for s in signature.inputs
+                  if s.name in frame.columns}
+        good = list(range(len(frame)))
+        rejects: list[Reject] = []
+        try:
+            batch = signature.validate(inputs)
+        except InvalidInput:
+            # find the rows at fault, one by one, only when the chunk as a whole fails
+            good, rejects = _split_rejects(frame, inputs, signature.validate)
+            if not good:
+                return Scored(Frame([], {}), rejects)
+            batch = signature.validate({k: _rows(v, good) for k, v in inputs.items()})
+        outputs = await self.dataplane.predict(deployment, batch)
+        if self.outputs:
+            outputs = {k: outputs[k] for k in self.outputs}
+        keys = [frame.keys[i] for i in good]
+        return Scored(Frame(keys, dict(outputs)), rejects)
+
+
+def _split_rejects(frame: Frame, inputs: dict[str, Any], validate: Callable[..., Any]
+                   ) -> tuple[list[int], list[Reject]]:
+    good: list[int] = []
+    rejects: list[Reject] = []
+    for i, key in enumerate(frame.keys):
+        try:
+            validate({k: _rows(v, [i]) for k, v in inputs.items()})
+        except InvalidInput as exc:
+            rejects.append(Reject(key, exc.message.replace(" at row 0", "")))
+        else:
+            good.append(i)
+    return good, rejects
+
+
+def _rows(values: Any, rows: list[int]) -> Any:
+    if isinstance(values, np.ndarray):
+        return values[np.asarray(rows, dtype=np.intp)]
+    return [values[i] for i in rows]
+
+
+def _json_records(frame: Frame) -> list[dict[str, Any]]:
+    cols = {k: jsonable(v) if isinstance(v, np.ndarray) else list(v)
+            for k, v in frame.columns.items()}
+    return [{k: cols[k][i] for k in cols} for i in range(len(frame))]
+
+
+def import_object(path: str, where: str) -> Any:
+    module, _, attr = path.partition(":")
+    if not module or not attr:
+        raise ConfigError(f"{where}: {path!r} is not an import path like 'package.module:name'")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{where}: cannot import {path!r}: {exc}") from exc
+    return obj
+
+
+def build(config: ComponentConfig, builtins: dict[str, str], where: str) -> Any:
+    """Make a component from its config: a built-in by name, or `module:Class`."""
+    target = builtins.get(config.type, config.type)
+    if ":" not in target:
+        raise ConfigError(f"{where}.type: unknown component {config.type!r}; built in: "
+                          f"{', '.join(builtins)}, or an import path 'module:Class'")
+    cls = import_object(target, f"{where}.type")
+    try:
+        return cls(**config.options)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc

@@ -1,0 +1,111 @@
+"""The pipeline core with injected in-memory components, and its HTTP trigger."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from starlette.testclient import TestClient
+
+from modelport import Registry, Settings
+from modelport.config import ServiceConfig, load_config
+from modelport.dataplane import DataPlane, ModelConfig
+from modelport.errors import ConfigError
+from modelport.pipeline import Frame, MemoryRetriever, MemoryWriter, Pipeline
+from modelport.server import create_app
+from modelport.service import Service
+
+
+@functools.cache
+def cancer() -> tuple[object, object]:
+    X, y = load_breast_cancer(return_X_y=True, as_frame=True)
+    return X, make_pipeline(StandardScaler(), LogisticRegression()).fit(X, y)
+
+
+@pytest.fixture
+def reg(settings: Settings) -> Registry:
+    X, clf = cancer()
+    r = Registry(settings=settings)
+    mv = r.register("cancer", clf, sample_input=X[:5])  # type: ignore[index]
+    r.set_alias("cancer", "production", mv.version)
+    return r
+
+
+def patients(n: int = 5) -> dict[int, dict[str, float]]:
+    X, _ = cancer()
+    return {1000 + i: row for i, row in enumerate(X[:n].to_dict(orient="records"))}  # type: ignore[index]
+
+
+def add_flag(frame: Frame) -> Frame:
+    frame.columns["flagged"] = np.asarray(frame.columns["probabilities"])[:, 0] > 0.5
+    return frame
+
+
+async def test_run_retrieves_scores_writes_and_reports_missing_keys(settings, reg) -> None:
+    X, clf = cancer()
+    rows = patients()
+    rows[1003]["mean radius"] = "oops"  # type: ignore[assignment]
+    retriever, writer = MemoryRetriever(rows), MemoryWriter()
+    dp = DataPlane(reg, settings, [ModelConfig(ref="cancer@production")])
+    await dp.start(follow=False)
+    pipe = Pipeline("score", "cancer", dp, retriever=retriever, writer=writer, post=add_flag)
+    results = await pipe.run([1000, 1001, 1003, 42])
+    await dp.stop()
+    expected = clf.predict(X[:2])  # type: ignore[attr-defined,index]
+    assert [results[1000]["predictions"], results[1001]["predictions"]] == expected.tolist()
+    assert results[42] == {"error": "no data for key 42"}
+    assert results[1003]["error"] == "column 'mean radius': expected FP64, got string 'oops'"
+    assert retriever.calls == [[1000, 1001, 1003, 42]]  # one lookup for all keys
+    assert set(writer.rows) == {1000, 1001}  # the rejected row is not written
+    assert isinstance(writer.rows[1000]["flagged"], bool)
+
+
+def test_http_trigger_from_yaml_with_injected_components(settings, reg,
+                                                         tmp_path: Path) -> None:
+    config_file = tmp_path / "modelport.yaml"
+    config_file.write_text("""
+pipelines:
+  - name: score
+    model: cancer@${ALIAS}
+    retriever: {type: memory, rows: {}}
+    writer: {type: memory}
+""")
+    config = load_config(config_file, {"ALIAS": "production"})
+    service = Service(settings, config, reg)
+    service.pipelines["score"].retriever = MemoryRetriever(patients(3))  # injected by a test
+    app = create_app(settings, service.dataplane, pipelines=service.pipelines)
+    with TestClient(app) as c:
+        one = c.post("/pipelines/score/run", json={"key": 1001})
+        many = c.post("/pipelines/score/run", json={"keys": [1000, 7]})
+        bad = c.post("/pipelines/score/run", json={"keyz": [1]})
+        unknown = c.post("/pipelines/nope/run", json={"key": 1})
+        spec = c.get("/openapi.json").json()
+    assert one.status_code == 200, one.text
+    assert one.json()["result"]["predictions"] in (0, 1) and one.json()["version"] == 1
+    assert many.json()["results"][1] == {"key": 7, "error": "no data for key 7"}
+    assert bad.status_code == 400 and "key" in bad.json()["error"]
+    assert unknown.status_code == 404
+    assert "/pipelines/{name}/run" in spec["paths"]
+    assert len(service.pipelines["score"].writer.rows) == 2  # type: ignore[union-attr]
+
+
+def test_config_errors_name_the_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "modelport.yaml"
+    path.write_text("pipelines:\n  - name: p\n    model: m@production\n"
+                    "    retriever: {type: nosuch}\n")
+    config = load_config(path, {})
+    with pytest.raises(ConfigError, match=r"p.retriever.type: unknown component 'nosuch'"):
+        Service(Settings(home=tmp_path), config, None)  # type: ignore[arg-type]
+    path.write_text("pipelines:\n  - name: p\n")
+    with pytest.raises(ConfigError, match=r"modelport.yaml: pipelines.0.model: Field required"):
+        load_config(path, {})
+    path.write_text("models:\n  - ref: ${MISSING}\n")
+    with pytest.raises(ConfigError, match=r"models\[0\].ref: \$\{MISSING\} is not set"):
+        load_config(path, {})
+    assert isinstance(ServiceConfig(), ServiceConfig)
