@@ -68,7 +68,7 @@ def pg_server_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def pg_url(pg_server_url: str) -> Iterator[str]:
+def pg_url(pg_server_url: str) -> str:
     """The session database, emptied of registry tables before each test."""
     from sqlalchemy import create_engine, text
 
@@ -76,7 +76,7 @@ def pg_url(pg_server_url: str) -> Iterator[str]:
     with engine.begin() as conn:
         conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
     engine.dispose()
-    yield pg_server_url
+    return pg_server_url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -128,7 +128,8 @@ class AdaptiveBatcher:
             await asyncio.gather(*self._running, return_exceptions=True)
 
     async def _run(self) -> None:
-        assert self._queue is not None and self._slots is not None
+        assert self._queue is not None
+        assert self._slots is not None
         queue, slots = self._queue, self._slots
         stopping = False
         while not stopping:

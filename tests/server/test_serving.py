@@ -58,7 +58,7 @@ def client(settings: Settings, reg: Registry, *configs: ModelConfig) -> TestClie
 
 
 def test_predict_rows_and_records_match_the_model(settings, reg, data) -> None:
-    X, y = data
+    X, _ = data
     version = cancer_model(reg, data)
     reg.set_alias("cancer", "production", version)
     expected = reg.load("cancer@production").predict(X[:3])
@@ -250,7 +250,7 @@ async def test_readiness_needs_every_model_and_liveness_needs_nothing(settings, 
 
 
 async def test_no_models_is_never_ready(settings, reg) -> None:
-    dp, http = await _serve(settings, reg)
+    _, http = await _serve(settings, reg)
     ready = await http.get("/v2/health/ready")
     await http.aclose()
     assert ready.status_code == 400

@@ -15,9 +15,9 @@ from starlette.routing import Route
 from modelport import __version__
 from modelport.dataplane import DataPlane
 from modelport.errors import ModelportError
+from modelport.pipeline import Pipeline
 from modelport.security import KeyStore
 from modelport.server import admin, predict, v2
-from modelport.pipeline import Pipeline
 from modelport.server import pipelines as pipeline_routes
 from modelport.server.auth import ApiKeyGuard
 from modelport.server.middleware import BodyLimit, RequestContext

@@ -36,8 +36,10 @@ def error_response(exc: ModelportError) -> JSON:
     return JSON({"error": exc.message}, status_code=exc.status_code, headers=headers)
 
 
-_REJECTIONS: dict[type[ModelportError], str] = {Overloaded: "queue_full", DeadlineExceeded: "deadline",
-               PayloadTooLarge: "body_too_large", InvalidInput: "invalid_input"}
+_REJECTIONS: dict[type[ModelportError], str] = {
+    Overloaded: "queue_full", DeadlineExceeded: "deadline",
+    PayloadTooLarge: "body_too_large", InvalidInput: "invalid_input",
+}
 
 
 async def handle_error(request: Request, exc: Exception) -> Response:
