@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
 import numpy as np
 
 from modelport.errors import DeadlineExceeded, ModelportError, Overloaded
