@@ -199,10 +199,6 @@ class Store:
 
         return self._run(run, write=True)
 
-    def uses_artifact(self, sha256: str) -> bool:
-        return self._run(lambda conn: conn.execute(
-            select(versions.c.id).where(versions.c.sha256 == sha256).limit(1)).first() is not None)
-
     # --- aliases --------------------------------------------------------------------
 
     def get_alias(self, name: str, alias: str) -> int:
