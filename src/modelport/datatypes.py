@@ -68,7 +68,11 @@ def coerce(values: Any, datatype: str, field: str, *, allow_nan: bool = False) -
     and `null` in float fields (as NaN), `null` in BYTES fields (as None).
     """
     target = to_numpy(datatype)
-    arr = values if isinstance(values, np.ndarray) else _asarray(values, field)
+    if isinstance(values, np.ndarray):
+        arr = values
+    else:
+        # as objects for BYTES: numpy would quietly turn ["a", 5] into ["a", "5"]
+        arr = _asarray(values, field, object if datatype == "BYTES" else None)
     sent = _Sent(field, values, arr.shape)
     if datatype == "BYTES":
         return _strings(arr, sent, allow_nan)
@@ -83,7 +87,7 @@ def coerce(values: Any, datatype: str, field: str, *, allow_nan: bool = False) -
     if kind not in "biuf":
         return _from_objects(arr, target, datatype, sent, allow_nan)
     typed = isinstance(values, np.ndarray) and values.dtype.kind != "O"
-    if not typed and kind != "b" and _holds_bool(values):
+    if not typed and kind != "b" and target.kind != "b" and _holds_bool(values):
         # numpy reads [True, 2.5] as [1.0, 2.5]; a boolean is never a number here
         sent.reject(datatype, lambda v: not _is_bool(v))
     if target.kind == "b":
@@ -218,9 +222,9 @@ def _holds_bool(values: Any) -> bool:
     return any(_is_bool(v) for v in flat)
 
 
-def _asarray(values: Any, field: str) -> np.ndarray:
+def _asarray(values: Any, field: str, dtype: type[Any] | None = None) -> np.ndarray:
     try:
-        arr = np.asarray(values)
+        arr = np.asarray(values, dtype=dtype)
     except ValueError:
         raise InvalidInput(f"{field}: rows have different lengths (ragged input)") from None
     if arr.dtype.kind == "O" and arr.ndim == 1 and any(

@@ -163,6 +163,8 @@ class Signature(BaseModel):
             arr = coerce(batch[spec.name], spec.datatype, where, allow_nan=self.allow_nan)
             if arr.ndim == 0:
                 arr = arr.reshape(1)
+            if arr.shape[0] == 0:
+                raise InvalidInput("input is empty: send at least one row")
             if not shape_matches(arr.shape[1:], spec.shape):
                 raise InvalidInput(
                     f"{where}: expected shape [N, {', '.join(map(str, spec.shape))}], "
@@ -174,8 +176,6 @@ class Signature(BaseModel):
                 raise InvalidInput(f"{where}: has {arr.shape[0]} rows, other inputs have {rows}")
             rows = arr.shape[0]
             out[spec.name] = arr
-        if not rows:
-            raise InvalidInput("input is empty: send at least one row")
         return out
 
     # --- the model's edge -----------------------------------------------------------
