@@ -35,5 +35,21 @@ class Metrics:
             "modelport_served_version", "Version each served model answers with", ["model"],
             registry=r)
 
+        self.stream_messages = Counter(
+            "modelport_stream_messages_total", "Stream messages by pipeline and outcome",
+            ["pipeline", "outcome"], registry=r)
+        self.stream_batch_seconds = Histogram(
+            "modelport_stream_batch_seconds", "Time to score, write and ack one batch",
+            ["pipeline"], buckets=LATENCY_BUCKETS, registry=r)
+        self.stream_retries = Counter(
+            "modelport_stream_retries_total", "Retries through backing-service outages",
+            ["pipeline", "step"], registry=r)
+        self.stream_redeliveries = Counter(
+            "modelport_stream_redeliveries_total", "Messages delivered more than once",
+            ["pipeline"], registry=r)
+        self.stream_lag = Gauge(
+            "modelport_stream_lag", "Messages waiting for the consumer group", ["pipeline"],
+            registry=r)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,7 +1,8 @@
 """A pipeline: `retriever → (pre) → model → (post) → writer`, run by any trigger.
 
 The model is reached through the data plane, so a pipeline shares the served model's
-batcher (and its following of the registry). Rows that do not fit the model's
+batcher (and its following of the registry). Columns the model does not take pass
+through to the results, beside the model's outputs. Rows that do not fit the model's
 signature are set aside with the reason, never dropped silently and never failing
 their neighbours.
 """
@@ -177,7 +178,10 @@ class Pipeline:
         if self.outputs:
             outputs = {k: outputs[k] for k in self.outputs}
         keys = [frame.keys[i] for i in good]
-        return Scored(Frame(keys, dict(outputs)), rejects)
+        # columns the model does not take (ids, timestamps, a routing key) ride along
+        extra = {k: _rows(v, good) for k, v in frame.columns.items()
+                 if k not in inputs and k not in outputs}
+        return Scored(Frame(keys, {**extra, **outputs}), rejects)
 
 
 def _split_rejects(frame: Frame, inputs: dict[str, Any], validate: Callable[..., Any]

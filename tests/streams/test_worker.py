@@ -1,0 +1,146 @@
+"""The stream worker over the in-memory broker: acks after writes, dead letters, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+import orjson
+import pytest
+from sklearn.datasets import load_breast_cancer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from modelport import Registry, Settings
+from modelport.dataplane import DataPlane, ModelConfig
+from modelport.errors import NotReady
+from modelport.pipeline import Frame, MemoryWriter, Pipeline
+from modelport.streams.memory import MemoryBroker, MemoryBus
+from modelport.streams.worker import StreamWorker
+
+
+@functools.cache
+def cancer() -> tuple[object, object]:
+    X, y = load_breast_cancer(return_X_y=True, as_frame=True)
+    return X, make_pipeline(StandardScaler(), LogisticRegression()).fit(X, y)
+
+
+@pytest.fixture
+async def dataplane(settings: Settings):  # type: ignore[no-untyped-def]
+    X, clf = cancer()
+    reg = Registry(settings=settings)
+    reg.register("cancer", clf, sample_input=X[:5])  # type: ignore[index]
+    dp = DataPlane(reg, settings, [ModelConfig(ref="cancer:1")])
+    await dp.start(follow=False)
+    yield dp
+    await dp.stop()
+    reg.close()
+
+
+def publish_patients(bus: MemoryBus, n: int) -> list[dict[str, float]]:
+    X, _ = cancer()
+    records = X[:n].to_dict(orient="records")  # type: ignore[index]
+    for i, record in enumerate(records):
+        envelope = {"id": f"p{i}", "key": i % 7, "data": record}
+        bus.append("patients", orjson.dumps(envelope))
+    return records
+
+
+class FlakyWriter(MemoryWriter):
+    """Down for the first `outages` writes, like a database restarting."""
+
+    def __init__(self, outages: int) -> None:
+        super().__init__()
+        self.outages = outages
+
+    async def write(self, frame: Frame) -> None:
+        if self.outages:
+            self.outages -= 1
+            raise NotReady("database at db:5432 is unavailable")
+        await super().write(frame)
+
+
+async def test_every_message_scored_once_and_poison_dead_lettered(dataplane) -> None:
+    bus = MemoryBus()
+    records = publish_patients(bus, 50)
+    bus.append("patients", b"{not json")
+    bus.append("patients", orjson.dumps({"id": "bad", "data": {**records[0], "mean radius": "x"}}))
+    bus.append("patients", orjson.dumps([1, 2, 3]))
+    writer = MemoryWriter()
+    pipe = Pipeline("score", "cancer", dataplane, writer=writer)
+    worker = StreamWorker(pipe, MemoryBroker(bus, "patients"), dead_letter_subject="patients.dlq",
+                          batch_size=16, fetch_timeout=0.05)
+    stats = await worker.run(burst=True)
+    assert set(writer.rows) == {f"p{i}" for i in range(50)}
+    assert writer.rows["p3"]["key"] == 3
+    dead = [orjson.loads(m) for m in bus.messages("patients.dlq")]
+    reasons = sorted(d["reason"] for d in dead)
+    assert len(dead) == 3 and stats.dead_lettered == 3 and stats.processed == 50
+    assert any("not valid json" in r for r in reasons)
+    assert any("column 'mean radius': expected FP64, got string 'x'" in r for r in reasons)
+    assert any("row of 30 values" in r for r in reasons)
+    assert {d["payload"] for d in dead} >= {"{not json", "[1,2,3]"}
+    assert await MemoryBroker(bus, "patients").lag() == 0  # all acknowledged
+
+
+async def test_sink_outage_is_retried_without_losing_or_acking_early(dataplane) -> None:
+    bus = MemoryBus()
+    publish_patients(bus, 20)
+    writer = FlakyWriter(outages=3)
+    broker = MemoryBroker(bus, "patients")
+    pipe = Pipeline("score", "cancer", dataplane, writer=writer)
+    worker = StreamWorker(pipe, broker, dead_letter_subject="dlq", batch_size=64,
+                          fetch_timeout=0.05)
+    await worker.run(burst=True)
+    assert len(writer.rows) == 20
+    assert bus.messages("dlq") == []
+    assert await broker.lag() == 0
+
+
+async def test_unacknowledged_messages_come_back_and_are_written_once(dataplane) -> None:
+    bus = MemoryBus()
+    publish_patients(bus, 10)
+    writer = MemoryWriter()
+    pipe = Pipeline("score", "cancer", dataplane, writer=writer)
+    # a worker that "dies" after writing but before acking: its messages come back
+    dying = MemoryBroker(bus, "patients", ack_wait=0.1)
+    messages = await dying.fetch(10, 0.1)
+    await pipe.process(Frame.from_records([f"p{i}" for i in range(10)],
+                                          [orjson.loads(m.payload)["data"] for m in messages]))
+    await asyncio.sleep(0.15)
+    worker = StreamWorker(pipe, MemoryBroker(bus, "patients"), dead_letter_subject="dlq",
+                          fetch_timeout=0.05)
+    stats = await worker.run(burst=True)
+    assert stats.redeliveries == 10
+    assert len(writer.rows) == 10  # upsert by message id: exactly one row each
+
+
+async def test_too_many_deliveries_go_to_the_dead_letter_stream(dataplane) -> None:
+    bus = MemoryBus()
+    publish_patients(bus, 1)
+    broker = MemoryBroker(bus, "patients", ack_wait=0)
+    for _ in range(3):
+        await broker.fetch(1, 0.01)  # delivered, never acked
+    pipe = Pipeline("score", "cancer", dataplane, writer=MemoryWriter())
+    worker = StreamWorker(pipe, broker, dead_letter_subject="dlq", max_deliveries=3,
+                          fetch_timeout=0.05)
+    await worker.run(burst=True)
+    [dead] = [orjson.loads(m) for m in bus.messages("dlq")]
+    assert dead["deliveries"] == 4 and "delivered 4 times" in dead["reason"]
+
+
+async def test_stop_finishes_the_batch_in_flight(dataplane) -> None:
+    bus = MemoryBus()
+    publish_patients(bus, 30)
+    writer = MemoryWriter()
+    pipe = Pipeline("score", "cancer", dataplane, writer=writer)
+    worker = StreamWorker(pipe, MemoryBroker(bus, "patients"), dead_letter_subject="dlq",
+                          batch_size=10, fetch_timeout=0.05)
+    task = asyncio.create_task(worker.run())
+    while not writer.rows:
+        await asyncio.sleep(0.001)
+    worker.stop()
+    stats = await asyncio.wait_for(task, 5)
+    assert stats.processed == len(writer.rows)  # everything written was acknowledged
+    assert await MemoryBroker(bus, "patients").lag() == 30 - stats.processed
