@@ -7,6 +7,7 @@ pending entries after a consumer died.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,10 +59,8 @@ class MemoryBroker(Broker):
             if ready or now >= deadline:
                 break
             self.bus.changed.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.bus.changed.wait(), min(deadline - now, 0.05))
-            except TimeoutError:
-                pass
         for e in ready:
             e.deliveries += 1
             e.leased_until = now + self.ack_wait

@@ -89,8 +89,9 @@ class StreamWorker:
                 if self.metrics is not None:
                     self.metrics.stream_redeliveries.labels(self.pipeline.name).inc()
             if message.deliveries > self.max_deliveries:
-                letters.append(DeadLetter(message, f"delivered {message.deliveries} times "
-                                          f"without success (max_deliveries={self.max_deliveries})"))
+                letters.append(DeadLetter(message, (
+                    f"delivered {message.deliveries} times without success "
+                    f"(max_deliveries={self.max_deliveries})")))
                 continue
             try:
                 decoded = decode(message, self.codec)
@@ -168,5 +169,6 @@ def as_record(data: Any, signature: Signature) -> dict[str, Any]:
     if signature.layout == "tensor" and len(names) == 1:
         return {names[0]: data}
     if not isinstance(data, list) or len(data) != len(names):
-        raise InvalidInput(f"expected a record or a row of {len(names)} values ({', '.join(names)})")
+        raise InvalidInput(
+            f"expected a record or a row of {len(names)} values ({', '.join(names)})")
     return dict(zip(names, data, strict=True))
