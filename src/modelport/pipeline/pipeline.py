@@ -146,14 +146,16 @@ class Pipeline:
             answers[key] = record
         return answers
 
-    async def process(self, frame: Frame) -> Scored:
-        """Score a frame and write its results: what batch and stream triggers call."""
+    async def process(self, frame: Frame, *, write: bool = True) -> Scored:
+        """Score a frame and write its results: what batch and stream triggers call.
+
+        `write=False` runs every step but the writer (a batch job's dry run)."""
         if self.pre is not None and len(frame):
             frame = self.pre(frame)
         scored = await self.score(frame)
         if self.post is not None and len(scored.results):
             scored.results = self.post(scored.results)
-        if self.writer is not None and len(scored.results):
+        if write and self.writer is not None and len(scored.results):
             await self.writer.write(scored.results)
         return scored
 
