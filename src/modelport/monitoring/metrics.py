@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+JOB_BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 21600)
 
 
 class Metrics:
@@ -50,6 +51,20 @@ class Metrics:
         self.stream_lag = Gauge(
             "modelport_stream_lag", "Messages waiting for the consumer group", ["pipeline"],
             registry=r)
+
+        self.job_runs = Counter(
+            "modelport_job_runs_total",
+            "Scheduled job runs by job and outcome (success, failure, skipped)",
+            ["job", "outcome"], registry=r)
+        self.job_last_success = Gauge(
+            "modelport_job_last_success_timestamp_seconds",
+            "Unix time the job last finished successfully", ["job"], registry=r)
+        self.job_duration = Histogram(
+            "modelport_job_duration_seconds", "Duration of scheduled job runs", ["job"],
+            buckets=JOB_BUCKETS, registry=r)
+        self.batch_rows = Counter(
+            "modelport_batch_rows_total", "Batch job rows by pipeline and outcome "
+            "(read, written, rejected)", ["pipeline", "outcome"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
