@@ -74,8 +74,11 @@ def register(reg: Registry, trained: Trained) -> tuple[ModelVersion, int | None]
     return mv, before
 
 
-def run(reg: Registry, console: Console) -> ModelVersion:
-    """Train, register, promote, load from the registry and predict; print each step."""
+def run(reg: Registry, console: Console, *, command: str = "modelport") -> ModelVersion:
+    """Train, register, promote, load from the registry and predict; print each step.
+
+    `command` is how the user runs modelport, for the hints printed at the end.
+    """
     with console.status("Training StandardScaler + LogisticRegression on breast cancer…"):
         trained = train()
     console.print(f"Trained: test AUC [bold]{trained.metrics['auc']:.3f}[/], "
@@ -100,9 +103,9 @@ def run(reg: Registry, console: Console) -> ModelVersion:
         table.add_row(str(index), names[int(label)], f"{p[1]:.3f}", names[int(truth)], ok)
     console.print(table)
     console.print("Next, try:\n"
-                  "  [bold]modelport models list[/]\n"
-                  f"  [bold]modelport models show {NAME}@{ALIAS}[/]\n"
-                  f"  [bold]modelport models history {NAME}[/]", highlight=False)
+                  f"  [bold]{command} models list[/]\n"
+                  f"  [bold]{command} models show {NAME}@{ALIAS}[/]\n"
+                  f"  [bold]{command} models history {NAME}[/]", highlight=False)
     return mv
 
 

@@ -13,6 +13,8 @@ traceback. Anything else is a bug: one line too, and `--traceback` shows where.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,7 +80,16 @@ def quickstart(ctx: typer.Context) -> None:
 
     cli = state(ctx)
     with cli.registry() as reg:
-        run_quickstart(reg, cli.out)
+        run_quickstart(reg, cli.out, command=_command_name())
+
+
+def _command_name() -> str:
+    """`modelport`, or the script's path when it is not on PATH (`.venv/bin/modelport`)."""
+    script = Path(sys.argv[0])
+    if script.name == "modelport" and shutil.which("modelport") is None:
+        relative = os.path.relpath(script)
+        return str(script.resolve()) if relative.startswith("..") else relative
+    return "modelport"
 
 
 def run(argv: Sequence[str] | None, settings: Settings) -> int:
