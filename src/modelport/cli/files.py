@@ -45,7 +45,8 @@ def read_model(path: Path, flavor: str | None, *, trusted: bool) -> tuple[Any, s
     except ModelportError:
         raise
     except Exception as exc:
-        hint = "" if trusted else " (if it holds types skops does not know, pass --trusted)"
+        untrusted = "untrusted" in type(exc).__name__.lower()  # skops' UntrustedTypes…
+        hint = "; pass --trusted if you trust where it came from" if untrusted else ""
         raise FlavorError(
             f"cannot read {path.name} as a {reader} model: {type(exc).__name__}: {exc}{hint}"
         ) from exc
