@@ -255,7 +255,7 @@ def test_lightgbm_classifier(reg: Registry, cancer: tuple[pd.DataFrame, pd.Serie
     import lightgbm as lgb
 
     X, y = cancer
-    clf = lgb.LGBMClassifier(n_estimators=20, num_leaves=8, verbose=-1).fit(X, y)
+    clf = lgb.LGBMClassifier(n_estimators=20, num_leaves=8, verbose=-1, n_jobs=1).fit(X, y)
     model = round_trip(reg, "cancer-lgb", clf, X.head(5))
 
     assert model.record.flavor == "lightgbm"
@@ -268,7 +268,8 @@ def test_lightgbm_multiclass_with_string_labels(reg: Registry) -> None:
 
     X, y = load_iris(return_X_y=True)
     labels = np.array(["setosa", "versicolor", "virginica"])[y]
-    clf = lgb.LGBMClassifier(n_estimators=10, min_child_samples=5, verbose=-1).fit(X, labels)
+    clf = lgb.LGBMClassifier(n_estimators=10, min_child_samples=5, verbose=-1, n_jobs=1)
+    clf.fit(X, labels)
     model = round_trip(reg, "iris-lgb", clf, X[:5])
 
     assert model.signature.outputs[0].describe() == "predictions: BYTES"
@@ -280,7 +281,7 @@ def test_lightgbm_booster(reg: Registry, diabetes: tuple[np.ndarray, np.ndarray]
 
     X, y = diabetes
     booster = lgb.train(
-        {"objective": "regression", "num_leaves": 8, "verbose": -1},
+        {"objective": "regression", "num_leaves": 8, "verbose": -1, "num_threads": 1},
         lgb.Dataset(X, y), num_boost_round=20,
     )
     model = round_trip(reg, "diabetes-lgb", booster, X[:5])
@@ -468,6 +469,46 @@ def test_python_model_file_keys_are_folder_names(reg: Registry, tmp_path: Path) 
         reg.register("local", model, sample_input=np.ones((2, 2)))
 
 
+# --- model files a user already has (`modelport models register FILE`) ---------------
+
+
+def test_read_sklearn_files_honours_trust(tmp_path: Path) -> None:
+    import joblib
+    import skops.io as sio
+
+    X, y = load_digits(return_X_y=True)
+    clf = HistGradientBoostingClassifier(max_iter=2).fit(X[:200], y[:200])
+    sio.dump(clf, tmp_path / "m.skops")
+    joblib.dump(clf, tmp_path / "m.joblib")
+
+    with pytest.raises(FlavorError, match="types skops does not trust by default"):
+        SklearnFlavor.read_file(tmp_path / "m.skops")
+    with pytest.raises(FlavorError, match="run code when read"):
+        SklearnFlavor.read_file(tmp_path / "m.joblib")
+    for name in ("m.skops", "m.joblib"):
+        read = SklearnFlavor.read_file(tmp_path / name, trusted=True)
+        np.testing.assert_array_equal(read.predict(X), clf.predict(X))
+
+
+def test_read_booster_and_onnx_files(
+    tmp_path: Path, diabetes: tuple[np.ndarray, np.ndarray], onnx_model: Any
+) -> None:
+    import lightgbm as lgb
+    import xgboost as xgb
+
+    X, y = diabetes
+    params = {"verbose": -1, "num_threads": 1}
+    lgb.train(params, lgb.Dataset(X, y), num_boost_round=2).save_model(str(tmp_path / "m.txt"))
+    xgb.train({}, xgb.DMatrix(X, y), num_boost_round=2).save_model(str(tmp_path / "m.ubj"))
+    (tmp_path / "m.onnx").write_bytes(onnx_model[1].SerializeToString())
+
+    assert isinstance(get_flavor("lightgbm").read_file(tmp_path / "m.txt"), lgb.Booster)
+    assert isinstance(get_flavor("xgboost").read_file(tmp_path / "m.ubj"), xgb.Booster)
+    assert get_flavor("onnx").read_file(tmp_path / "m.onnx") == onnx_model[1].SerializeToString()
+    with pytest.raises(FlavorError, match="registered from Python"):
+        get_flavor("python").read_file(tmp_path / "m.txt")
+
+
 # --- choosing a flavor ----------------------------------------------------------------
 
 
@@ -484,7 +525,7 @@ def _objects() -> list[tuple[str, Any]]:
         ("sklearn", make_pipeline(StandardScaler(), LogisticRegression())),
         ("sklearn", HistGradientBoostingClassifier()),
         ("lightgbm", lgb.LGBMClassifier()),
-        ("lightgbm", lgb.train({"verbose": -1}, lgb.Dataset(X, y), num_boost_round=1)),
+        ("lightgbm", lgb.train({"verbose": -1, "num_threads": 1}, lgb.Dataset(X, y), 1)),
         ("xgboost", xgb.XGBRegressor()),
         ("xgboost", xgb.train({}, xgb.DMatrix(X, y), num_boost_round=1)),
         ("onnx", proto),
@@ -512,7 +553,8 @@ def test_unknown_flavor_name() -> None:
 def test_import_modelport_loads_no_ml_library() -> None:
     code = (
         "import sys, modelport, modelport.flavors\n"
-        "heavy = ['sklearn', 'skops', 'onnx', 'onnxruntime', 'lightgbm', 'xgboost', 'joblib']\n"
+        "heavy = ['sklearn', 'skops', 'onnx', 'onnxruntime', 'lightgbm', 'xgboost', 'joblib',"
+        " 'pandas']\n"
         "print([m for m in heavy if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -87,7 +87,7 @@ def coerce(values: Any, datatype: str, field: str, *, allow_nan: bool = False) -
     if kind not in "biuf":
         return _from_objects(arr, target, datatype, sent, allow_nan)
     typed = isinstance(values, np.ndarray) and values.dtype.kind != "O"
-    if not typed and kind != "b" and target.kind != "b" and _holds_bool(values):
+    if not typed and kind != "b" and target.kind != "b" and _holds_bool(values, arr):
         # numpy reads [True, 2.5] as [1.0, 2.5]; a boolean is never a number here
         sent.reject(datatype, lambda v: not _is_bool(v))
     if target.kind == "b":
@@ -217,9 +217,30 @@ def is_missing(v: Any) -> bool:
     return isinstance(v, float | np.floating) and math.isnan(v)
 
 
-def _holds_bool(values: Any) -> bool:
-    flat = np.asarray(values, dtype=object).reshape(-1).tolist()
-    return any(_is_bool(v) for v in flat)
+def _holds_bool(values: Any, arr: np.ndarray) -> bool:
+    """Whether the list numpy read as `arr` held a boolean. This is on the path of
+    every request, so only rows where numpy has a 0 or a 1 (True is read as 1) are
+    looked at, and those by the types of each innermost list, which runs in C."""
+    suspects = (arr == 0) | (arr == 1)
+    if not suspects.any():
+        return False
+    if arr.ndim >= 2 and isinstance(values, list | tuple):
+        rows = np.flatnonzero(suspects.reshape(len(arr), -1).any(axis=1))
+        return any(_has_bool_type(values[i]) for i in rows.tolist())
+    return _has_bool_type(values)
+
+
+def _has_bool_type(values: Any) -> bool:
+    if isinstance(values, np.ndarray):
+        return values.dtype.kind == "b" or (
+            values.dtype.kind == "O" and _has_bool_type(values.tolist())
+        )
+    if not isinstance(values, list | tuple):
+        return _is_bool(values)
+    if values and isinstance(values[0], list | tuple | np.ndarray):
+        return any(_has_bool_type(v) for v in values)
+    types = set(map(type, values))
+    return bool in types or np.bool_ in types
 
 
 def _asarray(values: Any, field: str, dtype: type[Any] | None = None) -> np.ndarray:
