@@ -550,6 +550,14 @@ def test_unknown_flavor_name() -> None:
         get_flavor("torchx")
 
 
+def test_a_missing_library_names_the_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "xgboost", None)  # as if it were not installed
+    with pytest.raises(FlavorError, match=r"needs xgboost: pip install 'modelport\[xgboost\]'"):
+        get_flavor("xgboost")(tmp_path, {}).load()
+
+
 def test_import_modelport_loads_no_ml_library() -> None:
     code = (
         "import sys, modelport, modelport.flavors\n"

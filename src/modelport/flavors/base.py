@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
+
+from modelport.errors import FlavorError
 
 
 class Flavor(ABC):
@@ -40,3 +43,18 @@ class Flavor(ABC):
     @abstractmethod
     def predict(self, x: Any) -> Any:
         """Predict on a batch as the model object expects it (array, DataFrame, dict)."""
+
+
+def require(module: str, extra: str) -> Any:
+    """Import a flavor's optional dependency, or say which extra installs it.
+
+    Flavors import their libraries only when a model is saved or loaded, so a missing
+    one shows up here, on first use, rather than at `import modelport`.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise FlavorError(
+            f"this model needs {module.partition('.')[0]}: pip install 'modelport[{extra}]' "
+            f"({exc})"
+        ) from exc

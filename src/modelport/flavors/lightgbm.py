@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from modelport.flavors._boosting import answer, classes_of, not_fitted
-from modelport.flavors.base import Flavor
+from modelport.flavors.base import Flavor, require
 
 
 class LightGBMFlavor(Flavor):
@@ -33,12 +33,12 @@ class LightGBMFlavor(Flavor):
 
     @classmethod
     def read_file(cls, path: Path, *, trusted: bool = False) -> Any:
-        import lightgbm as lgb
+        lgb = require("lightgbm", "lightgbm")
 
         return lgb.Booster(model_file=str(path))
 
     def load(self) -> None:
-        import lightgbm as lgb
+        lgb = require("lightgbm", "lightgbm")
 
         self.booster = lgb.Booster(model_file=str(self.path / "model.txt"))
         classes = self.options.get("classes")

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from modelport.errors import FlavorError
-from modelport.flavors.base import Flavor
+from modelport.flavors.base import Flavor, require
 
 _ORT_TYPES: dict[str, type[Any]] = {
     "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
@@ -44,7 +44,7 @@ class OnnxFlavor(Flavor):
         return path.read_bytes()
 
     def load(self) -> None:
-        import onnxruntime as ort
+        ort = require("onnxruntime", "onnx")
 
         options = ort.SessionOptions()
         # the batcher gives one session big batches; a thread per core is plenty

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from modelport.errors import FlavorError
-from modelport.flavors.base import Flavor
+from modelport.flavors.base import Flavor, require
 
 
 class SklearnFlavor(Flavor):
@@ -23,7 +23,7 @@ class SklearnFlavor(Flavor):
 
     @classmethod
     def save(cls, obj: Any, path: Path, *, trusted: bool = False) -> dict[str, Any]:
-        import skops.io as sio
+        sio = require("skops.io", "sklearn")
 
         file = path / "model.skops"
         try:
@@ -41,7 +41,7 @@ class SklearnFlavor(Flavor):
                     "trusted=True to save it with joblib (pickle), which only trusted "
                     "loaders may read"
                 ) from exc
-        import joblib
+        joblib = require("joblib", "sklearn")
 
         try:
             joblib.dump(obj, path / "model.joblib")
@@ -52,7 +52,7 @@ class SklearnFlavor(Flavor):
     @classmethod
     def read_file(cls, path: Path, *, trusted: bool = False) -> Any:
         if path.suffix == ".skops":
-            import skops.io as sio
+            sio = require("skops.io", "sklearn")
 
             untrusted = sio.get_untrusted_types(file=path)
             if untrusted and not trusted:
@@ -64,7 +64,7 @@ class SklearnFlavor(Flavor):
         if not trusted:
             raise FlavorError(f"{path.name}: pickle/joblib files run code when read; "
                               "pass --trusted if you trust where it came from")
-        import joblib
+        joblib = require("joblib", "sklearn")
 
         return _read(lambda: joblib.load(path))
 
@@ -75,11 +75,11 @@ class SklearnFlavor(Flavor):
                     "this version is a pickle (joblib) artifact; load it with trusted=True "
                     "only if you trust whoever registered it"
                 )
-            import joblib
+            joblib = require("joblib", "sklearn")
 
             self.model = _read(lambda: joblib.load(self.path / "model.joblib"))
         else:
-            import skops.io as sio
+            sio = require("skops.io", "sklearn")
 
             file = self.path / "model.skops"
             trusted_types = self.options["trusted_types"]

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from modelport.flavors._boosting import answer, classes_of, not_fitted
-from modelport.flavors.base import Flavor
+from modelport.flavors.base import Flavor, require
 
 
 class XGBoostFlavor(Flavor):
@@ -37,15 +37,16 @@ class XGBoostFlavor(Flavor):
 
     @classmethod
     def read_file(cls, path: Path, *, trusted: bool = False) -> Any:
-        import xgboost as xgb
+        xgb = require("xgboost", "xgboost")
 
         booster = xgb.Booster()
         booster.load_model(str(path))
         return booster
 
     def load(self) -> None:
-        import xgboost as xgb
+        xgb = require("xgboost", "xgboost")
 
+        self.dmatrix = xgb.DMatrix
         self.booster = xgb.Booster()
         self.booster.load_model(str(self.path / "model.ubj"))
         classes = self.options.get("classes")
@@ -53,9 +54,7 @@ class XGBoostFlavor(Flavor):
         self.iteration_range = (0, int(self.options.get("iterations") or 0))
 
     def predict(self, x: Any) -> Any:
-        import xgboost as xgb
-
-        if isinstance(x, xgb.DMatrix):
+        if isinstance(x, self.dmatrix):
             raw = self.booster.predict(x, iteration_range=self.iteration_range)
         else:
             raw = self.booster.inplace_predict(x, iteration_range=self.iteration_range)
