@@ -110,7 +110,7 @@ class _Sent:
         self.field = field
         self.values = values
         self.scalar = len(shape) == 0
-        self.row_len = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        self.row_len = max(int(np.prod(shape[1:])), 1) if len(shape) > 1 else 1
 
     def where(self, flat_index: int) -> str:
         return "" if self.scalar else f" at row {flat_index // self.row_len}"
