@@ -19,6 +19,7 @@ FLAVORS: dict[str, str] = {
     "lightgbm": "modelport.flavors.lightgbm:LightGBMFlavor",
     "xgboost": "modelport.flavors.xgboost:XGBoostFlavor",
     "python": "modelport.flavors.python:PythonFlavor",
+    "factors": "modelport.flavors.factors:FactorsFlavor",
 }
 
 # Top-level package of an object's class (or a base class) → flavor; checked in order,
@@ -45,6 +46,8 @@ def get_flavor(name: str) -> type[Flavor]:
 
 def infer_flavor(obj: Any) -> str:
     """Pick the flavor for a model object without importing any ML library."""
+    if type(obj).__module__ == "modelport.flavors.factors":
+        return "factors"
     packages = [c.__module__.partition(".")[0] for c in type(obj).__mro__]
     for package, flavor in _BY_PACKAGE:
         if package in packages:
