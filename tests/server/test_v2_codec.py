@@ -159,6 +159,9 @@ def test_request_with_json_and_binary_inputs_in_order() -> None:
     (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}],'
      b' "outputs": [{"name": "p", "parameters": {"binary_data": 1}}]}',
      "binary_data must be true or false"),
+    (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}],'
+     b' "outputs": [{"name": "p", "parameters": {"classification": 2}}]}',
+     "classification extension is not supported"),
 ])
 def test_malformed_requests_say_what_is_wrong(body: bytes, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):

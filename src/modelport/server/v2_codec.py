@@ -175,6 +175,9 @@ def _read_outputs(raw: Any) -> list[RequestedOutput] | None:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidInput(f"outputs[{i}] needs a \"name\"")
         params = _parameters(item.get("parameters"), f"output {item['name']!r}")
+        if "classification" in params:
+            raise InvalidInput(f"output {item['name']!r}: the classification extension is "
+                               "not supported")
         binary = params.get("binary_data")
         if binary is not None and not isinstance(binary, bool):
             raise InvalidInput(f"output {item['name']!r}: binary_data must be true or false")
