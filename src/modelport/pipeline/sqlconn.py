@@ -1,0 +1,140 @@
+"""Connections of SQL components: engines, their lifecycle, and error translation.
+
+`SqlComponent.errors` is the one place SQLAlchemy's exceptions become modelport errors:
+an outage (server down, connection lost, pool exhausted, SQLite locked) is a
+`NotReady` (503) naming the database by its URL without the password; anything else
+(a wrong query, table or value) is a 500 with the database's own first line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import Engine, MetaData, Table, create_engine, event, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import StaticPool
+
+from modelport.errors import ConfigError, ModelportError
+from modelport.pipeline.base import Component
+from modelport.pipeline.retry import redact, unavailable
+
+CONNECT_TIMEOUT_S = 5
+_DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg",
+            "mysql": "mysql+pymysql", "mariadb": "mariadb+pymysql"}
+
+
+def make_engine(url: str) -> Engine:
+    """A pooled engine; bare `postgresql://` and `mysql://` mean the drivers we ship."""
+    try:
+        parsed = make_url(url)
+    except sa_exc.ArgumentError as exc:
+        raise ConfigError(f"{redact(url)!r} is not a database URL: {exc}") from None
+    parsed = parsed.set(drivername=_DRIVERS.get(parsed.drivername, parsed.drivername))
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            return _sqlite_engine(parsed)
+        # a host that drops packets would otherwise hold a request for minutes
+        connect_args = {} if "connect_timeout" in parsed.query \
+            else {"connect_timeout": CONNECT_TIMEOUT_S}
+        return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+    except (ImportError, sa_exc.ArgumentError, sa_exc.NoSuchModuleError) as exc:
+        extra = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}.get(
+            parsed.get_backend_name(), "all")
+        raise ConfigError(f"database URL {display(parsed)!r} is not usable (pip install "
+                          f"'modelport[{extra}]'): {exc}") from exc
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    memory = url.database in (None, "", ":memory:")
+    engine = create_engine(
+        # worker threads take turns with a connection; sqlite3's own check would refuse
+        url, connect_args={"timeout": 30.0, "check_same_thread": False},
+        # an in-memory database lives in its one connection: share it
+        **({"poolclass": StaticPool} if memory else {}),
+    )
+    if not memory:
+        @event.listens_for(engine, "connect")
+        def _wal(dbapi_conn: Any, _: Any) -> None:
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")  # readers never wait for writes
+
+    return engine
+
+
+def display(url: URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def _outage(exc: sa_exc.SQLAlchemyError) -> bool:
+    """A server down, a connection lost, a full pool or a locked SQLite file: worth a
+    503 and a retry later, unlike a wrong query, table or value."""
+    if isinstance(exc, sa_exc.TimeoutError | sa_exc.InterfaceError):
+        return True
+    if not isinstance(exc, sa_exc.DBAPIError):
+        return False
+    # no statement: it failed while connecting
+    return exc.connection_invalidated or exc.statement is None or (
+        isinstance(exc, sa_exc.OperationalError) and "locked" in str(exc.orig))
+
+
+class SqlComponent(Component):
+    """The engine's lifecycle and the error translation shared by reader and writer."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = make_engine(self.url)
+        return self._engine
+
+    @property
+    def where(self) -> str:
+        return f"SQL database {display(self.engine.url)}"
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        try:
+            yield
+        except ModelportError:
+            raise
+        except sa_exc.NoSuchTableError as exc:
+            raise ConfigError(f"{self.where} has no table {exc}") from exc
+        except sa_exc.SQLAlchemyError as exc:
+            orig = getattr(exc, "orig", None) or exc
+            if _outage(exc):
+                raise unavailable(self.where, orig) from exc
+            raise ModelportError(f"{self.where}: {_first_line(orig)}") from exc
+
+    async def start(self) -> None:
+        self.engine  # noqa: B018 - builds the engine: a bad URL fails at start-up
+        await self.check()
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await asyncio.to_thread(self._engine.dispose)
+            self._engine = None
+
+    async def check(self) -> None:
+        def ping() -> None:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        with self.errors():
+            await asyncio.to_thread(ping)
+
+    def _load_table(self, table: str) -> Table:
+        schema, _, name = table.rpartition(".")
+        with self.engine.connect() as conn:
+            return Table(name, MetaData(), schema=schema or None, autoload_with=conn)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+

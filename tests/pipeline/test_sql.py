@@ -1,0 +1,216 @@
+"""SQL components against real databases: SQLite, PostgreSQL and MariaDB."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from sqlalchemy import create_engine, text
+
+from conftest import require_service
+from modelport.errors import ConfigError, ModelportError, NotReady
+from modelport.pipeline import Frame
+from modelport.pipeline import sql as sql_module
+from modelport.pipeline.sql import SqlRetriever, SqlWriter
+
+MYSQL_HOST = os.environ.get("MODELPORT_TEST_MYSQL_HOST", "127.0.0.1")
+MYSQL_PORT = int(os.environ.get("MODELPORT_TEST_MYSQL_PORT", "3306"))
+MYSQL_URL = os.environ.get("MODELPORT_TEST_MYSQL",
+                           f"mysql+pymysql://root@{MYSQL_HOST}:{MYSQL_PORT}/test")
+
+
+@pytest.fixture(params=["sqlite", "postgres", "mariadb"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'features.db'}"
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_server_url"))
+    require_service("MariaDB", MYSQL_HOST, MYSQL_PORT)
+    return MYSQL_URL
+
+
+@pytest.fixture
+def table(url: str) -> Iterator[str]:
+    """A table name no other test uses, dropped afterwards."""
+    name = f"mp_{uuid.uuid4().hex[:12]}"
+    yield name
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE IF EXISTS {name}"))
+    engine.dispose()
+
+
+def execute(url: str, *statements: str) -> list[tuple[object, ...]]:
+    """Run statements in one transaction; the rows of the last one that returns any."""
+    engine = create_engine(url)
+    rows: list[tuple[object, ...]] = []
+    with engine.begin() as conn:
+        for statement in statements:
+            result = conn.execute(text(statement))
+            if result.returns_rows:
+                rows = [tuple(r) for r in result.fetchall()]
+    engine.dispose()
+    return rows
+
+
+def scores(n: int, start: int = 0) -> Frame:
+    p = np.linspace(0.0, 1.0, n)
+    return Frame(list(range(start, start + n)), {
+        "probabilities": np.stack([1 - p, p], axis=1),  # [N, 2]: a JSON array per row
+        "predictions": (p > 0.5).astype(np.int64),
+        "score": p,
+        "flagged": p > 0.9,
+        "label": np.asarray([f"user-{i}" for i in range(n)], dtype=object),
+    })
+
+
+async def test_upsert_creates_the_table_then_reads_many_keys_in_one_query(url, table) -> None:
+    writer = SqlWriter(url, table, create=True)
+    await writer.start()
+    frame = scores(10)
+    frame.columns["score"][3] = np.nan  # stored as NULL
+    await writer.write(frame)
+    await writer.write(scores(4, start=8))  # 8, 9 updated; 10, 11 new
+    await writer.close()
+    assert execute(url, f"SELECT COUNT(*) FROM {table}") == [(12,)]
+
+    retriever = SqlRetriever(url, table=table)
+    await retriever.start()
+    got = await retriever.get([2, "3", 9, 11, 404, "x"])  # "3": an HTTP caller's string
+    await retriever.close()
+    rows = dict(zip(got.keys, got.records(), strict=True))
+    assert set(rows) == {2, "3", 9, 11}  # the caller's keys come back; missing ones absent
+    assert orjson.loads(rows[2]["probabilities"]) == pytest.approx([1 - 2 / 9, 2 / 9])
+    assert rows[9]["label"] == "user-1" and rows[9]["score"] == pytest.approx(1 / 3)
+    assert np.isnan(got.columns["score"][got.keys.index("3")])
+    assert got.columns["predictions"].dtype.kind == "i"
+    assert bool(rows[11]["flagged"]) is True
+    assert "id" not in got.columns  # the key is the frame's keys, not a column
+
+
+async def test_lookups_split_into_chunks_and_dedupe_frames(url, table, monkeypatch) -> None:
+    monkeypatch.setattr(sql_module, "IN_CHUNK", 7)
+    monkeypatch.setattr(sql_module, "ANY_CHUNK", 7)
+    writer = SqlWriter(url, table, create=True, columns=["score"])
+    await writer.start()
+    frame = scores(50)
+    doubled = Frame([*frame.keys, 5], {"score": np.append(frame.columns["score"], 42.0)})
+    await writer.write(doubled)  # key 5 twice in one frame: the last row wins
+    retriever = SqlRetriever(url, table=table, columns=["score"])
+    got = await retriever.get(list(range(60)))
+    await writer.close()
+    await retriever.close()
+    assert sorted(got.keys) == list(range(50))  # type: ignore[type-var]
+    assert dict(zip(got.keys, got.columns["score"].tolist(), strict=True))[5] == 42.0
+
+
+async def test_large_frames_upsert_and_scan_in_key_order(url, table) -> None:
+    n = 5_000  # past COPY_MIN_ROWS: PostgreSQL takes the COPY path
+    writer = SqlWriter(url, table, create=True)
+    await writer.start()
+    await writer.write(scores(n))
+    updated = scores(n)
+    updated.columns["score"] = updated.columns["score"] + 1
+    await writer.write(updated)
+    await writer.close()
+    retriever = SqlRetriever(url, table=table, columns=["score", "label"])
+    await retriever.start()
+    chunks = [c async for c in retriever.scan(1_500)]
+    await retriever.close()
+    assert [len(c) for c in chunks] == [1_500, 1_500, 1_500, 500]
+    keys = [k for c in chunks for k in c.keys]
+    assert keys == list(range(n))
+    score = np.concatenate([c.columns["score"] for c in chunks])
+    np.testing.assert_allclose(score, np.linspace(0, 1, n) + 1)
+    assert set(chunks[0].columns) == {"score", "label"}
+
+
+async def test_queries_with_and_without_keys_parameter(url, table) -> None:
+    execute(url, f"CREATE TABLE {table} (user_id VARCHAR(20) PRIMARY KEY, plays INTEGER)",
+            f"INSERT INTO {table} VALUES ('ann', 3), ('bob', 5), ('cy', 7)")
+    keyed = SqlRetriever(url, key="user_id",
+                         query=f"SELECT user_id, plays * 2 AS twice FROM {table} "
+                               "WHERE user_id IN :keys")
+    filtered = SqlRetriever(url, key="user_id",
+                            query=f"SELECT user_id, plays FROM {table} WHERE plays > 3;")
+    a = await keyed.get(["ann", "cy", "zed"])
+    b = await filtered.get(["ann", "bob", "cy"])
+    scanned = [f async for f in filtered.scan(10)]
+    with pytest.raises(ConfigError, match="cannot be scanned"):
+        _ = [f async for f in keyed.scan(10)]
+    await keyed.close()
+    await filtered.close()
+    assert dict(zip(a.keys, a.columns["twice"].tolist(), strict=True)) == {"ann": 6, "cy": 14}
+    assert sorted(b.keys) == ["bob", "cy"]  # type: ignore[type-var]
+    assert sorted(k for f in scanned for k in f.keys) == ["bob", "cy"]  # type: ignore[type-var]
+
+
+async def test_string_keys_and_a_created_varchar_key(url, table) -> None:
+    writer = SqlWriter(url, table, key="user", create=True)
+    await writer.write(Frame(["ann", "bob"], {"top": np.asarray([[1, 2, 3], [4, 5, 6]])}))
+    await writer.write(Frame(["ann"], {"top": np.asarray([[9, 9, 9]])}))
+    retriever = SqlRetriever(url, table=table, key="user")
+    got = await retriever.get(["ann", "bob", 7])
+    await writer.close()
+    await retriever.close()
+    assert dict(zip(got.keys, got.columns["top"].tolist(), strict=True)) == {
+        "ann": "[9,9,9]", "bob": "[4,5,6]"}
+
+
+async def test_configuration_errors_are_clear(url, table) -> None:
+    with pytest.raises(ConfigError, match="either 'table' or 'query'"):
+        SqlRetriever(url)
+    retriever, writer = SqlRetriever(url, table=table), SqlWriter(url, table)
+    query = SqlRetriever(url, key="id", query=f"SELECT nope FROM {table}")
+    picky = SqlWriter(url, table, columns=["nope"])
+    try:
+        with pytest.raises(ConfigError, match=f"has no table.*{table}"):
+            await retriever.start()
+        with pytest.raises(ConfigError, match=f"has no table.*{table}"):
+            await writer.start()
+        double = "DOUBLE" if "mysql" in url else "DOUBLE PRECISION"
+        execute(url, f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, score {double})")
+        with pytest.raises(ConfigError, match=r"has no column\(s\) label"):
+            await writer.write(Frame([1], {"score": [0.5], "label": ["x"]}))
+        with pytest.raises(ConfigError, match="the results have no column"):
+            await picky.write(Frame([1], {"score": [0.5]}))
+        with pytest.raises(ModelportError, match="SQL database") as info:
+            await query.get([1])
+        assert info.value.status_code == 500  # a wrong query is not an outage
+    finally:
+        for component in (retriever, writer, query, picky):
+            await component.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "mysql"])
+async def test_an_unreachable_server_is_a_503_naming_it_without_password(scheme) -> None:
+    port = free_port()  # nothing listens there
+    url = f"{scheme}://someone:s3cret@127.0.0.1:{port}/test"
+    retriever = SqlRetriever(url, table="features")
+    with pytest.raises(NotReady) as info:
+        await retriever.start()
+    assert f"127.0.0.1:{port}" in info.value.message and "s3cret" not in info.value.message
+    assert info.value.message.startswith("SQL database")
+    assert info.value.status_code == 503
+    with pytest.raises(NotReady):
+        await retriever.get([1])
+    with pytest.raises(NotReady):
+        await SqlWriter(url, "scores").write(Frame([1], {"score": [1.0]}))
+    await retriever.close()
+
+
+def test_unknown_driver_names_the_extra() -> None:
+    with pytest.raises(ConfigError, match="not a database URL"):
+        SqlRetriever("not a url", table="t").engine  # noqa: B018
