@@ -14,7 +14,7 @@ gave, so results line up with the request.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -59,13 +59,10 @@ def _numbers_or_missing(values: Iterable[Any]) -> bool:
     return seen
 
 
-def frame_from_rows(keys: list[Key], names: Sequence[str], rows: Sequence[Sequence[Any]]
-                    ) -> Frame:
-    """A frame from row tuples aligned with `names` (no dict per row: one transpose)."""
-    if not rows:
-        return Frame(keys, {n: np.empty(0, dtype=np.float64) for n in names})
-    transposed = list(zip(*rows, strict=True))
-    return Frame(keys, {n: column(values) for n, values in zip(names, transposed, strict=True)})
+def frame_from_records(keys: list[Key], records: Sequence[Mapping[str, Any]]) -> Frame:
+    """A frame from one mapping per key; a column a record lacks is missing there."""
+    names = list(dict.fromkeys(c for r in records for c in r))
+    return Frame(keys, {n: column([r.get(n) for r in records]) for n in names})
 
 
 def cells(values: Any, *, nested: str = "json") -> list[Any]:

@@ -29,7 +29,7 @@ from redis.retry import Retry
 
 from modelport.errors import ConfigError, ModelportError
 from modelport.pipeline.base import Component, Frame, Key, Retriever, Writer
-from modelport.pipeline.columns import cells, column, plain_keys
+from modelport.pipeline.columns import cells, frame_from_records, plain_keys
 from modelport.pipeline.retry import redact, unavailable
 
 Format = Literal["hash", "json"]
@@ -118,7 +118,7 @@ class RedisRetriever(_Redis, Retriever):
                         if reply:  # an absent key is an empty hash or None
                             found.append(key)
                             records.append(self._record(key, reply))
-        return _frame(found, records)
+        return frame_from_records(found, records)
 
     def _record(self, key: Key, reply: Any) -> dict[str, Any]:
         if self.format == "hash":
@@ -198,9 +198,6 @@ def _parse(value: str) -> Any:
     return value
 
 
-def _frame(keys: list[Key], records: list[dict[str, Any]]) -> Frame:
-    names = list(dict.fromkeys(f for r in records for f in r))
-    return Frame(keys, {n: column([r.get(n) for r in records]) for n in names})
 
 
 def _glob(text: str) -> str:
