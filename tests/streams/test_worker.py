@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 
 import orjson
@@ -14,7 +15,7 @@ from sklearn.preprocessing import StandardScaler
 
 from modelport import Registry, Settings
 from modelport.dataplane import DataPlane, ModelConfig
-from modelport.errors import NotReady
+from modelport.errors import ModelportError, NotReady
 from modelport.pipeline import Frame, MemoryWriter, Pipeline
 from modelport.streams.memory import MemoryBroker, MemoryBus
 from modelport.streams.worker import StreamWorker
@@ -144,3 +145,89 @@ async def test_stop_finishes_the_batch_in_flight(dataplane) -> None:
     stats = await asyncio.wait_for(task, 5)
     assert stats.processed == len(writer.rows)  # everything written was acknowledged
     assert await MemoryBroker(bus, "patients").lag() == 30 - stats.processed
+
+
+async def test_a_record_missing_a_field_rejects_only_itself_even_first(dataplane) -> None:
+    bus = MemoryBus()
+    X, _ = cancer()
+    first = X[:1].to_dict(orient="records")[0]  # type: ignore[index]
+    del first["mean radius"]
+    bus.append("patients", orjson.dumps({"id": "missing", "data": first}))
+    publish_patients(bus, 10)
+    writer = MemoryWriter()
+    pipe = Pipeline("score", "cancer", dataplane, writer=writer)
+    worker = StreamWorker(pipe, MemoryBroker(bus, "patients"), dead_letter_subject="dlq",
+                          fetch_timeout=0.05)
+    stats = await worker.run(burst=True)
+    assert set(writer.rows) == {f"p{i}" for i in range(10)}
+    [dead] = [orjson.loads(m) for m in bus.messages("dlq")]
+    assert "'mean radius'" in dead["reason"] and stats.dead_lettered == 1
+
+
+async def test_the_same_id_twice_in_one_batch_is_written_once_and_both_acked(dataplane) -> None:
+    bus = MemoryBus()
+    records = publish_patients(bus, 3)
+    bus.append("patients", orjson.dumps({"id": "p1", "data": records[2]}))  # a later version
+    assert records[1] != records[2]
+    writer = MemoryWriter()
+    broker = MemoryBroker(bus, "patients")
+    pipe = Pipeline("score", "cancer", dataplane, writer=writer)
+    worker = StreamWorker(pipe, broker, dead_letter_subject="dlq", fetch_timeout=0.05)
+    stats = await worker.run(burst=True)
+    assert stats.processed == 4 and bus.messages("dlq") == []
+    last = pytest.approx(writer.rows["p2"]["probabilities"])
+    assert writer.rows["p1"]["probabilities"] == last  # the later message wins
+    assert await broker.lag() == 0
+
+
+class PickyWriter(MemoryWriter):
+    """Refuses (like a CHECK constraint) any frame holding a key in `refused`."""
+
+    def __init__(self, refused: set[str]) -> None:
+        super().__init__()
+        self.refused = refused
+
+    async def write(self, frame: Frame) -> None:
+        bad = self.refused & set(frame.keys)  # type: ignore[operator]
+        if bad:
+            raise ModelportError(f"value out of range for {sorted(bad)[0]}")
+        await super().write(frame)
+
+
+async def test_messages_the_sink_refuses_are_dead_lettered_and_the_rest_written(dataplane
+                                                                                ) -> None:
+    bus = MemoryBus()
+    publish_patients(bus, 40)
+    writer = PickyWriter({"p7", "p30"})
+    broker = MemoryBroker(bus, "patients")
+    pipe = Pipeline("score", "cancer", dataplane, writer=writer)
+    worker = StreamWorker(pipe, broker, dead_letter_subject="dlq", batch_size=40,
+                          fetch_timeout=0.05)
+    stats = await worker.run(burst=True)
+    assert set(writer.rows) == {f"p{i}" for i in range(40)} - {"p7", "p30"}
+    dead = sorted(orjson.loads(m)["reason"] for m in bus.messages("dlq"))
+    assert dead == ["value out of range for p30", "value out of range for p7"]
+    assert stats.processed == 38 and await broker.lag() == 0
+
+
+async def test_a_sink_refusing_every_message_stops_the_worker_unacked(dataplane) -> None:
+    bus = MemoryBus()
+    publish_patients(bus, 8)
+    broker = MemoryBroker(bus, "patients")
+    pipe = Pipeline("score", "cancer", dataplane,
+                    writer=PickyWriter({f"p{i}" for i in range(8)}))
+    worker = StreamWorker(pipe, broker, dead_letter_subject="dlq", fetch_timeout=0.05)
+    with pytest.raises(ModelportError, match="value out of range"):
+        await worker.run(burst=True)
+    assert bus.messages("dlq") == [] and await broker.lag() == 8  # they come back
+
+
+async def test_binary_payloads_are_dead_lettered_byte_for_byte(dataplane) -> None:
+    bus = MemoryBus()
+    bus.append("patients", b"\xff\x00\x93")
+    pipe = Pipeline("score", "cancer", dataplane, writer=MemoryWriter())
+    worker = StreamWorker(pipe, MemoryBroker(bus, "patients"), dead_letter_subject="dlq",
+                          fetch_timeout=0.05, codec="msgpack")
+    await worker.run(burst=True)
+    [dead] = [orjson.loads(m) for m in bus.messages("dlq")]
+    assert base64.b64decode(dead["payload_base64"]) == b"\xff\x00\x93"

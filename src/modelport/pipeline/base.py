@@ -40,7 +40,9 @@ class Frame:
 
     @classmethod
     def from_records(cls, keys: Sequence[Key], records: Sequence[Mapping[str, Any]]) -> Frame:
-        names = list(records[0]) if records else []
+        # every record's fields, not the first one's: a record missing a field must not
+        # hide that column from the records that have it
+        names = list(dict.fromkeys(n for r in records for n in r))
         return cls(list(keys), {n: [r.get(n) for r in records] for n in names})
 
 

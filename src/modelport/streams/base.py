@@ -9,6 +9,7 @@ per message in the sink.
 
 from __future__ import annotations
 
+import base64
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,12 +38,20 @@ class DeadLetter:
     reason: str
 
     def body(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "id": self.message.id,
             "reason": self.reason,
             "deliveries": self.message.deliveries,
-            "payload": self.message.payload.decode("utf-8", errors="replace"),
         }
+        if self.message.headers:
+            body["headers"] = self.message.headers
+        try:
+            body["payload"] = self.message.payload.decode("utf-8")
+        except UnicodeDecodeError:
+            # msgpack and other binary payloads: decoding with "replace" would lose bytes,
+            # and a dead letter must be replayable exactly
+            body["payload_base64"] = base64.b64encode(self.message.payload).decode("ascii")
+        return body
 
 
 class Broker(ABC):
@@ -66,17 +75,27 @@ class Broker(ABC):
         """Mark processed: they will not be delivered again."""
 
     @abstractmethod
-    async def publish(self, subject: str, payloads: Sequence[bytes]) -> None:
-        """Append messages to `subject` (an output or dead-letter stream/topic)."""
+    async def publish(self, subject: str, payloads: Sequence[bytes],
+                      keys: Sequence[str] | None = None) -> None:
+        """Append messages to `subject` (an output or dead-letter stream/topic).
+
+        `keys` (one per payload) name what each message is about, e.g. the id of the
+        input message it answers: Kafka's record key, JetStream's de-duplication id, a
+        field of a Redis stream entry."""
 
     async def dead_letter(self, letters: Sequence[DeadLetter], subject: str) -> None:
-        """Set messages aside with their reason, then acknowledge them."""
+        """Set messages aside with their reason, then acknowledge them.
+
+        Published before the ack: a crash in between publishes a letter twice rather
+        than losing it."""
         import orjson
 
         if letters:
-            await self.publish(subject, [orjson.dumps(d.body()) for d in letters])
+            await self.publish(subject, [orjson.dumps(d.body()) for d in letters],
+                               keys=[d.message.id for d in letters])
             await self.ack([d.message for d in letters])
 
     async def lag(self) -> int | None:
-        """Messages waiting for this consumer group, when the broker can tell."""
+        """Messages this consumer group has not acknowledged yet (not delivered, or
+        delivered and in flight), when the broker can tell."""
         return None

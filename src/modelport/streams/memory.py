@@ -70,7 +70,8 @@ class MemoryBroker(Broker):
         for m in messages:
             m.handle.acked = True
 
-    async def publish(self, subject: str, payloads: Sequence[bytes]) -> None:
+    async def publish(self, subject: str, payloads: Sequence[bytes],
+                      keys: Sequence[str] | None = None) -> None:
         for payload in payloads:
             self.bus.append(subject, payload)
 
