@@ -228,7 +228,7 @@ def _may_hide_bool(arr: np.ndarray, data: Any) -> bool:
 
 def decode_binary(buf: memoryview | bytes, datatype: str, shape: Sequence[int],
                   name: str) -> np.ndarray:
-    """Binary tensor data as an array of `shape` (numeric data is not copied)."""
+    """Binary tensor data as an array of `shape`: `np.frombuffer`, no per-element work."""
     where = f"input {name!r}"
     count = math.prod(shape)
     if datatype == "BYTES":
@@ -241,8 +241,10 @@ def decode_binary(buf: memoryview | bytes, datatype: str, shape: Sequence[int],
         raw = np.frombuffer(buf, dtype=np.uint8)
         if (raw > 1).any():
             raise InvalidInput(f"{where}: BOOL bytes must be 0 or 1")
-        return raw.view(np.bool_).reshape(shape)
-    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+        return raw.view(np.bool_).reshape(shape).copy()
+    # one memcpy: a view on the body would be read-only, and models (python flavor)
+    # may write to their input; merged batches are writable, so single ones are too
+    return np.frombuffer(buf, dtype=dtype).reshape(shape).copy()
 
 
 def decode_bytes(buf: memoryview | bytes, where: str = "BYTES tensor") -> np.ndarray:
