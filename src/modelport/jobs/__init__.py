@@ -1,0 +1,15 @@
+"""Jobs: batch runs of a pipeline over a query or a file, and the scheduler."""
+
+from modelport.jobs.batch import EXIT_REJECTED, BatchJob, BatchOptions, BatchResult, source_for
+from modelport.jobs.sources import FileRows, KeyQuery, Source
+
+__all__ = [
+    "EXIT_REJECTED",
+    "BatchJob",
+    "BatchOptions",
+    "BatchResult",
+    "FileRows",
+    "KeyQuery",
+    "Source",
+    "source_for",
+]

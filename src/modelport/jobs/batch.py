@@ -1,0 +1,321 @@
+"""Batch jobs: score a keys query or a file through a pipeline, in chunks, resumably.
+
+The batch trigger is a thin adapter like the others: chunks of keys (looked up with
+the pipeline's retriever) or of rows (from a file) go through `Pipeline.process`, so
+the same data plane and batcher as the server score them, and the pipeline's writer
+upserts the results. Reading the next chunk overlaps scoring the current one, with at
+most two chunks waiting, so memory is bounded by the chunk size, not the data size.
+
+After each chunk's results are written, its checkpoint (and its rejects) are
+committed (see `modelport.jobs.state`); a job that is killed and started again
+continues after the last committed chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import sqlalchemy as sa
+
+from modelport.errors import ConfigError
+from modelport.jobs.sources import Chunk, FileRows, KeyQuery, Resume, Source, job_id
+from modelport.jobs.state import Checkpoint, JobState, RejectRow
+from modelport.pipeline import Frame, Pipeline, PipelineConfig
+from modelport.service import Service
+
+log = logging.getLogger("modelport.jobs.batch")
+
+T = TypeVar("T")
+
+EXIT_REJECTED = 3
+"""`modelport batch` exits with this when rows were set aside (the output is partial)."""
+
+
+@dataclass
+class BatchOptions:
+    chunk_size: int = 10_000
+    dry_run: bool = False
+    """Read, validate and score, but write nothing: no results, checkpoints, rejects."""
+    job_id: str | None = None
+    """Default: the pipeline's name and a hash of the pipeline and the source."""
+    rejects_file: Path | None = None
+    """Rejects as JSON lines here, instead of the `<writer table>_rejects` table."""
+    fresh: bool = False
+    """Start over even when an unfinished run of the job could be resumed."""
+
+
+@dataclass
+class BatchResult:
+    """What one run did; `total_*` also count the chunks earlier runs committed."""
+
+    job_id: str
+    pipeline: str
+    dry_run: bool
+    read: int = 0
+    written: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+    resumed_after: int = 0
+    """Rows an earlier, interrupted run had committed (0 when starting afresh)."""
+    total_rejected: int = 0
+    rejects_to: str = ""
+    reasons: dict[str, int] = field(default_factory=dict)
+    """Up to ten distinct reject reasons with their counts, for the summary."""
+
+    @property
+    def rate(self) -> float:
+        return self.read / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_REJECTED if self.total_rejected or self.rejected else 0
+
+
+class Reporter(Protocol):
+    """Progress display (the CLI's Rich bar); the scheduler passes none."""
+
+    def start(self, total: int | None, done: int) -> None: ...
+
+    def advance(self, rows: int) -> None: ...
+
+
+class BatchJob:
+    """One run of a batch job; `await job.run()` returns what it did."""
+
+    def __init__(self, service: Service, pipeline: str, source: Source,
+                 options: BatchOptions | None = None, *,
+                 reporter: Reporter | None = None, home: Path | None = None) -> None:
+        self.service = service
+        self.pipeline: Pipeline = service.pipeline(pipeline)
+        self.source = source
+        self.options = options or BatchOptions()
+        self.reporter = reporter
+        self.home = home or service.settings.home
+        self.job_id = self.options.job_id or job_id(pipeline, source)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="batch-source")
+
+    async def run(self) -> BatchResult:
+        pipe, opts = self.pipeline, self.options
+        result = BatchResult(self.job_id, pipe.name, opts.dry_run)
+        self.service.dataplane.deployment(pipe.model)  # NotReady, in one line, if not loaded
+        if self.source.lookup and pipe.retriever is None:
+            raise ConfigError(f"pipeline {pipe.name!r} has no retriever to look the keys up "
+                              "with; give rows with --input instead")
+        if not opts.dry_run and pipe.writer is None:
+            raise ConfigError(f"pipeline {pipe.name!r} has no writer for the results")
+        state: JobState | None = None
+        try:
+            await self._in_thread(self.source.check)
+            cp = Checkpoint(self.job_id, pipe.name, self.source.describe())
+            if not opts.dry_run:
+                state = await asyncio.to_thread(self._state)
+                cp = await asyncio.to_thread(state.open, self.job_id, pipe.name,
+                                             self.source.describe(), fresh=opts.fresh)
+                result.rejects_to = state.describe_rejects()
+                result.resumed_after = cp.read
+                if cp.read:
+                    log.info("resuming batch job %s after %d rows (%d chunks)",
+                             self.job_id, cp.read, cp.chunks)
+            resume = Resume(cp.last_key, cp.read)
+            total = await self._in_thread(self.source.count, resume)
+            if self.reporter is not None:
+                self.reporter.start(None if total is None else total + cp.read, cp.read)
+            started = time.perf_counter()
+            try:
+                async for chunk, found in self._chunks(resume):
+                    await self._process(chunk, found, cp, state, result)
+            except BaseException:
+                result.seconds = time.perf_counter() - started
+                if state is not None:  # best effort: the last checkpoint stands either way
+                    await asyncio.to_thread(_quietly, state.finish, cp, "failed")
+                raise
+            result.seconds = time.perf_counter() - started
+            result.total_rejected = cp.rejected
+            if state is not None:
+                await asyncio.to_thread(state.finish, cp, "done")
+        finally:
+            await self._in_thread(self.source.close)
+            self._thread.shutdown(wait=False)
+            if state is not None:
+                state.close()
+        log.info("batch job %s: %d read, %d written, %d rejected in %.1fs",
+                 self.job_id, result.read, result.written, result.rejected, result.seconds,
+                 extra={"job_id": self.job_id, "pipeline": pipe.name})
+        return result
+
+    async def _process(self, chunk: Chunk, found: Frame, cp: Checkpoint,
+                       state: JobState | None, result: BatchResult) -> None:
+        scored = await self.pipeline.process(found, write=not self.options.dry_run)
+        rejects = _missing(chunk.frame, found) + [
+            RejectRow(r.key, r.reason, None) for r in scored.rejects]
+        if scored.rejects:
+            _add_payloads(rejects, found)
+        read, written = len(chunk.frame), len(scored.results)
+        result.read += read
+        result.written += written
+        result.rejected += len(rejects)
+        for r in rejects:
+            if r.reason in result.reasons or len(result.reasons) < 10:
+                result.reasons[r.reason] = result.reasons.get(r.reason, 0) + 1
+        cp.chunks += 1
+        cp.read += read
+        cp.written += written
+        cp.rejected += len(rejects)
+        cp.last_key = chunk.last_key
+        if state is not None:  # the results are written: now the chunk counts as done
+            await asyncio.to_thread(state.commit, cp, rejects)
+        metrics = self.service.dataplane.metrics
+        for outcome, n in (("read", read), ("written", written), ("rejected", len(rejects))):
+            if n:
+                metrics.batch_rows.labels(self.pipeline.name, outcome).inc(n)
+        if self.reporter is not None:
+            self.reporter.advance(read)
+
+    async def _chunks(self, resume: Resume) -> AsyncIterator[tuple[Chunk, Frame]]:
+        """Chunks read (and looked up) ahead of the one being scored, two at most."""
+        queue: asyncio.Queue[tuple[Chunk, Frame] | BaseException | None] = asyncio.Queue(1)
+
+        async def produce() -> None:
+            chunks = iter(self.source.chunks(self.options.chunk_size, resume))
+            try:
+                while (chunk := await self._in_thread(next, chunks, None)) is not None:
+                    found = chunk.frame
+                    if self.source.lookup:
+                        assert self.pipeline.retriever is not None
+                        found = await self.pipeline.retriever.get(chunk.frame.keys)
+                    await queue.put((chunk, found))
+                await queue.put(None)
+            except Exception as exc:
+                await queue.put(exc)
+            finally:
+                await self._in_thread(_close_iterator, chunks)
+
+        task = asyncio.create_task(produce(), name="batch-reader")
+        try:
+            while (item := await queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        # one thread for the source: its connection and cursor never change threads
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    def _state(self) -> JobState:
+        """Checkpoints in the writer's database (with a rejects table) or the registry's."""
+        rejects_file = self.options.rejects_file
+        target = sql_target(self.service, self.pipeline.name)
+        if target is not None:
+            url, table = target
+            return JobState(url, rejects_table=f"{table}_rejects", rejects_file=rejects_file)
+        default = self.home / "batch" / f"{self.job_id}.rejects.jsonl"
+        return JobState(self.service.settings.resolved_registry_url,
+                        rejects_file=rejects_file or default)
+
+
+def sql_target(service: Service, pipeline: str) -> tuple[str, str] | None:
+    """The SQL database and table a pipeline writes to, if it writes to one."""
+    config = _config(service, pipeline)
+    writer = service.pipeline(pipeline).writer
+    if config is not None and config.writer is not None and config.writer.type == "sql":
+        url, table = config.writer.options.get("url"), config.writer.options.get("table")
+    else:  # an injected writer that says where it writes
+        url, table = getattr(writer, "url", None), getattr(writer, "table", None)
+    if isinstance(url, str) and isinstance(table, str) and _is_sql(url):
+        return url, table
+    return None
+
+
+def _is_sql(url: str) -> bool:
+    try:
+        return sa.make_url(url).get_backend_name() in ("sqlite", "postgresql", "mysql",
+                                                       "mariadb", "mssql", "oracle")
+    except sa.exc.ArgumentError:
+        return False
+
+
+def source_for(service: Service, pipeline: str, *, keys: str | None = None,
+               input_file: Path | None = None, keys_url: str | None = None,
+               key: str | None = None) -> Source:
+    """The source a batch run reads: `--keys` / `--input`, else the pipeline's `keys:`
+    (a query, or the path of a .csv/.parquet file of rows)."""
+    service.pipeline(pipeline)  # NotFound for an unknown name, before anything else
+    config = _config(service, pipeline)
+    if keys is not None and input_file is not None:
+        raise ConfigError("give either --keys or --input, not both")
+    if keys is None and input_file is None:
+        declared = config.keys if config is not None else None
+        if not declared:
+            raise ConfigError(f"pipeline {pipeline!r}: give the keys to score (--keys 'SELECT "
+                              "id FROM …') or rows (--input FILE), or set keys: in its config")
+        if declared.strip().lower().endswith((".csv", ".parquet", ".pq")):
+            input_file = Path(declared.strip())
+        else:
+            keys = declared
+    if input_file is not None:
+        return FileRows(input_file, key or _key_column(config))
+    assert keys is not None
+    url = keys_url or _retriever_url(config)
+    if url is None:
+        raise ConfigError(f"pipeline {pipeline!r} has no SQL retriever to run the keys query "
+                          "on; give its database with --keys-url")
+    return KeyQuery(url, keys)
+
+
+def _config(service: Service, pipeline: str) -> PipelineConfig | None:
+    """The pipeline's configuration (none for a pipeline handed to the service built)."""
+    return next((p for p in service.config.pipelines if p.name == pipeline), None)
+
+
+def _retriever_url(config: PipelineConfig | None) -> str | None:
+    if config is None or config.retriever is None:
+        return None
+    url = config.retriever.options.get("url")
+    return url if isinstance(url, str) and _is_sql(url) else None
+
+
+def _key_column(config: PipelineConfig | None) -> str:
+    """The key column of an input file: the writer's key, else the retriever's, else id."""
+    for component in (config.writer, config.retriever) if config else ():
+        if component is not None and isinstance(component.options.get("key"), str):
+            return str(component.options["key"])
+    return "id"
+
+
+def _missing(asked: Frame, found: Frame) -> list[RejectRow]:
+    if len(found) == len(asked) and found.keys == asked.keys:
+        return []
+    have = set(found.keys)
+    return [RejectRow(k, f"no data for key {k!r}", None) for k in asked.keys if k not in have]
+
+
+def _add_payloads(rejects: list[RejectRow], frame: Frame) -> None:
+    """The input row of each rejected key, so it can be fixed and scored again."""
+    where = {k: i for i, k in enumerate(frame.keys)}
+    for r in rejects:
+        i = where.get(r.key)
+        if i is not None and r.payload is None:
+            r.payload = frame.take([i]).records()[0]
+
+
+def _close_iterator(it: Any) -> None:
+    close = getattr(it, "close", None)
+    if close is not None:
+        close()
+
+
+def _quietly(fn: Callable[..., Any], *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception as exc:  # the error that stopped the job matters more
+        log.warning("could not mark the batch job as failed: %s", exc)

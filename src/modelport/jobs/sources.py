@@ -1,0 +1,269 @@
+"""Where a batch job's input comes from: a keys query, or a file of rows.
+
+A source hands out chunks in a deterministic order and can start again part-way:
+a keys query after the last committed key (the query is wrapped in `SELECT DISTINCT
+… ORDER BY key`, so "after" is exact), a file after the rows already consumed. Sources
+are synchronous (SQLAlchemy, pandas, pyarrow) and the batch job drives each one from a
+single thread of its own, off the event loop. Nothing here holds more than a chunk:
+keys stream from a server-side cursor, files are read chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from modelport.errors import ConfigError, ModelportError
+from modelport.pipeline import Frame, Key
+
+
+@dataclass
+class Resume:
+    """Where a resumed job starts: after `last_key` (queries) or `offset` rows (files)."""
+
+    last_key: Key | None = None
+    offset: int = 0
+
+
+@dataclass
+class Chunk:
+    """One chunk of input; for a keys query the frame holds only keys (no columns)."""
+
+    frame: Frame
+    last_key: Key | None
+
+
+class Source(ABC):
+    lookup: bool
+    """True when chunks hold keys for the pipeline's retriever to look up."""
+
+    @abstractmethod
+    def identity(self) -> str:
+        """What makes two runs the same job (hashed into the default job id)."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """A short human description for messages."""
+
+    def check(self) -> None:
+        """Fail early, in one line, when the source cannot be read."""
+        return None
+
+    def count(self, resume: Resume) -> int | None:
+        """Rows left to read from `resume` on, when that is cheap to know."""
+        return None
+
+    @abstractmethod
+    def chunks(self, chunk_size: int, resume: Resume) -> Iterator[Chunk]:
+        """Chunks of at most `chunk_size` rows, in a deterministic order."""
+
+    def close(self) -> None:
+        return None
+
+
+def sql_error(what: str, exc: SQLAlchemyError) -> ModelportError:
+    """One line from a SQLAlchemy error: the driver's first line, without the SQL echo."""
+    orig = getattr(exc, "orig", None)
+    detail = str(orig if orig is not None else exc).strip().splitlines()
+    return ModelportError(f"{what}: {detail[0] if detail else type(exc).__name__}")
+
+
+class KeyQuery(Source):
+    """Keys from a SQL query's first column (`SELECT id FROM patients WHERE …`)."""
+
+    lookup = True
+
+    def __init__(self, url: str, query: str) -> None:
+        self.url = url
+        self.query = query.strip().rstrip(";").strip()
+        if not self.query:
+            raise ConfigError("the keys query is empty")
+        self._engine: Engine | None = None
+        self._column: str | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            try:
+                self._engine = sa.create_engine(self.url)
+            except (SQLAlchemyError, ImportError, ValueError) as exc:
+                raise ConfigError(f"keys database {self.url!r}: {exc}") from exc
+        return self._engine
+
+    def identity(self) -> str:
+        return f"query\0{sa.make_url(self.url).render_as_string(hide_password=True)}\0{self.query}"
+
+    def describe(self) -> str:
+        return f"keys query on {sa.make_url(self.url).render_as_string(hide_password=True)}"
+
+    def check(self) -> None:
+        # a probe that returns no rows: bad SQL or a missing table fails here, in one line
+        probe = sa.text(f"SELECT * FROM ({self.query}) AS mp_probe LIMIT 0")
+        try:
+            with self.engine.connect() as conn:
+                columns = list(conn.execute(probe).keys())
+        except SQLAlchemyError as exc:
+            raise ConfigError(str(sql_error("keys query failed", exc))) from exc
+        if not columns:
+            raise ConfigError("keys query returns no columns")
+        self._column = columns[0]
+
+    def _ordered(self, after: bool, select: str | None = None) -> sa.TextClause:
+        if self._column is None:
+            self.check()
+        col = self.engine.dialect.identifier_preparer.quote(str(self._column))
+        where = f" WHERE mp_q.{col} > :after" if after else ""
+        inner = (f"SELECT DISTINCT mp_q.{col} AS mp_key FROM ({self.query}) AS mp_q{where}")
+        if select:
+            return sa.text(f"SELECT {select} FROM ({inner}) AS mp_k")
+        return sa.text(f"{inner} ORDER BY mp_key")
+
+    def count(self, resume: Resume) -> int | None:
+        after = resume.last_key is not None
+        try:
+            with self.engine.connect() as conn:
+                return int(conn.execute(self._ordered(after, "count(*)"),
+                                        {"after": resume.last_key} if after else {}).scalar_one())
+        except SQLAlchemyError as exc:
+            raise sql_error("counting the keys failed", exc) from exc
+
+    def chunks(self, chunk_size: int, resume: Resume) -> Iterator[Chunk]:
+        if self.engine.dialect.name == "sqlite":
+            yield from self._pages(chunk_size, resume)
+            return
+        after = resume.last_key is not None
+        try:
+            # `yield_per` makes a server-side cursor (psycopg: a named cursor): the
+            # database sends rows as they are fetched, never the whole result at once
+            with self.engine.connect() as conn:
+                result = conn.execution_options(yield_per=chunk_size).execute(
+                    self._ordered(after), {"after": resume.last_key} if after else {})
+                for rows in result.partitions(chunk_size):
+                    keys = [r[0] for r in rows]
+                    yield Chunk(Frame(keys), keys[-1])
+        except SQLAlchemyError as exc:
+            raise sql_error("reading the keys failed", exc) from exc
+
+    def _pages(self, chunk_size: int, resume: Resume) -> Iterator[Chunk]:
+        # SQLite: one short query per chunk instead of a cursor held open for the whole
+        # job, whose read lock would block the job's own writes to the same file
+        last = resume.last_key
+        while True:
+            try:
+                with self.engine.connect() as conn:
+                    stmt = sa.text(f"{self._ordered(last is not None).text} LIMIT :n")
+                    params: dict[str, Any] = {"n": chunk_size}
+                    if last is not None:
+                        params["after"] = last
+                    keys = [r[0] for r in conn.execute(stmt, params)]
+            except SQLAlchemyError as exc:
+                raise sql_error("reading the keys failed", exc) from exc
+            if not keys:
+                return
+            last = keys[-1]
+            yield Chunk(Frame(keys), last)
+            if len(keys) < chunk_size:
+                return
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+class FileRows(Source):
+    """Rows from a CSV or Parquet file: the key column plus the model's features."""
+
+    lookup = False
+
+    def __init__(self, path: Path, key: str = "id") -> None:
+        self.path = path
+        self.key = key
+        suffix = path.suffix.lower()
+        if suffix not in (".csv", ".parquet", ".pq"):
+            raise ConfigError(f"{path}: expected a .csv or .parquet file")
+        self.parquet = suffix != ".csv"
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such file")
+
+    def identity(self) -> str:
+        # size and mtime too: a file replaced by another of the same name is a new job
+        stat = self.path.stat()
+        return f"file\0{self.path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
+
+    def describe(self) -> str:
+        return str(self.path)
+
+    def check(self) -> None:
+        columns = self._parquet().schema_arrow.names if self.parquet else list(
+            _pandas().read_csv(self.path, nrows=0).columns)
+        if self.key not in columns:
+            raise ConfigError(f"{self.path}: no key column {self.key!r} "
+                              f"(columns: {', '.join(map(str, columns[:10]))})")
+
+    def count(self, resume: Resume) -> int | None:
+        if not self.parquet:
+            return None  # a CSV file's row count is only known by reading it
+        return max(int(self._parquet().metadata.num_rows) - resume.offset, 0)
+
+    def chunks(self, chunk_size: int, resume: Resume) -> Iterator[Chunk]:
+        reader = self._parquet_chunks if self.parquet else self._csv_chunks
+        for columns in reader(chunk_size, resume.offset):
+            keys = _python_list(columns.pop(self.key))
+            if keys:
+                yield Chunk(Frame(keys, columns), keys[-1])
+
+    def _csv_chunks(self, chunk_size: int, offset: int) -> Iterator[dict[str, Any]]:
+        pd = _pandas()
+        # skiprows keeps the header (line 0) and skips the rows already committed
+        skip = range(1, offset + 1) if offset else None
+        with pd.read_csv(self.path, chunksize=chunk_size, skiprows=skip) as reader:
+            for df in reader:
+                yield {str(c): df[c].to_numpy() for c in df.columns}
+
+    def _parquet_chunks(self, chunk_size: int, offset: int) -> Iterator[dict[str, Any]]:
+        skip = offset
+        for batch in self._parquet().iter_batches(batch_size=chunk_size):
+            if skip >= batch.num_rows:
+                skip -= batch.num_rows
+                continue
+            batch = batch.slice(skip)
+            skip = 0
+            yield {name: batch.column(i).to_numpy(zero_copy_only=False)
+                   for i, name in enumerate(batch.schema.names)}
+
+    def _parquet(self) -> Any:
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as exc:
+            raise ConfigError("reading Parquet needs pyarrow: pip install pyarrow") from exc
+        return pq.ParquetFile(self.path)
+
+
+def _pandas() -> Any:
+    try:
+        import pandas as pd
+    except ImportError as exc:
+        raise ConfigError("reading CSV needs pandas: pip install 'modelport[pandas]'") from exc
+    return pd
+
+
+def _python_list(values: Any) -> list[Key]:
+    """Keys as plain Python values (numpy int64 is neither JSON nor a SQL parameter)."""
+    if isinstance(values, np.ndarray):
+        return list(values.tolist())
+    return list(values)
+
+
+def job_id(pipeline: str, source: Source) -> str:
+    """The default job id: the pipeline's name and a hash of the pipeline and source."""
+    digest = hashlib.sha256(f"{pipeline}\0{source.identity()}".encode()).hexdigest()
+    return f"{pipeline}-{digest[:12]}"

@@ -1,0 +1,155 @@
+"""What the batch tests share: the model, a patients table in PostgreSQL, a service
+config, and the `modelport` command run as a subprocess."""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sklearn.datasets import load_breast_cancer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from modelport import Registry, Settings
+
+HERE = Path(__file__).parent
+
+
+@functools.cache
+def cancer() -> tuple[Any, Any]:
+    X, y = load_breast_cancer(return_X_y=True, as_frame=True)
+    return X, make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(X, y)
+
+
+def features(n: int) -> np.ndarray:
+    """n rows of breast-cancer features: the data set repeated, slightly perturbed."""
+    X, _ = cancer()
+    base = X.to_numpy()
+    rng = np.random.default_rng(0)
+    rows = base[np.arange(n) % len(base)]
+    return rows * (1 + 0.01 * rng.standard_normal(rows.shape))
+
+
+def register(home: Path) -> None:
+    X, clf = cancer()
+    with Registry(settings=Settings(home=home)) as reg:
+        mv = reg.register("cancer", clf, sample_input=X[:5])
+        reg.set_alias("cancer", "production", mv.version)
+
+
+def quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def make_patients(url: str, n: int, table: str = "patients", *, start: int = 1) -> np.ndarray:
+    """Create `table` (id + 30 features) with ids start..start+n-1, by COPY; returns X."""
+    X, _ = cancer()
+    data = features(n)
+    cols = ", ".join(f"{quoted(c)} DOUBLE PRECISION" for c in X.columns)
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"CREATE TABLE {table} (id BIGINT PRIMARY KEY, {cols})"))
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        with cur.copy(f"COPY {table} FROM STDIN") as copy:  # type: ignore[attr-defined]
+            for lo in range(0, n, 50_000):
+                part = data[lo:lo + 50_000]
+                buf = io.StringIO()
+                ids = np.arange(start + lo, start + lo + len(part))
+                np.savetxt(buf, np.column_stack([ids, part]), delimiter="\t",
+                           fmt=["%d"] + ["%.17g"] * part.shape[1])
+                copy.write(buf.getvalue())
+        raw.commit()
+    finally:
+        raw.close()
+    engine.dispose()
+    return data
+
+
+def make_results(url: str, table: str = "results") -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"CREATE TABLE {table} (id BIGINT PRIMARY KEY, "
+                             "predictions BIGINT NOT NULL)"))
+    engine.dispose()
+
+
+def query(url: str, sql: str) -> list[Any]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(sa.text(sql)))
+    finally:
+        engine.dispose()
+
+
+def write_config(path: Path, url: str, *, pre: str | None = None, chunk_size: int = 1000,
+                 schedule: str | None = None, keys: str | None = None) -> Path:
+    lines = [
+        "pipelines:",
+        "  - name: score",
+        "    model: cancer@production",
+        "    retriever: {type: 'sql_components:PgRetriever', url: '${DB}', table: patients}",
+        "    writer: {type: 'sql_components:PgWriter', url: '${DB}', table: results}",
+        "    outputs: [predictions]",
+        f"    chunk_size: {chunk_size}",
+    ]
+    if pre:
+        lines.append(f"    pre: {pre}")
+    if schedule:
+        lines.append(f"    schedule: '{schedule}'")
+    if keys:
+        lines.append(f'    keys: "{keys}"')
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def env(home: Path, url: str, **extra: str) -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if not k.startswith("MODELPORT_")}
+    e.update(MODELPORT_HOME=str(home), DB=url, COLUMNS="200", PYTHONPATH=str(HERE), **extra)
+    return e
+
+
+def modelport(home: Path, url: str, *args: str, timeout: float = 120, **extra: str) -> Result:
+    proc = subprocess.run([sys.executable, "-m", "modelport", *args], env=env(home, url, **extra),
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def start(home: Path, url: str, *args: str, **extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "modelport", *args],
+                            env=env(home, url, **extra), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+
+
+def wait_for(predicate: Any, timeout: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def slow(frame: Any) -> Any:
+    """A `pre` step that takes its time, so a test can kill a job part-way."""
+    time.sleep(0.05)
+    return frame
