@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import os
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -284,3 +285,22 @@ def test_openapi_shows_each_models_columns(settings, reg, data) -> None:
     assert len(record["required"]) == 30
     assert page.status_code == 200 and "swagger" in page.text.lower()
     assert "cancer@production" in index.text and "/docs" in index.text
+
+
+async def test_models_can_run_in_worker_processes(settings, reg, data) -> None:
+    X, _ = data
+    reg.set_alias("cancer", "production", cancer_model(reg, data))
+    expected = reg.load("cancer@production").predict(X[:8]).tolist()
+    dp, http = await _serve(settings, reg, ModelConfig(ref="cancer@production", workers=2))
+    deployment = dp.deployment("cancer")
+    answers = await asyncio.gather(*(
+        http.post("/models/cancer/predict", json={"instances": X.values[i:i + 1].tolist()})
+        for i in range(8)))
+    pids = await asyncio.gather(*(
+        asyncio.get_running_loop().run_in_executor(deployment.executor, os.getpid)
+        for _ in range(4)))
+    await http.aclose()
+    await dp.stop()
+    assert [a.json()["predictions"][0] for a in answers] == expected
+    assert deployment.batcher.concurrency == 2  # one batch in flight per process
+    assert os.getpid() not in pids
