@@ -104,7 +104,8 @@ class BatchJob:
     async def run(self) -> BatchResult:
         pipe, opts = self.pipeline, self.options
         result = BatchResult(self.job_id, pipe.name, opts.dry_run)
-        self.service.dataplane.deployment(pipe.model)  # NotReady, in one line, if not loaded
+        if pipe.model is not None:  # NotReady, in one line, if not loaded
+            self.service.dataplane.deployment(pipe.model)
         if self.source.lookup and pipe.retriever is None:
             raise ConfigError(f"pipeline {pipe.name!r} has no retriever to look the keys up "
                               "with; give rows with --input instead")

@@ -93,12 +93,14 @@ class Scored:
 class Pipeline:
     """Components and a model, wired; build it with `from_config` or pass instances."""
 
-    def __init__(self, name: str, model: str, dataplane: DataPlane, *,
+    def __init__(self, name: str, model: str | None, dataplane: DataPlane, *,
                  retriever: Retriever | None = None, writer: Writer | None = None,
                  pre: Step | None = None, post: Step | None = None,
                  outputs: Sequence[str] | None = None) -> None:
         self.name = name
-        self.model = model  # the served name in the data plane
+        # the served name in the data plane; None for a pipeline that only moves data
+        # (a stream folded into a store): its frames go from `pre` to the writer as they are
+        self.model = model
         self.dataplane = dataplane
         self.retriever = retriever
         self.writer = writer
@@ -162,6 +164,8 @@ class Pipeline:
     async def score(self, frame: Frame) -> Scored:
         if not len(frame):
             return Scored(Frame([], {}))
+        if self.model is None:
+            return Scored(frame)
         deployment = self.dataplane.deployment(self.model)
         signature = deployment.model.signature
         inputs = {s.name: frame.columns[s.name] for s in signature.inputs

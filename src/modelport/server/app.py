@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from fastapi import FastAPI
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from modelport import __version__
 from modelport.dataplane import DataPlane
@@ -26,13 +27,23 @@ from modelport.server.responses import handle_error
 from modelport.service import start_pipelines
 from modelport.settings import Settings
 
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
 
 def create_app(settings: Settings, dataplane: DataPlane, *, follow: bool = True,
                keys: KeyStore | None = None,
-               pipelines: Mapping[str, Pipeline] | None = None) -> FastAPI:
+               pipelines: Mapping[str, Pipeline] | None = None,
+               extra_routes: Sequence[BaseRoute] = (),
+               lifespan: Lifespan | None = None) -> FastAPI:
     """A server for `dataplane`'s models; starting it loads them, stopping drains them.
 
     `pipelines` (built over the same data plane) get `POST /pipelines/{name}/run`.
+
+    `extra_routes` mount an application's own routes beside modelport's (a domain API
+    over a pipeline, a web page): they are matched first, so one of them may take `/`.
+    `lifespan(app)` is the application's own start-up and shut-down (background tasks,
+    connections): entered once the models are loaded and the pipelines started, exited
+    before they are drained.
 
     `keys` are the API keys it accepts; by default those of `settings.server.api_keys_file`
     (none when unset: then the admin API refuses every request).
@@ -40,11 +51,15 @@ def create_app(settings: Settings, dataplane: DataPlane, *, follow: bool = True,
     keys = keys if keys is not None else KeyStore.from_settings(settings)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def serve(app: FastAPI) -> AsyncIterator[None]:
         await dataplane.start(follow=follow)
         await start_pipelines(app.state.pipelines.values())
         try:
-            yield
+            if lifespan is None:
+                yield
+            else:
+                async with lifespan(app):
+                    yield
         finally:
             await dataplane.stop()
             for pipeline in app.state.pipelines.values():
@@ -58,6 +73,7 @@ def create_app(settings: Settings, dataplane: DataPlane, *, follow: bool = True,
                         media_type="text/plain; version=0.0.4; charset=utf-8")
 
     routes: list[Any] = [
+        *extra_routes,
         Route("/", predict.index, methods=["GET"], include_in_schema=False),
         Route("/models/{name}/predict", predict.predict, methods=["POST"]),
         Route("/metrics", metrics, methods=["GET"], include_in_schema=False),
@@ -68,7 +84,7 @@ def create_app(settings: Settings, dataplane: DataPlane, *, follow: bool = True,
     app = FastAPI(
         title="modelport",
         version=__version__,
-        lifespan=lifespan,
+        lifespan=serve,
         routes=routes,
         middleware=[
             Middleware(RequestContext, metrics=dataplane.metrics),

@@ -32,10 +32,10 @@ async def run(request: Request) -> Response:
     body = await read_json(request)
     keys = _keys(body)
     results = await pipeline.run(keys)
-    deployment = pipeline.dataplane.deployment(pipeline.model)
-    request.state.version = deployment.version
-    answer: dict[str, Any] = {"pipeline": pipeline.name, "model": pipeline.model,
-                              "version": deployment.version}
+    answer: dict[str, Any] = {"pipeline": pipeline.name, "model": pipeline.model}
+    if pipeline.model is not None:
+        deployment = pipeline.dataplane.deployment(pipeline.model)
+        request.state.version = answer["version"] = deployment.version
     if isinstance(body, dict) and "key" in body:
         answer["key"], answer["result"] = keys[0], results[keys[0]]
     else:

@@ -133,11 +133,13 @@ class StreamWorker:
             await self._retry(lambda: self.broker.ack(accepted), "ack", abandon=False)
         self._account(len(accepted), len(letters), time.perf_counter() - started)
 
-    async def _signature(self) -> Signature:
+    async def _signature(self) -> Signature | None:
         # inside the retry: a model still loading (NotReady) holds the batch, like an outage
+        if self.pipeline.model is None:  # a pipeline that only moves data: records as sent
+            return None
         return self.pipeline.dataplane.deployment(self.pipeline.model).model.signature
 
-    def _decode(self, messages: Sequence[Message], signature: Signature
+    def _decode(self, messages: Sequence[Message], signature: Signature | None
                 ) -> tuple[list[DeadLetter], list[list[_Row]]]:
         """Dead letters, and the rows to score in rounds of distinct ids.
 
@@ -255,10 +257,14 @@ class StreamWorker:
             self.metrics.stream_batch_seconds.labels(name).observe(seconds)
 
 
-def as_record(data: Any, signature: Signature) -> dict[str, Any]:
-    """A message's data as one record of the model's inputs."""
+def as_record(data: Any, signature: Signature | None) -> dict[str, Any]:
+    """A message's data as one record of the model's inputs (or, for a pipeline
+    without a model, as the record it is)."""
     if isinstance(data, dict):
         return data
+    if signature is None:
+        raise InvalidInput("expected a record (a JSON object): this pipeline has no model "
+                           "whose inputs would name a row's values")
     names = [s.name for s in signature.inputs]
     if signature.layout == "tensor" and len(names) == 1:
         return {names[0]: data}
