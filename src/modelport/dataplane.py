@@ -18,7 +18,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
@@ -29,6 +29,9 @@ from modelport.monitoring.metrics import Metrics
 from modelport.registry import ModelVersion, Registry, parse_ref
 from modelport.settings import BatchingSettings, Settings
 from modelport.signature import Batch
+
+if TYPE_CHECKING:
+    from modelport.monitoring.predlog import PredictionLog
 
 log = logging.getLogger("modelport.dataplane")
 
@@ -86,7 +89,8 @@ class Endpoint:
 
 class DataPlane:
     def __init__(self, registry: Registry, settings: Settings, models: list[ModelConfig],
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None,
+                 prediction_log: PredictionLog | None = None) -> None:
         self.registry = registry
         self.settings = settings
         self.metrics = metrics or Metrics()
@@ -97,11 +101,16 @@ class DataPlane:
             self.endpoints[config.served_name] = Endpoint(config)
         self._poller: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        # prediction log: every trigger's calls pass through predict(), so it is
+        # recorded there, once; its background writer lives as long as the data plane
+        self.prediction_log = prediction_log
 
     # --- lifecycle ------------------------------------------------------------------
 
     async def start(self, *, follow: bool = True) -> None:
         """Load every model (failures are recorded, not raised) and start following."""
+        if self.prediction_log is not None:
+            await self.prediction_log.start(self.metrics)
         await asyncio.gather(*(self._refresh(ep) for ep in self.endpoints.values()))
         if follow:
             self._poller = asyncio.create_task(self._follow(), name="registry-poller")
@@ -113,6 +122,8 @@ class DataPlane:
                 await self._poller
         await asyncio.gather(*(ep.current.close() for ep in self.endpoints.values()
                                if ep.current is not None))
+        if self.prediction_log is not None:  # after the drain: its calls are logged too
+            await self.prediction_log.stop()
 
     async def _follow(self) -> None:
         while True:
@@ -216,10 +227,27 @@ class DataPlane:
         return ep.current
 
     async def predict(self, deployment: Deployment, batch: Batch,
-                      timeout: float | None = None) -> Batch:
-        """Run a validated batch through the deployment's batcher."""
-        return await deployment.batcher.submit(
-            batch, timeout=timeout or self.settings.server.request_timeout_s)
+                      timeout: float | None = None, *, source: str = "direct",
+                      request_id: str | None = None) -> Batch:
+        """Run a validated batch through the deployment's batcher.
+
+        `source` (the route, or `pipeline:NAME`) and `request_id` label the call in
+        the prediction log."""
+        timeout = timeout or self.settings.server.request_timeout_s
+        plog = self.prediction_log
+        if plog is None:
+            return await deployment.batcher.submit(batch, timeout=timeout)
+        # prediction log: count, time and sample the call; record() never waits
+        record, started = deployment.model.record, time.perf_counter()
+        try:
+            outputs = await deployment.batcher.submit(batch, timeout=timeout)
+        except Exception:
+            plog.record(record.name, record.version, source, batch, None,
+                        (time.perf_counter() - started) * 1000, request_id)
+            raise
+        plog.record(record.name, record.version, source, batch, outputs,
+                    (time.perf_counter() - started) * 1000, request_id)
+        return outputs
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         detail = {

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from modelport.config import ServiceConfig
 from modelport.dataplane import DataPlane
 from modelport.errors import ModelportError, NotFound
+from modelport.monitoring.predlog import PredictionLog
 from modelport.pipeline import Pipeline
 from modelport.registry import Registry
 from modelport.settings import Settings
@@ -25,7 +26,8 @@ class Service:
         self.config = config
         self.registry = registry
         served = {p.name: config.model_for(p.model).served_name for p in config.pipelines}
-        self.dataplane = DataPlane(registry, settings, config.models)
+        self.dataplane = DataPlane(registry, settings, config.models,
+                                   prediction_log=PredictionLog.from_settings(settings))
         self.pipelines: dict[str, Pipeline] = {
             p.name: Pipeline.from_config(p, self.dataplane, model_name=served[p.name])
             for p in config.pipelines

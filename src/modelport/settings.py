@@ -51,6 +51,31 @@ class ServerSettings(BaseModel):
     """Log every request (with its request id, status and latency)."""
 
 
+class MonitoringSettings(BaseModel):
+    """The prediction log: exact traffic counts and a sample of inputs and outputs.
+
+    Inputs are stored as sent: lower `sample_rate` (0 keeps only the counts) or turn
+    `enabled` off where they must not be kept.
+    """
+
+    enabled: bool = True
+    """Record traffic and sampled predictions; off, nothing is recorded."""
+    sample_rate: float = Field(0.1, ge=0, le=1)
+    """Share of predicted rows whose inputs and outputs are stored (0: none; the
+    traffic counts stay exact either way)."""
+    log_url: str | None = None
+    """SQLAlchemy URL of the prediction log's database; default the registry's."""
+    buffer_size: int = Field(10_000, ge=1)
+    """Sampled rows held in memory for the next write; beyond it new samples are
+    dropped and counted, so a slow database never slows predictions."""
+    flush_interval_s: float = Field(2.0, gt=0)
+    """How often the buffer is written (sooner when it is a quarter full)."""
+    max_rows_per_call: int = Field(100, ge=1)
+    """Most rows sampled from one model call, so one batch chunk cannot fill the log."""
+    seed: int | None = None
+    """Seed of the sampler, for reproducible samples (tests); none draws a fresh one."""
+
+
 class Settings(BaseSettings):
     """All of modelport's settings; construct once at the entry point."""
 
@@ -75,6 +100,7 @@ class Settings(BaseSettings):
 
     server: ServerSettings = Field(default_factory=ServerSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
     @field_validator("home", "cache_dir")
     @classmethod
@@ -85,6 +111,10 @@ class Settings(BaseSettings):
     @property
     def resolved_registry_url(self) -> str:
         return self.registry_url or f"sqlite:///{self.home / 'registry.db'}"
+
+    @property
+    def resolved_log_url(self) -> str:
+        return self.monitoring.log_url or self.resolved_registry_url
 
     @property
     def resolved_artifacts(self) -> str:

@@ -1,1 +1,1 @@
-"""Monitoring: input profiles and drift (metrics and the prediction log join later)."""
+"""Monitoring: metrics, input profiles and drift, and the prediction log."""

@@ -66,5 +66,10 @@ class Metrics:
             "modelport_batch_rows_total", "Batch job rows by pipeline and outcome "
             "(read, written, rejected)", ["pipeline", "outcome"], registry=r)
 
+        self.predlog_rows = Counter(
+            "modelport_predlog_rows_total", "Sampled rows for the prediction log by outcome "
+            "(written; dropped: buffer full; failed: the database refused the write)",
+            ["outcome"], registry=r)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

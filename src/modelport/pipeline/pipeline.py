@@ -180,7 +180,7 @@ class Pipeline:
             if not good:
                 return Scored(Frame([], {}), rejects)
             batch = signature.validate({k: _rows(v, good) for k, v in inputs.items()})
-        outputs = await self.dataplane.predict(deployment, batch)
+        outputs = await self.dataplane.predict(deployment, batch, source=f"pipeline:{self.name}")
         if self.outputs:
             outputs = {k: outputs[k] for k in self.outputs}
         keys = [frame.keys[i] for i in good]

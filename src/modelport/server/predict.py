@@ -23,7 +23,8 @@ async def predict(request: Request) -> Response:
     request.state.version = deployment.version
     body = await read_json(request)
     batch = deployment.model.signature.decode(_rows(body))
-    outputs = await dp.predict(deployment, batch)
+    outputs = await dp.predict(deployment, batch, source="predict",
+                               request_id=getattr(request.state, "request_id", None))
     first, *rest = outputs
     answer: dict[str, Any] = {"predictions": jsonable(outputs[first])}
     for key in rest:

@@ -1,0 +1,227 @@
+"""The prediction log's tables, and the SQL that writes and reads them.
+
+Two tables, created on first use in the log's database (the registry's by default):
+
+- `mp_predictions`: one row per *sampled* prediction row: when, which model version,
+  which trigger (`source`), the call's latency, the row's inputs and outputs as JSON,
+  and the request id (to find the access log line of an odd prediction).
+- `mp_traffic`: every call counted (not sampled) per minute, model, version and
+  source: calls, rows, errors, and latencies in fixed buckets, so a report's request
+  counts are exact and its percentiles hold for all calls, not just the sampled ones.
+  Replicas add to the same rows (an upsert), so one row per minute holds them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from modelport.errors import ModelportError, NotReady
+from modelport.registry.database import WRITE, display, make_engine, parse_url
+from modelport.registry.tables import UTCDateTime
+
+PREDICTIONS = "mp_predictions"
+TRAFFIC = "mp_traffic"
+# Upper bounds (ms) of the latency buckets; the last bucket takes everything above.
+# A 1-2-5 series: percentiles read from it are within one bucket of the truth.
+LATENCY_EDGES_MS = (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000)
+BUCKETS = [f"ms_le_{str(e).replace('.', '_')}" for e in LATENCY_EDGES_MS] + ["ms_le_inf"]
+KEY = ("minute", "model", "version", "source")
+COUNTS = ("calls", "rows", "errors", *BUCKETS)
+
+metadata = sa.MetaData()
+# SQLite autoincrements only an INTEGER PRIMARY KEY (a BIGINT one stays NULL)
+_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+predictions = sa.Table(
+    PREDICTIONS, metadata,
+    sa.Column("id", _ID, primary_key=True, autoincrement=True),
+    sa.Column("ts", UTCDateTime(), nullable=False),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("source", sa.String(128), nullable=False),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Column("inputs", sa.JSON, nullable=False),
+    sa.Column("outputs", sa.JSON, nullable=False),
+    sa.Column("request_id", sa.String(128)),
+    sa.Index("ix_mp_predictions_model_ts", "model", "ts"),
+)
+
+traffic = sa.Table(
+    TRAFFIC, metadata,
+    sa.Column("minute", UTCDateTime(), primary_key=True),
+    sa.Column("model", sa.String(128), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("source", sa.String(128), primary_key=True),
+    *(sa.Column(name, sa.BigInteger, nullable=False, server_default="0") for name in COUNTS),
+    sa.Column("latency_ms_sum", sa.Float, nullable=False, server_default="0"),
+)
+
+
+@dataclass
+class Count:
+    """One minute of one model version's traffic from one source."""
+
+    calls: int = 0
+    rows: int = 0
+    errors: int = 0
+    latency_ms_sum: float = 0.0
+    buckets: list[int] = field(default_factory=lambda: [0] * len(BUCKETS))
+
+    def add(self, rows: int, latency_ms: float, ok: bool) -> None:
+        self.calls += 1
+        self.rows += rows
+        self.errors += not ok
+        self.latency_ms_sum += latency_ms
+        self.buckets[bucket(latency_ms)] += 1
+
+    def merge(self, other: Count) -> None:
+        self.calls += other.calls
+        self.rows += other.rows
+        self.errors += other.errors
+        self.latency_ms_sum += other.latency_ms_sum
+        self.buckets = [a + b for a, b in zip(self.buckets, other.buckets, strict=True)]
+
+
+TrafficKey = tuple[int, str, int, str]
+"""(minute as Unix seconds, model, version, source)"""
+
+
+def bucket(latency_ms: float) -> int:
+    for i, edge in enumerate(LATENCY_EDGES_MS):
+        if latency_ms <= edge:
+            return i
+    return len(LATENCY_EDGES_MS)
+
+
+def percentile(buckets: Sequence[int], q: float) -> float | None:
+    """The q-quantile (0..1) of latencies counted in `buckets`, interpolated
+    geometrically inside its bucket (the buckets are spaced geometrically)."""
+    total = sum(buckets)
+    if total == 0:
+        return None
+    rank = q * total
+    seen = 0
+    for i, n in enumerate(buckets):
+        if n and seen + n >= rank:
+            low = LATENCY_EDGES_MS[i - 1] if i else LATENCY_EDGES_MS[0] / 2
+            high = LATENCY_EDGES_MS[i] if i < len(LATENCY_EDGES_MS) else low * 2
+            share = (rank - seen) / n
+            return float(low * math.pow(high / low, share))
+        seen += n
+    return float(LATENCY_EDGES_MS[-1])
+
+
+class LogStore:
+    """The prediction log's database: create the tables, write a flush, read windows."""
+
+    def __init__(self, url: str) -> None:
+        self.where = display(parse_url(url))
+        self.engine: Engine = make_engine(url)
+        self.ready = False
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
+            raise NotReady(f"prediction log database {self.where} is unavailable: "
+                           f"{_first_line(exc)}") from exc
+        except sa_exc.SQLAlchemyError as exc:
+            raise ModelportError(f"prediction log database {self.where} failed: "
+                                 f"{_first_line(exc)}") from exc
+
+    def ensure(self) -> None:
+        """Create the tables if they are missing (once per process)."""
+        if self.ready:
+            return
+        with self._errors():
+            try:
+                metadata.create_all(self.engine, checkfirst=True)
+            except (sa_exc.IntegrityError, sa_exc.ProgrammingError):
+                # another replica created them between our check and our CREATE
+                metadata.create_all(self.engine, checkfirst=True)
+        self.ready = True
+
+    def write(self, rows: list[dict[str, Any]], counts: dict[TrafficKey, Count]) -> None:
+        """One transaction: the sampled rows (executemany) and the traffic upserts."""
+        self.ensure()
+        with self._errors(), self.engine.connect() as conn:
+            conn = conn.execution_options(**{WRITE: True})  # SQLite: BEGIN IMMEDIATE
+            with conn.begin():
+                if rows:
+                    conn.execute(predictions.insert(), rows)
+                if counts:
+                    _upsert(conn, [_traffic_row(k, c) for k, c in counts.items()])
+
+    def traffic(self, since: datetime, until: datetime,
+                model: str | None = None) -> list[tuple[datetime, str, int, str, Count]]:
+        """Traffic rows in [since, until), oldest first."""
+        self.ensure()
+        query = sa.select(traffic).where(traffic.c.minute >= since, traffic.c.minute < until)
+        if model is not None:
+            query = query.where(traffic.c.model == model)
+        with self._errors(), self.engine.connect() as conn:
+            result = conn.execute(query.order_by(traffic.c.minute)).mappings().all()
+        return [(r["minute"], r["model"], r["version"], r["source"],
+                 Count(r["calls"], r["rows"], r["errors"], r["latency_ms_sum"],
+                       [r[b] for b in BUCKETS])) for r in result]
+
+    def samples(self, model: str, since: datetime, until: datetime,
+                limit: int) -> list[dict[str, Any]]:
+        """Sampled rows of `model` in [since, until), oldest first; at most about
+        `limit`, spread over the window (every k-th row by id) rather than the newest."""
+        self.ensure()
+        where = (predictions.c.model == model, predictions.c.ts >= since,
+                 predictions.c.ts < until)
+        with self._errors(), self.engine.connect() as conn:
+            total = conn.execute(sa.select(sa.func.count()).where(*where)).scalar_one()
+            query = sa.select(predictions).where(*where)
+            if total > limit:
+                query = query.where(predictions.c.id % math.ceil(total / limit) == 0)
+            return [dict(r) for r in conn.execute(query.order_by(predictions.c.id)).mappings()]
+
+
+def _traffic_row(key: TrafficKey, count: Count) -> dict[str, Any]:
+    minute, model, version, source = key
+    return {"minute": datetime.fromtimestamp(minute, UTC), "model": model,
+            "version": version, "source": source, "calls": count.calls, "rows": count.rows,
+            "errors": count.errors, "latency_ms_sum": count.latency_ms_sum,
+            **dict(zip(BUCKETS, count.buckets, strict=True))}
+
+
+def _upsert(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    added = (*COUNTS, "latency_ms_sum")
+    name = conn.dialect.name
+    if name in ("sqlite", "postgresql"):
+        insert = (sqlite.insert if name == "sqlite" else postgresql.insert)(traffic)
+        conn.execute(insert.on_conflict_do_update(
+            index_elements=list(KEY),
+            set_={c: traffic.c[c] + insert.excluded[c] for c in added}), rows)
+        return
+    # other databases: add to the row, or create it (a race fails the transaction,
+    # whose counts the log keeps for its next flush)
+    for row in rows:
+        match = sa.and_(*(traffic.c[k] == row[k] for k in KEY))
+        done = conn.execute(sa.update(traffic).where(match).values(
+            {c: traffic.c[c] + row[c] for c in added}))
+        if done.rowcount == 0:
+            conn.execute(traffic.insert(), row)
+
+
+def _first_line(exc: sa_exc.SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
