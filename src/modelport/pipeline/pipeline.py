@@ -69,6 +69,9 @@ class PipelineConfig(BaseModel):
     """Import path of a `Frame -> Frame` step run on the results before the writer."""
     outputs: list[str] | None = None
     """Model outputs to keep (default: all)."""
+    version_column: str | None = None
+    """Add a column of this name holding the version of the model that scored each row
+    (score tables and logs that must say which version produced a row)."""
     schedule: str | None = None
     """Cron expression: `modelport schedule` runs this pipeline's batch job then."""
     keys: str | None = None
@@ -96,7 +99,8 @@ class Pipeline:
     def __init__(self, name: str, model: str | None, dataplane: DataPlane, *,
                  retriever: Retriever | None = None, writer: Writer | None = None,
                  pre: Step | None = None, post: Step | None = None,
-                 outputs: Sequence[str] | None = None) -> None:
+                 outputs: Sequence[str] | None = None,
+                 version_column: str | None = None) -> None:
         self.name = name
         # the served name in the data plane; None for a pipeline that only moves data
         # (a stream folded into a store): its frames go from `pre` to the writer as they are
@@ -107,6 +111,7 @@ class Pipeline:
         self.pre = pre
         self.post = post
         self.outputs = list(outputs) if outputs else None
+        self.version_column = version_column
 
     @classmethod
     def from_config(cls, config: PipelineConfig, dataplane: DataPlane, *,
@@ -120,6 +125,7 @@ class Pipeline:
             pre=import_object(config.pre, f"{config.name}.pre") if config.pre else None,
             post=import_object(config.post, f"{config.name}.post") if config.post else None,
             outputs=config.outputs,
+            version_column=config.version_column,
         )
 
     @property
@@ -187,6 +193,10 @@ class Pipeline:
         # columns the model does not take (ids, timestamps, a routing key) ride along
         extra = {k: _rows(v, good) for k, v in frame.columns.items()
                  if k not in inputs and k not in outputs}
+        if self.version_column:
+            # read off the deployment that answered, not the one serving now: an alias
+            # may have moved while the batch was in the model
+            extra[self.version_column] = np.full(len(keys), deployment.version, np.int64)
         return Scored(Frame(keys, {**extra, **outputs}), rejects)
 
 
