@@ -100,8 +100,8 @@ def write_config(path: Path, url: str, *, pre: str | None = None, chunk_size: in
         "pipelines:",
         "  - name: score",
         "    model: cancer@production",
-        "    retriever: {type: 'sql_components:PgRetriever', url: '${DB}', table: patients}",
-        "    writer: {type: 'sql_components:PgWriter', url: '${DB}', table: results}",
+        "    retriever: {type: sql, url: '${DB}', table: patients}",
+        "    writer: {type: sql, url: '${DB}', table: results}",
         "    outputs: [predictions]",
         f"    chunk_size: {chunk_size}",
     ]

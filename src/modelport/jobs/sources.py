@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from modelport.errors import ConfigError, ModelportError
 from modelport.pipeline import Frame, Key
+from modelport.pipeline.sqlconn import make_engine
 
 
 @dataclass
@@ -93,10 +94,7 @@ class KeyQuery(Source):
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            try:
-                self._engine = sa.create_engine(self.url)
-            except (SQLAlchemyError, ImportError, ValueError) as exc:
-                raise ConfigError(f"keys database {self.url!r}: {exc}") from exc
+            self._engine = make_engine(self.url)
         return self._engine
 
     def identity(self) -> str:

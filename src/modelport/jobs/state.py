@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from modelport.jobs.sources import sql_error
 from modelport.pipeline import Key
+from modelport.pipeline.sqlconn import make_engine
 
 CHECKPOINTS = "mp_batch_checkpoints"
 # non-str keys: column names may be str subclasses (SQLAlchemy's quoted_name)
@@ -99,7 +100,7 @@ class JobState:
     def __init__(self, url: str, *, rejects_table: str | None = None,
                  rejects_file: Path | None = None) -> None:
         self.url = url
-        self.engine: Engine = sa.create_engine(url)
+        self.engine: Engine = make_engine(url)
         self.meta = sa.MetaData()
         self.checkpoints = sa.Table(
             CHECKPOINTS, self.meta,
