@@ -24,7 +24,7 @@ import typer
 from pydantic import ValidationError
 from typer.exceptions import TyperException
 
-from modelport.cli import batch, keys, models, serve
+from modelport.cli import batch, keys, models, schedule, serve
 from modelport.cli.context import CliState, one_line, state
 from modelport.errors import ModelportError
 from modelport.settings import Settings
@@ -40,6 +40,7 @@ app.add_typer(models.app, name="models")
 app.add_typer(keys.app, name="keys")
 app.command()(serve.serve)
 app.command()(batch.batch)
+app.command()(schedule.schedule)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,78 @@
+"""`modelport schedule`: run the pipelines' batch jobs on their cron schedules."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from modelport.cli.context import state
+from modelport.config import load_config
+from modelport.errors import ConfigError
+from modelport.jobs.scheduler import Scheduler, add_pipeline_batches
+from modelport.logs import configure_logging
+from modelport.service import Service
+from modelport.settings import environment
+
+log = logging.getLogger("modelport.jobs.scheduler")
+
+
+def schedule(
+    ctx: typer.Context,
+    config: Annotated[Path, typer.Option(
+        "--config", "-c", help="The service's modelport.yaml.")] = Path("modelport.yaml"),
+    metrics_port: Annotated[int | None, typer.Option(
+        min=0, max=65535, help="Serve Prometheus metrics on this port (/metrics).",
+        show_default=False)] = None,
+    metrics_host: Annotated[str, typer.Option(
+        help="Address the metrics port listens on.")] = "127.0.0.1",
+    grace: Annotated[float, typer.Option(
+        min=0, help="On SIGTERM, seconds to let running jobs finish before stopping them "
+                    "(they resume from their checkpoints next time).")] = 25.0,
+) -> None:
+    """Run the batch jobs of pipelines with schedule: (cron, UTC) and keys:."""
+    cli = state(ctx)
+    service_config = load_config(config, environment())
+    scheduled = [p for p in service_config.pipelines if p.schedule]
+    if not scheduled:
+        raise ConfigError(f"{config}: nothing to schedule (no pipeline has schedule:)")
+    service_config = service_config.model_copy(update={
+        "pipelines": scheduled,
+        "models": [m for m in service_config.models if m.ref in {p.model for p in scheduled}]})
+    configure_logging(json=cli.settings.server.log_json)
+    with cli.registry() as reg:
+        service = Service(cli.settings, service_config, reg)
+        scheduler = Scheduler(metrics=service.dataplane.metrics)
+        names = add_pipeline_batches(scheduler, service)
+        asyncio.run(_run(service, scheduler, names, metrics_port, metrics_host, grace))
+
+
+async def _run(service: Service, scheduler: Scheduler, names: list[str],
+               metrics_port: int | None, metrics_host: str, grace: float) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = None
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        server, _ = start_http_server(metrics_port, metrics_host,
+                                      registry=service.dataplane.metrics.registry)
+    # versions are refreshed at the start of each run, not followed mid-run
+    await service.start(follow=False)
+    log.info("scheduling %s", ", ".join(
+        f"{n} ({scheduler.jobs[n].cron}, next {scheduler.jobs[n].next_at.isoformat()})"
+        for n in names))
+    try:
+        await scheduler.run_forever(stop)
+        log.info("stopping: letting running jobs finish (up to %.0fs)", grace)
+        await scheduler.drain(grace)
+    finally:
+        await service.stop()
+        if server is not None:
+            server.shutdown()
