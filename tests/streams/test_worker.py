@@ -4,39 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
+from collections.abc import AsyncIterator
 
 import orjson
 import pytest
-from sklearn.datasets import load_breast_cancer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from stream_helpers import cancer, cancer_dataplane
 
-from modelport import Registry, Settings
-from modelport.dataplane import DataPlane, ModelConfig
+from modelport import Settings
+from modelport.dataplane import DataPlane
 from modelport.errors import ModelportError, NotReady
 from modelport.pipeline import Frame, MemoryWriter, Pipeline
 from modelport.streams.memory import MemoryBroker, MemoryBus
 from modelport.streams.worker import StreamWorker
 
 
-@functools.cache
-def cancer() -> tuple[object, object]:
-    X, y = load_breast_cancer(return_X_y=True, as_frame=True)
-    return X, make_pipeline(StandardScaler(), LogisticRegression()).fit(X, y)
-
-
 @pytest.fixture
-async def dataplane(settings: Settings):  # type: ignore[no-untyped-def]
-    X, clf = cancer()
-    reg = Registry(settings=settings)
-    reg.register("cancer", clf, sample_input=X[:5])  # type: ignore[index]
-    dp = DataPlane(reg, settings, [ModelConfig(ref="cancer:1")])
-    await dp.start(follow=False)
-    yield dp
-    await dp.stop()
-    reg.close()
+async def dataplane(settings: Settings) -> AsyncIterator[DataPlane]:
+    async with cancer_dataplane(settings) as dp:
+        yield dp
 
 
 def publish_patients(bus: MemoryBus, n: int) -> list[dict[str, float]]:

@@ -1,0 +1,209 @@
+"""Kafka (aiokafka): a consumer group with auto-commit off, offsets committed after the
+write.
+
+Kafka keeps one number per partition for a group, the committed offset: everything
+below it counts as processed. So an ack commits, per partition, the offset after the
+highest message of an unbroken run of settled ones, never past a message still in
+flight. The consequences, stated plainly:
+
+- A crash between the write and the commit delivers the batch again, to whichever
+  member gets the partition: written twice, absorbed by the idempotent (upserting)
+  writer. The same happens to the batch in flight when a rebalance takes its
+  partition away: its commit is refused, and the new owner processes it again.
+- Kafka does not count deliveries. `Message.deliveries` counts this process's
+  attempts, which start at 1 after every restart or rebalance, so a message that
+  crashes the worker every time is never dead-lettered on its count: it stops its
+  partition until the cause is fixed. Messages the worker can judge (undecodable,
+  invalid, refused by the sink) are dead-lettered at once, as on every broker.
+- Ordering holds within a partition, as Kafka gives it.
+- A batch held longer than `max_poll_interval_ms` (a long sink outage) makes Kafka
+  drop this member from the group and rebalance; its batch is then redelivered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from modelport.errors import ModelportError
+from modelport.pipeline.retry import unavailable
+from modelport.streams.base import Broker, Message
+
+log = logging.getLogger("modelport.stream.kafka")
+
+
+class KafkaBroker(Broker):
+    """A member of consumer group `group_id` on `topic`; `client_options` go to both
+    aiokafka clients (security_protocol, sasl_mechanism, ssl_context, …)."""
+
+    name = "kafka"
+
+    def __init__(self, bootstrap_servers: str | list[str], topic: str, group_id: str, *,
+                 auto_offset_reset: str = "earliest", max_poll_interval_ms: int = 300_000,
+                 session_timeout_ms: int = 10_000, **client_options: Any) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self.group_id = group_id
+        self.auto_offset_reset = auto_offset_reset
+        self.max_poll_interval_ms = max_poll_interval_ms
+        self.session_timeout_ms = session_timeout_ms
+        self.client_options = client_options
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        # per partition, the offsets fetched and not yet committed, in order, each
+        # with whether it has been settled (acked or dead-lettered)
+        self._inflight: dict[TopicPartition, deque[list[Any]]] = {}
+        self._attempts: dict[tuple[TopicPartition, int], int] = {}
+
+    @property
+    def where(self) -> str:
+        servers = self.bootstrap_servers
+        return f"Kafka {servers if isinstance(servers, str) else ','.join(servers)}"
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        """The one place aiokafka's exceptions become modelport errors."""
+        try:
+            yield
+        except KafkaError as exc:
+            if getattr(exc, "retriable", False) or "Connection" in type(exc).__name__:
+                raise unavailable(self.where, exc) from exc
+            raise ModelportError(f"{self.where}, topic {self.topic!r}: {exc!r}") from exc
+
+    async def _consumer_started(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap_servers, group_id=self.group_id,
+                enable_auto_commit=False, auto_offset_reset=self.auto_offset_reset,
+                max_poll_interval_ms=self.max_poll_interval_ms,
+                session_timeout_ms=self.session_timeout_ms, **self.client_options)
+            consumer.subscribe([self.topic], listener=_Forget(self))
+            await consumer.start()
+            self._consumer = consumer
+        return self._consumer
+
+    async def _producer_started(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            # acks from every in-sync replica: a dead letter is as durable as its input
+            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, acks="all",
+                                        enable_idempotence=True, **self.client_options)
+            await producer.start()
+            self._producer = producer
+        return self._producer
+
+    async def start(self) -> None:
+        with self.errors():
+            await self._consumer_started()
+
+    async def close(self) -> None:
+        for client in (self._consumer, self._producer):
+            if client is not None:
+                with contextlib.suppress(KafkaError, OSError):
+                    await client.stop()
+        self._consumer = self._producer = None
+
+    # --- consuming ----------------------------------------------------------------------
+
+    async def fetch(self, max_messages: int, timeout: float) -> list[Message]:
+        with self.errors():
+            consumer = await self._consumer_started()
+            batches = await consumer.getmany(timeout_ms=max(int(timeout * 1000), 0),
+                                             max_records=max_messages)
+        messages: list[Message] = []
+        for tp, records in batches.items():
+            inflight = self._inflight.setdefault(tp, deque())
+            for record in records:
+                inflight.append([record.offset, False])
+                messages.append(self._message(tp, record))
+        return messages
+
+    def _message(self, tp: TopicPartition, record: ConsumerRecord) -> Message:
+        attempt = self._attempts.get((tp, record.offset), 0) + 1
+        self._attempts[(tp, record.offset)] = attempt
+        headers = {k: v.decode(errors="replace") for k, v in (record.headers or ())}
+        return Message(f"{tp.topic}:{tp.partition}:{record.offset}", record.value or b"",
+                       attempt, headers=headers, handle=(tp, record.offset))
+
+    async def ack(self, messages: Sequence[Message]) -> None:
+        settled: dict[TopicPartition, set[int]] = {}
+        for m in messages:
+            tp, offset = m.handle
+            settled.setdefault(tp, set()).add(offset)
+        offsets: dict[TopicPartition, int] = {}
+        for tp, done in settled.items():
+            inflight = self._inflight.get(tp)
+            if inflight is None:  # revoked by a rebalance: its new owner processes it
+                continue
+            for entry in inflight:
+                if entry[0] in done:
+                    entry[1] = True
+            committed = None
+            while inflight and inflight[0][1]:  # only an unbroken run of settled ones
+                committed = inflight.popleft()[0]
+                self._attempts.pop((tp, committed), None)
+            if committed is not None:
+                offsets[tp] = committed + 1  # Kafka's offset: the next one to read
+        if not offsets:
+            return
+        with self.errors():
+            consumer = await self._consumer_started()
+            try:
+                await consumer.commit(offsets)
+            except CommitFailedError as exc:
+                # a rebalance took the partitions: the written batch is redelivered to
+                # their new owner and upserted again, which changes nothing
+                log.warning("commit refused after a rebalance (%s); the new owner of the "
+                            "partitions processes this batch again", exc)
+
+    def forget(self, partitions: Sequence[TopicPartition]) -> None:
+        """Partitions taken away by a rebalance: their offsets are another member's."""
+        for tp in partitions:
+            self._inflight.pop(tp, None)
+        self._attempts = {k: v for k, v in self._attempts.items() if k[0] not in partitions}
+
+    # --- publishing and lag -------------------------------------------------------------
+
+    async def publish(self, subject: str, payloads: Sequence[bytes],
+                      keys: Sequence[str] | None = None) -> None:
+        if not payloads:
+            return
+        with self.errors():
+            producer = await self._producer_started()
+            futures = [await producer.send(subject, payload,
+                                           key=keys[i].encode() if keys is not None else None)
+                       for i, payload in enumerate(payloads)]
+            for future in futures:
+                await future  # stored by every in-sync replica
+
+    async def lag(self) -> int | None:
+        """Messages after the group's committed offsets on this member's partitions (the
+        group's lag is the sum over its members)."""
+        with self.errors():
+            consumer = await self._consumer_started()
+            partitions = list(consumer.assignment())
+            if not partitions:
+                return None
+            ends = await consumer.end_offsets(partitions)
+            total = 0
+            for tp in partitions:
+                committed = await consumer.committed(tp)
+                total += max(ends[tp] - (committed or 0), 0)
+        return total
+
+
+class _Forget(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    def __init__(self, broker: KafkaBroker) -> None:
+        self.broker = broker
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        self.broker.forget(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        return None
