@@ -1,0 +1,137 @@
+"""The services as modelport servers: each role is routes and a lifespan mounted on
+`modelport.server.create_app`, so every one of them has modelport's health and
+readiness probes, metrics, request ids, access log and API-key guard.
+
+- `recommender`: `GET /users/{id}/recommendations` (the pipeline), the web page and
+  its JSON (`/api/…`), and `POST /pipelines/recommender/run`;
+- `events`: `POST /listens`;
+- `worker`: the realtime worker, as a background task of the process;
+- `nightly`: the nightly batch on its cron schedule, as a background task.
+
+`music up` runs all four in one process; `music serve ROLE` runs one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Collection, Coroutine
+from typing import Any, TypeVar
+
+from fastapi import FastAPI
+from modelport import Registry, Settings
+from modelport.config import ServiceConfig
+from modelport.dataplane import ModelConfig
+from modelport.pipeline import Retriever
+from modelport.server import create_app
+from modelport.service import Service
+from modelport.streams import Broker, StreamWorker
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp
+
+from music import events, nightly, realtime, recommender, web
+from music.store import Store
+from music.system import System, single_threaded_blas
+
+log = logging.getLogger("music.app")
+
+ROLES = ("recommender", "events", "worker", "nightly")
+T = TypeVar("T", Broker, Retriever)
+
+
+def build_app(system: System, roles: Collection[str] = ROLES, *,
+              settings: Settings | None = None, cron: str = nightly.DEFAULT_CRON,
+              events_url: str = "") -> FastAPI:
+    """A server for `roles`; `events_url` is where the web page posts listens (empty:
+    this server, when it runs the events role too)."""
+    unknown = set(roles) - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown role(s) {', '.join(sorted(unknown))}; roles: {ROLES}")
+    single_threaded_blas()
+    settings = settings or system.settings()
+    registry = Registry(settings=settings)
+    models = [ModelConfig(ref=system.model_ref)] if "recommender" in roles else []
+    service = Service(settings, ServiceConfig(name="music", models=models), registry)
+    pipes = {}
+    if "recommender" in roles:
+        pipes["recommender"] = recommender.recommender_pipeline(system, service.dataplane)
+    routes: list[BaseRoute] = []
+    if "recommender" in roles:
+        routes += [*recommender.routes, *web.routes]
+    if "events" in roles:
+        routes += events.routes
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        running = Running(Store(system))
+        app.state.store, app.state.system, app.state.registry = running.store, system, registry
+        app.state.events_url = events_url
+        try:
+            catalog = await asyncio.to_thread(running.store.catalog)
+            if "recommender" in roles:
+                topk = await running.open(system.topk_retriever())
+                app.state.recommender = recommender.Recommender(
+                    pipes["recommender"], topk, catalog)
+            if "events" in roles:
+                publisher = await running.open(system.broker("events"))
+                app.state.events = events.Events(running.store, publisher, system.stream,
+                                                 catalog)
+            if "worker" in roles:
+                app.state.worker = realtime.realtime_worker(system, service.dataplane)
+                running.worker = app.state.worker
+                running.spawn(realtime.run_worker(app.state.worker), "realtime")
+            if "nightly" in roles:
+                running.spawn(nightly.schedule(system, cron, settings), "nightly")
+            yield
+        finally:
+            await running.stop()
+            registry.close()
+
+    return create_app(settings, service.dataplane, pipelines=pipes, extra_routes=routes,
+                      lifespan=lifespan)
+
+
+class Running:
+    """What a server's lifespan opened and started, to stop in reverse order."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.worker: StreamWorker | None = None
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.opened: list[Any] = []
+
+    async def open(self, component: T) -> T:
+        await component.start()
+        self.opened.append(component)
+        return component
+
+    def spawn(self, work: Coroutine[Any, Any, Any], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        task.add_done_callback(_report)
+        self.tasks.append(task)
+
+    async def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()  # the batch in flight is written and acknowledged first
+        for task in self.tasks:
+            if task.get_name() != "realtime":
+                task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for component in reversed(self.opened):
+            with contextlib.suppress(Exception):
+                await component.close()
+        self.store.close()
+
+
+def _report(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s stopped: %r", task.get_name(), task.exception(),
+                  exc_info=task.exception())
+
+
+def allow_page_origin(app: ASGIApp) -> ASGIApp:
+    """The events service on its own port: let the web page (another origin) post."""
+    return CORSMiddleware(app, allow_origins=["*"], allow_methods=["POST"],
+                          allow_headers=["content-type"])

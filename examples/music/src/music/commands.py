@@ -1,0 +1,217 @@
+"""`music up`, `music serve ROLE`, `music setup` and `music nightly`: running the system.
+
+- `music up`: everything in one process on http://127.0.0.1:8000 (embedded: SQLite,
+  the registry under `.modelport/`, an in-process bus), after generating data, loading
+  the tables, training and gating a model and running the nightly batch, each only if
+  not done yet. `music up --full` does the same setup on PostgreSQL, Redis and NATS,
+  then starts one process per service (`music serve …`).
+- `music serve recommender|events|worker`: one service of the full setup, as
+  Kubernetes or docker compose run them (deploy/).
+- `music setup`: the setup alone (a Kubernetes Job before the services start).
+- `music nightly [--cron EXPR]`: the nightly batch, once or on a schedule.
+
+URLs come from options or the `MUSIC_*` variables their help names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from modelport.logs import configure_logging
+
+from music.system import System
+
+Home = Annotated[Path, typer.Option(help="Where local state lives (registry, data, SQLite).",
+                                    envvar="MODELPORT_HOME")]
+Database = Annotated[str | None, typer.Option(
+    "--database", envvar="MUSIC_DATABASE_URL", show_default=False,
+    help="SQL database of the system (full mode: postgresql://…).")]
+RedisUrl = Annotated[str | None, typer.Option(
+    "--redis", envvar="MUSIC_REDIS_URL", show_default=False,
+    help="Redis for histories and the nightly top-k (full mode).")]
+BrokerUrl = Annotated[str | None, typer.Option(
+    "--broker", envvar="MUSIC_BROKER_URL", show_default=False,
+    help="Listens stream: nats://… (JetStream) or redis://… (Redis Streams) (full mode).")]
+RegistryUrl = Annotated[str | None, typer.Option(
+    "--registry", envvar="MODELPORT_REGISTRY_URL", show_default=False,
+    help="Registry database (default: a SQLite file under --home).")]
+Prefix = Annotated[str, typer.Option(help="Prefix of every table, Redis key and stream.")]
+Host = Annotated[str, typer.Option(help="Address to listen on.")]
+
+FULL_DEFAULTS = {"database": "postgresql://postgres@127.0.0.1:5432/postgres",
+                 "redis": "redis://127.0.0.1:6379/0", "broker": "nats://127.0.0.1:4222"}
+
+
+def register(app: typer.Typer) -> None:
+    """Add the commands to the `music` command."""
+    app.command(name="up")(up)
+    app.command(name="serve")(serve)
+    app.command(name="setup")(setup)
+    app.command(name="nightly")(nightly_cmd)
+
+
+def make_system(home: Path, database: str | None, redis: str | None, broker: str | None,
+                registry: str | None, prefix: str, *, full: bool) -> System:
+    if not full:
+        return System(home=home, db_url=database, registry_url=registry, prefix=prefix)
+    return System.full(database or FULL_DEFAULTS["database"], redis or FULL_DEFAULTS["redis"],
+                       broker or FULL_DEFAULTS["broker"], home=home, registry_url=registry,
+                       prefix=prefix)
+
+
+def up(
+    home: Home = Path(".modelport"),
+    host: Host = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the web page and the APIs.")] = 8000,
+    full: Annotated[bool, typer.Option(
+        "--full", help="PostgreSQL, Redis and NATS, one process per service.")] = False,
+    retrain: Annotated[bool, typer.Option(help="Train (and gate) a new model even if one "
+                                          "is in production.")] = False,
+    users: Annotated[int, typer.Option(min=10, help="Listeners to generate.")] = 5_000,
+    listens: Annotated[int, typer.Option(min=100, help="Listens to generate.")] = 1_000_000,
+    database: Database = None, redis: RedisUrl = None, broker: BrokerUrl = None,
+    registry: RegistryUrl = None, prefix: Prefix = "music_",
+) -> None:
+    """Set everything up (what is missing) and run the whole system."""
+    from music.data import Config
+
+    configure_logging(json=False, access_log=False)
+    system = make_system(home, database, redis, broker, registry, prefix, full=full)
+    if full and system.registry_url is None:
+        system.registry_url = system.database  # replicas share one registry
+    run_setup(system, Config(users=users, listens=listens), retrain=retrain)
+    url = f"http://{host}:{port}"
+    if full:
+        _run_full(system, host, port)
+        return
+    from music.app import build_app
+
+    typer.secho(f"\n  music is up: open {url}\n", fg=typer.colors.GREEN, bold=True)
+    typer.echo(f"  recommendations  curl '{url}/users/u0042/recommendations?k=10'\n"
+               f"  play a track     curl -X POST {url}/listens -H 'content-type: "
+               "application/json' -d '{\"user\": \"u0042\", \"track\": \"t00001\"}'\n"
+               f"  API docs         {url}/docs     metrics {url}/metrics\n"
+               "  stop             Ctrl-C\n")
+    run_server(build_app(system), host, port)
+
+
+def run_setup(system: System, config: Any = None, *, retrain: bool = False) -> None:
+    from music import bootstrap
+
+    data = bootstrap.ensure_data(system, config)
+    bootstrap.ensure_tables(system, data)
+    bootstrap.ensure_model(system, data, retrain=retrain)
+    asyncio.run(bootstrap.ensure_topk(system))
+
+
+def setup(
+    home: Home = Path(".modelport"),
+    database: Database = None, redis: RedisUrl = None, broker: BrokerUrl = None,
+    registry: RegistryUrl = None, prefix: Prefix = "music_",
+    full: Annotated[bool, typer.Option("--full", help="PostgreSQL, Redis and NATS.")] = False,
+    retrain: Annotated[bool, typer.Option(help="Train even if a model serves.")] = False,
+) -> None:
+    """Prepare the system (data, tables, model, nightly batch: what is missing), then exit."""
+    configure_logging(json=False, access_log=False)
+    run_setup(make_system(home, database, redis, broker, registry, prefix, full=full),
+              retrain=retrain)
+
+
+def serve(
+    role: Annotated[str, typer.Argument(help="recommender, events or worker.")],
+    home: Home = Path(".modelport"),
+    host: Host = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (the worker's: health and metrics).")] = 8000,
+    events_url: Annotated[str, typer.Option(
+        help="recommender: where the web page posts listens (the events service).")] = "",
+    database: Database = None, redis: RedisUrl = None, broker: BrokerUrl = None,
+    registry: RegistryUrl = None, prefix: Prefix = "music_",
+    consumer: Annotated[str, typer.Option(
+        help="worker: its consumer name (keep it across restarts).")] = "realtime-1",
+    json_logs: Annotated[bool, typer.Option(help="Logs as JSON lines.")] = True,
+) -> None:
+    """Run one service of the full setup (PostgreSQL, Redis, NATS or Redis Streams)."""
+    from music.app import allow_page_origin, build_app
+
+    if role not in ("recommender", "events", "worker"):
+        raise typer.BadParameter(f"{role!r}: the services are recommender, events and worker")
+    configure_logging(json=json_logs, access_log=role != "worker")
+    system = make_system(home, database, redis, broker, registry, prefix, full=True)
+    system.consumer = consumer
+    app: Any = build_app(system, [role], events_url=events_url)
+    if role == "events":
+        app = allow_page_origin(app)
+    run_server(app, host, port)
+
+
+def nightly_cmd(
+    home: Home = Path(".modelport"),
+    cron: Annotated[str | None, typer.Option(
+        help="Run on this schedule (e.g. '0 3 * * *'), for ever; default: once.",
+        show_default=False)] = None,
+    database: Database = None, redis: RedisUrl = None, broker: BrokerUrl = None,
+    registry: RegistryUrl = None, prefix: Prefix = "music_",
+    full: Annotated[bool, typer.Option("--full", help="PostgreSQL and Redis.")] = False,
+) -> None:
+    """Precompute every user's top-k (the recommender's fallback)."""
+    from music.nightly import run_nightly, schedule
+
+    configure_logging(json=False, access_log=False)
+    system = make_system(home, database, redis, broker, registry, prefix, full=full)
+    if cron:
+        asyncio.run(schedule(system, cron))
+        return
+    result = asyncio.run(run_nightly(system))
+    typer.echo(f"nightly batch: {result.written:,} users written, {result.rejected:,} "
+               f"rejected in {result.seconds:.1f}s")
+
+
+def run_server(app: Any, host: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", log_config=None,
+                access_log=False, timeout_graceful_shutdown=math.ceil(10), backlog=2048,
+                log_level=logging.WARNING)
+
+
+def _run_full(system: System, host: str, port: int) -> None:
+    """One process per service; Ctrl-C stops them all."""
+    assert system.db_url and system.redis_url and system.broker_url
+    common = ["--home", str(system.home), "--database", system.db_url, "--redis",
+              system.redis_url, "--broker", system.broker_url, "--prefix", system.prefix,
+              "--registry", system.registry_url or system.database, "--host", host,
+              "--no-json-logs"]
+    music = [sys.executable, "-m", "music"]
+    plan = {
+        "recommender": [*music, "serve", "recommender", "--port", str(port),
+                        "--events-url", f"http://{host}:{port + 1}", *common],
+        "events": [*music, "serve", "events", "--port", str(port + 1), *common],
+        "worker": [*music, "serve", "worker", "--port", str(port + 2), *common],
+    }
+    children = {name: subprocess.Popen(cmd) for name, cmd in plan.items()}
+    typer.secho(f"\n  music is up (full mode): open http://{host}:{port}\n"
+                f"  events on :{port + 1}, realtime worker on :{port + 2} (health, metrics)\n"
+                "  nightly batch: music nightly --full (a CronJob in deploy/)\n",
+                fg=typer.colors.GREEN, bold=True)
+    try:
+        while all(child.poll() is None for child in children.values()):
+            time.sleep(0.5)
+        dead = [n for n, c in children.items() if c.poll() is not None]
+        typer.secho(f"{', '.join(dead)} stopped; stopping the others", fg=typer.colors.RED)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children.values():
+            child.wait(timeout=20)

@@ -1,0 +1,90 @@
+"""The nightly batch: every user's top-k, precomputed, for when the model cannot answer.
+
+A modelport batch job over a pipeline: keys = every user with a listen (a query on
+the listens table), retriever = the history store, `pre` = the history tensor, model
+= `recommender@production`, `post` = played tracks taken out plus a timestamp, writer
+= the top-k store (a SQL table in embedded mode, Redis in full mode), with the model
+version of each row. It checkpoints after each chunk (in `mp_batch_checkpoints`), so a
+run that is killed resumes where it stopped. After the users, one more row: the
+popular list (`__popular__`), for users the batch has not seen.
+
+Scheduling: `music nightly` runs it once (the Kubernetes CronJob in deploy/ calls it);
+`music nightly --cron "0 3 * * *"` and `music up` run it on that schedule in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime
+
+from croniter import croniter
+from modelport import Registry, Settings
+from modelport.config import ServiceConfig
+from modelport.dataplane import ModelConfig
+from modelport.jobs import BatchJob, BatchOptions, BatchResult, KeyQuery
+from modelport.pipeline import Frame, Pipeline
+from modelport.service import Service
+
+from music.history import HistoryTensor, shown
+from music.recommender import POPULAR
+from music.system import MODEL, System, single_threaded_blas
+
+log = logging.getLogger("music.nightly")
+
+CHUNK = 1_000
+DEFAULT_CRON = "0 3 * * *"
+
+
+def stamp(frame: Frame) -> Frame:
+    """`post`: played tracks out (all the model's list kept), and when it was made."""
+    frame = shown(frame)
+    frame.columns["computed_at"] = [time.time()] * len(frame)
+    return frame
+
+
+def nightly_service(system: System, settings: Settings, registry: Registry) -> Service:
+    config = ServiceConfig(name="music-nightly", models=[ModelConfig(ref=system.model_ref)])
+    service = Service(settings, config, registry)
+    service.pipelines["nightly"] = Pipeline(
+        "nightly", MODEL, service.dataplane, retriever=system.history_retriever(),
+        writer=system.topk_writer(), pre=HistoryTensor(service.dataplane, MODEL),
+        post=stamp, version_column="model_version")
+    return service
+
+
+async def run_nightly(system: System, settings: Settings | None = None) -> BatchResult:
+    """One run: every user, then the popular list."""
+    single_threaded_blas()
+    settings = settings or system.settings()
+    with Registry(settings=settings) as registry:
+        service = nightly_service(system, settings, registry)
+        await service.start(follow=False)
+        try:
+            service.dataplane.deployment(MODEL)  # NotReady now, not after the keys query
+            listens = system.table("listens")
+            source = KeyQuery(system.database, f"SELECT user_id FROM {listens}")
+            job = BatchJob(service, "nightly", source,
+                           BatchOptions(chunk_size=CHUNK, job_id=f"{system.prefix}nightly"),
+                           home=system.data_dir)
+            result = await job.run()
+            await service.pipeline("nightly").process(Frame([POPULAR], {"history": [None]}))
+        finally:
+            await service.stop()
+    log.info("nightly batch: %d users in %.1fs", result.written, result.seconds)
+    return result
+
+
+async def schedule(system: System, cron: str = DEFAULT_CRON,
+                   settings: Settings | None = None) -> None:
+    """Run the batch at each time `cron` names (local time), for ever; a failed run is
+    logged and the next one still happens."""
+    times = croniter(cron, datetime.now().astimezone())
+    while True:
+        due = times.get_next(float)
+        await asyncio.sleep(max(0.0, due - time.time()))
+        try:
+            await run_nightly(system, settings)
+        except Exception:
+            log.exception("nightly batch failed; next run as scheduled")

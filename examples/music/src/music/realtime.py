@@ -1,0 +1,52 @@
+"""The realtime worker: listens from the stream folded into users' histories.
+
+A modelport `StreamWorker` over a pipeline without a model: each batch of listens goes
+to the history store's fold writer, and is acknowledged only once written. The
+recommender folds the user in from that history on each request, so the next
+recommendation reflects a listen as soon as the worker has written it (well within a
+second: the worker waits at most `FETCH_TIMEOUT_S` for a batch, and a fold is one
+round trip).
+
+A worker killed mid-batch loses nothing: what it fetched and did not acknowledge comes
+back (to it, restarted under the same consumer name, or to another worker), and the
+fold merges by listen id, so a listen folded twice is kept once.
+"""
+
+from __future__ import annotations
+
+from modelport.dataplane import DataPlane
+from modelport.pipeline import Pipeline, Writer
+from modelport.streams import StreamWorker
+
+from music.history import RedisHistory, SqlHistory
+from music.system import System
+
+FETCH_TIMEOUT_S = 0.2
+BATCH = 256
+
+
+def history_writer(system: System) -> Writer:
+    if system.redis_url:
+        return RedisHistory(system.redis_url, prefix=f"{system.prefix}history:")
+    return SqlHistory(system.database, system.table("history"))
+
+
+def realtime_worker(system: System, dataplane: DataPlane) -> StreamWorker:
+    pipeline = Pipeline("realtime", None, dataplane, writer=history_writer(system))
+    return StreamWorker(pipeline, system.broker("realtime"),
+                        dead_letter_subject=system.dead_letters, batch_size=BATCH,
+                        fetch_timeout=FETCH_TIMEOUT_S, metrics=dataplane.metrics,
+                        max_backoff=5.0)
+
+
+async def run_worker(worker: StreamWorker) -> None:
+    """Open the pipeline and the broker, process until `worker.stop()`, close both."""
+    await worker.pipeline.start()
+    try:
+        await worker.broker.start()
+        try:
+            await worker.run()
+        finally:
+            await worker.broker.close()
+    finally:
+        await worker.pipeline.close()
