@@ -83,6 +83,7 @@ async def test_upsert_creates_the_table_then_reads_many_keys_in_one_query(url, t
     retriever = SqlRetriever(url, table=table)
     await retriever.start()
     got = await retriever.get([2, "3", 9, 11, 404, "x"])  # "3": an HTTP caller's string
+    assert len(await retriever.get(["x", "y"])) == 0  # not integers: no data, no query
     await retriever.close()
     rows = dict(zip(got.keys, got.records(), strict=True))
     assert set(rows) == {2, "3", 9, 11}  # the caller's keys come back; missing ones absent

@@ -105,6 +105,8 @@ class SqlRetriever(SqlComponent, Retriever):
 
     def _get(self, keys: list[Key]) -> Frame:
         statement, values, size = self._lookup(keys)
+        if not values:  # no key could be one of the table's
+            return Frame([], {})
         names: list[str] = []
         rows: list[Any] = []
         with self.engine.connect() as conn:
