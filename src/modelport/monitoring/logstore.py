@@ -180,9 +180,10 @@ class LogStore:
                        [r[b] for b in BUCKETS])) for r in result]
 
     def samples(self, model: str, since: datetime, until: datetime,
-                limit: int) -> list[dict[str, Any]]:
-        """Sampled rows of `model` in [since, until), oldest first; at most about
-        `limit`, spread over the window (every k-th row by id) rather than the newest."""
+                limit: int) -> tuple[list[dict[str, Any]], int]:
+        """Sampled rows of `model` in [since, until), oldest first, and how many there
+        are: at most about `limit` are read, spread over the window (every k-th row by
+        id) rather than the newest."""
         self.ensure()
         where = (predictions.c.model == model, predictions.c.ts >= since,
                  predictions.c.ts < until)
@@ -191,7 +192,8 @@ class LogStore:
             query = sa.select(predictions).where(*where)
             if total > limit:
                 query = query.where(predictions.c.id % math.ceil(total / limit) == 0)
-            return [dict(r) for r in conn.execute(query.order_by(predictions.c.id)).mappings()]
+            rows = conn.execute(query.order_by(predictions.c.id)).mappings()
+            return [dict(r) for r in rows], int(total)
 
 
 def _traffic_row(key: TrafficKey, count: Count) -> dict[str, Any]:

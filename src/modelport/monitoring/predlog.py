@@ -22,6 +22,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -72,6 +73,7 @@ class PredictionLog:
         self.config = config or MonitoringSettings()
         self.metrics = Metrics()  # replaced by the data plane's on start
         self.rng = np.random.default_rng(self.config.seed)
+        self.clock: Callable[[], float] = time.time  # tests move it between minutes
         self._calls: deque[Call] = deque()
         self._buffered = 0  # sampled rows in _calls
         self._counts: dict[TrafficKey, Count] = {}
@@ -97,7 +99,7 @@ class PredictionLog:
 
         `outputs` is None for a call that failed: it is counted as an error, and none
         of its rows are sampled. Called on the event loop thread (no lock needed)."""
-        ts = time.time()
+        ts = self.clock()
         n = _rows(inputs)
         key = (int(ts // 60) * 60, model, version, source)
         count = self._counts.get(key)
