@@ -1,6 +1,11 @@
-"""The `modelport` command, run as users run it: a subprocess through the real entry
-point (`python -m modelport`, and once the installed console script), with its own
-MODELPORT_HOME, checking exit codes, stdout (JSON parsed) and stderr."""
+"""The `modelport` command.
+
+Run as users run it: a subprocess through the real entry point (`python -m modelport`,
+and once the installed console script), with its own MODELPORT_HOME, checking exit
+codes, stdout (JSON parsed) and stderr. Each subprocess pays a Python start, so set-up
+and extra checks go through the registry in-process, and the many small error cases
+through `modelport.cli.run` (what the entry point calls) in-process.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,27 +36,46 @@ class Result:
         return json.loads(self.out)
 
 
+Run = Callable[..., Result]
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     return tmp_path / "home"
 
 
 @pytest.fixture
-def mp(home: Path, tmp_path: Path) -> Any:
-    """Run `modelport ARGS…` against this test's home; returns a Result."""
+def mp(home: Path, tmp_path: Path) -> Run:
+    """Run `modelport ARGS…` in a subprocess against this test's home."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPORT_")}
     env["MODELPORT_HOME"] = str(home)
     env["COLUMNS"] = "200"
 
-    def run(*args: str, stdin: str | None = None) -> Result:
+    def run(*args: str) -> Result:
         proc = subprocess.run(
             [sys.executable, "-m", "modelport", *args],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
-            input=stdin if stdin is not None else "",
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=100, input="",
         )
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
     return run
+
+
+@pytest.fixture
+def inproc(home: Path, capsys: pytest.CaptureFixture[str]) -> Run:
+    """Run `modelport ARGS…` in this process (`cli.run`, as the entry point does)."""
+
+    def run(*args: str) -> Result:
+        capsys.readouterr()
+        code = cli.run(list(args), Settings(home=home))
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+def registry(home: Path) -> Registry:
+    return Registry(settings=Settings(home=home))
 
 
 def one_line_error(result: Result, code: int, *words: str) -> None:
@@ -102,7 +127,7 @@ def seeded_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     home = tmp_path_factory.mktemp("seeded") / "home"
     x, y = load_iris(return_X_y=True, as_frame=True)
-    with Registry(settings=Settings(home=home)) as reg:
+    with registry(home) as reg:
         for c in (0.5, 1.0, 2.0):
             model = LogisticRegression(C=c, max_iter=500).fit(x, y)
             reg.register("iris", model, sample_input=x.head(5), params={"C": c})
@@ -116,23 +141,29 @@ def seeded(seeded_home: Path, home: Path) -> Path:
     return home
 
 
-def test_help(mp: Any) -> None:
-    for args in ([], ["models"]):
-        result = mp(*args, "--help")
-        assert result.code == 0, result.err
-        assert "Usage" in result.out
+# --- help -----------------------------------------------------------------------------
+
+
+def test_help(mp: Run) -> None:
+    result = mp("--help")
+    assert result.code == 0, result.err
+    for command in ("models", "quickstart"):
+        assert command in result.out
     bare = mp()
     assert bare.code == 2
     assert "models" in bare.out
 
 
 @pytest.mark.parametrize(
-    "command", ["list", "show", "register", "alias", "rollback", "history", "delete"])
-def test_help_of_every_command(command: str, settings: Settings,
-                               capsys: pytest.CaptureFixture[str]) -> None:
-    # in-process (the same `run` the entry point calls), to spare a Python start each
-    assert cli.run(["models", command, "--help"], settings) == 0
-    assert f"modelport models {command}" in capsys.readouterr().out
+    "args",
+    [["models"], *(["models", c] for c in
+                   ("list", "show", "register", "alias", "rollback", "history", "delete")),
+     ["quickstart"]],
+)
+def test_help_of_every_command(inproc: Run, args: list[str]) -> None:
+    result = inproc(*args, "--help")
+    assert result.code == 0, result.err
+    assert f"modelport {' '.join(args)}" in result.out
 
 
 def test_console_script_is_installed() -> None:
@@ -140,12 +171,15 @@ def test_console_script_is_installed() -> None:
     if not script.exists():
         pytest.skip("the modelport console script is not installed beside this Python")
     result = subprocess.run([str(script), "--version"], capture_output=True, text=True,
-                            timeout=60, check=False)
+                            timeout=100, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("modelport ")
 
 
-def test_register_list_show(mp: Any, files: dict[str, Path]) -> None:
+# --- registering and reading ------------------------------------------------------------
+
+
+def test_register_list_show(mp: Run, inproc: Run, files: dict[str, Path]) -> None:
     result = mp("models", "register", "iris", str(files["skops"]), "--sample", str(files["csv"]),
                 "--metric", "acc=0.97", "--param", "C=1.0", "--param", "solver=lbfgs",
                 "--tag", "team=ml", "--tag", "run=42", "--alias", "production")
@@ -157,9 +191,8 @@ def test_register_list_show(mp: Any, files: dict[str, Path]) -> None:
     assert listed == [{"name": "iris", "description": None, "latest_version": 1,
                        "versions": 1, "aliases": {"production": 1}}]
 
-    for ref in ("iris", "iris@production", "iris:1"):
-        shown = mp("models", "show", ref, "--json").json()
-        assert shown["version"] == 1
+    shown = mp("models", "show", "iris@production", "--json").json()
+    assert shown["version"] == 1
     assert shown["flavor"] == "sklearn"
     assert shown["metrics"] == {"acc": 0.97}
     assert shown["params"] == {"C": 1.0, "solver": "lbfgs"}
@@ -171,16 +204,20 @@ def test_register_list_show(mp: Any, files: dict[str, Path]) -> None:
     assert {o["name"] for o in shown["signature"]["outputs"]} == {"predictions", "probabilities"}
     assert "profile" not in shown
 
-    human = mp("models", "show", "iris@production")
+    human = mp("models", "show", "iris:1")
     assert human.code == 0, human.err
     for text in ("iris:1", "sepal length (cm)", "probabilities", "acc", "team", shown["sha256"]):
         assert text in human.out
-    versions = mp("models", "list", "iris", "--json").json()
-    assert [v["version"] for v in versions] == [1]
-    assert mp("models", "list").code == 0
+
+    assert inproc("models", "show", "iris", "--json").json()["version"] == 1
+    assert [v["version"] for v in inproc("models", "list", "iris", "--json").json()] == [1]
+    for args in (["models", "list"], ["models", "list", "iris"]):
+        result = inproc(*args)
+        assert result.code == 0, result.err
+        assert "iris" in result.out
 
 
-def test_samples_from_npy_and_json(mp: Any, files: dict[str, Path]) -> None:
+def test_samples_from_npy_and_json(mp: Run, files: dict[str, Path]) -> None:
     npy = mp("models", "register", "plain", str(files["plain"]), "--sample", str(files["npy"]),
              "--json")
     assert npy.code == 0, npy.err
@@ -191,10 +228,11 @@ def test_samples_from_npy_and_json(mp: Any, files: dict[str, Path]) -> None:
     assert records.json()["signature"]["layout"] == "columns"
 
 
-def test_joblib_needs_trusted(mp: Any, files: dict[str, Path]) -> None:
+def test_joblib_needs_trusted(mp: Run, files: dict[str, Path], home: Path) -> None:
     refused = mp("models", "register", "iris", str(files["joblib"]), "--sample", str(files["csv"]))
     one_line_error(refused, 1, "--trusted")
-    assert mp("models", "list", "--json").json() == []
+    with registry(home) as reg:
+        assert reg.list_models() == []
 
     accepted = mp("models", "register", "iris", str(files["joblib"]), "--sample",
                   str(files["csv"]), "--trusted")
@@ -202,63 +240,87 @@ def test_joblib_needs_trusted(mp: Any, files: dict[str, Path]) -> None:
     assert "iris:1" in accepted.out
 
 
-def test_alias_rollback_history(mp: Any, seeded: Path) -> None:
-    for version in ("1", "2", "3"):
-        moved = mp("models", "alias", "iris", "production", version, "--reason", "test")
-        assert moved.code == 0, moved.err
-    assert "2 → 3" in moved.out
-    assert mp("models", "show", "iris@production", "--json").json()["version"] == 3
+# --- aliases and deleting -------------------------------------------------------------
+
+
+def test_alias_rollback_history(mp: Run, inproc: Run, seeded: Path) -> None:
+    with registry(seeded) as reg:
+        reg.set_alias("iris", "production", 1)
+    moved = mp("models", "alias", "iris", "production", "2", "--reason", "better")
+    assert moved.code == 0, moved.err
+    assert "1 → 2" in moved.out
+    assert inproc("models", "alias", "iris", "production", "3").code == 0
 
     back = mp("models", "rollback", "iris", "production")
     assert back.code == 0, back.err
     assert "3 → 2" in back.out
-    assert mp("models", "show", "iris@production", "--json").json()["version"] == 2
+    with registry(seeded) as reg:
+        assert reg.resolve("iris@production").version == 2
+        reg.set_alias("iris", "staging", 3)
 
-    assert mp("models", "alias", "iris", "staging", "3").code == 0
     events = mp("models", "history", "iris", "--alias", "production", "--json").json()
     assert [(e["kind"], e["from_version"], e["to_version"]) for e in events] == [
         ("set", None, 1), ("set", 1, 2), ("set", 2, 3), ("rollback", 3, 2)]
-    assert events[0]["reason"] == "test"
-    assert len(mp("models", "history", "iris", "--json").json()) == 5
-    assert "rollback" in mp("models", "history", "iris").out
+    assert events[1]["reason"] == "better"
+    assert len(inproc("models", "history", "iris", "--json").json()) == 5
+    assert "rollback" in inproc("models", "history", "iris").out
 
     removed = mp("models", "alias", "iris", "staging", "--remove")
     assert removed.code == 0, removed.err
-    assert mp("models", "show", "iris:3", "--json").json()["aliases"] == []
-    one_line_error(mp("models", "alias", "iris", "staging"), 2, "--remove")
-    one_line_error(mp("models", "rollback", "iris", "staging"), 1, "staging")
+    with registry(seeded) as reg:
+        assert reg.get_version("iris", 3).aliases == []
+    one_line_error(inproc("models", "alias", "iris", "staging"), 2, "--remove")
+    one_line_error(inproc("models", "rollback", "iris", "staging"), 1, "staging")
 
 
-def test_delete(mp: Any, seeded: Path) -> None:
-    assert mp("models", "alias", "iris", "production", "1").code == 0
+def test_delete(mp: Run, seeded: Path) -> None:
+    with registry(seeded) as reg:
+        reg.set_alias("iris", "production", 1)
 
     one_line_error(mp("models", "delete", "iris", "1", "--yes"), 1, "production")
     one_line_error(mp("models", "delete", "iris", "2"), 2, "--yes")  # no terminal to ask on
 
     deleted = mp("models", "delete", "iris", "2", "--yes")
     assert deleted.code == 0, deleted.err
-    assert [v["version"] for v in mp("models", "list", "iris", "--json").json()] == [1, 3]
-    one_line_error(mp("models", "show", "iris:2"), 1, "no version 2")
+    with registry(seeded) as reg:
+        assert [v.version for v in reg.list_versions("iris")] == [1, 3]
 
 
-def test_user_errors_are_one_line(mp: Any, files: dict[str, Path]) -> None:
+# --- errors and options ---------------------------------------------------------------
+
+
+def test_user_errors_are_one_line(mp: Run, files: dict[str, Path]) -> None:
     one_line_error(mp("models", "show", "nope"), 1, "no model named 'nope'")
-    one_line_error(mp("models", "show", "bad/name"), 1, "invalid model name")
-    one_line_error(mp("models", "rollback", "nope", "production"), 1, "nope")
-    one_line_error(mp("models", "history", "nope"), 1, "nope")
     one_line_error(mp("models", "register", "iris"), 2, "FILE")
     one_line_error(mp("models", "register", "iris", "missing.skops", "--sample",
                       str(files["csv"])), 2, "missing.skops")
-    one_line_error(mp("models", "register", "iris", str(files["skops"]), "--sample",
-                      str(files["csv"]), "--metric", "acc"), 2, "KEY=VALUE")
-    one_line_error(mp("models", "register", "iris", str(files["csv"]), "--sample",
-                      str(files["csv"])), 1, "--flavor")
-    one_line_error(mp("models", "lst"), 2, "No such command")
-    one_line_error(mp("models", "delete", "iris", "one"), 2)
 
 
-def test_global_options_override_settings(mp: Any, files: dict[str, Path],
-                                          tmp_path: Path, home: Path) -> None:
+@pytest.mark.parametrize(("args", "code", "words"), [
+    (["models", "show", "bad/name"], 1, ["invalid model name"]),
+    (["models", "show", "nope:2"], 1, ["nope"]),
+    (["models", "rollback", "nope", "production"], 1, ["nope"]),
+    (["models", "history", "nope"], 1, ["nope"]),
+    (["models", "delete", "nope", "1", "--yes"], 1, ["nope"]),
+    (["models", "alias", "nope", "production", "1"], 1, ["nope"]),
+    (["models", "alias", "x", "Bad Alias!", "1"], 1, ["invalid alias"]),
+    (["models", "lst"], 2, ["No such command"]),
+    (["models", "delete", "iris", "one"], 2, ["VERSION"]),
+    (["models", "show"], 2, ["NAME"]),
+    (["models", "register", "iris", "SKOPS", "--sample", "CSV", "--metric", "acc"], 2,
+     ["KEY=VALUE"]),
+    (["models", "register", "iris", "CSV", "--sample", "CSV"], 1, ["--flavor"]),
+    (["models", "register", "iris", "SKOPS", "--sample", "SKOPS"], 1, [".csv"]),
+    (["--registry-url", "nosuchdb://x", "models", "list"], 1, ["nosuchdb"]),
+])
+def test_more_user_errors(inproc: Run, files: dict[str, Path], args: list[str], code: int,
+                          words: list[str]) -> None:
+    paths = {"SKOPS": str(files["skops"]), "CSV": str(files["csv"])}
+    one_line_error(inproc(*(paths.get(a, a) for a in args)), code, *words)
+
+
+def test_global_options_override_settings(mp: Run, files: dict[str, Path], tmp_path: Path,
+                                          home: Path) -> None:
     other = tmp_path / "other"
     args = ("--registry-url", f"sqlite:///{other / 'reg.db'}", "--artifacts", str(other / "art"))
     result = mp(*args, "models", "register", "iris", str(files["skops"]),
@@ -267,10 +329,13 @@ def test_global_options_override_settings(mp: Any, files: dict[str, Path],
     assert (other / "reg.db").exists()
     assert any((other / "art").rglob("*"))
     assert [m["name"] for m in mp(*args, "models", "list", "--json").json()] == ["iris"]
-    assert mp("models", "list", "--json").json() == []  # the default home is untouched
+    assert not home.exists()  # the default home is untouched
 
 
-def test_quickstart_end_to_end(mp: Any, home: Path) -> None:
+# --- quickstart -----------------------------------------------------------------------
+
+
+def test_quickstart_end_to_end(mp: Run, home: Path) -> None:
     first = mp("quickstart")
     assert first.code == 0, first.err
     assert "breast-cancer:1" in first.out
@@ -278,7 +343,7 @@ def test_quickstart_end_to_end(mp: Any, home: Path) -> None:
 
     # run again (in-process, to spare a second cold start of scikit-learn): a new
     # version, promoted
-    with Registry(settings=Settings(home=home)) as reg:
+    with registry(home) as reg:
         mv = quickstart.run(reg, Console(file=io.StringIO()))
     assert mv.version == 2
     shown = mp("models", "show", "breast-cancer@production", "--json").json()
