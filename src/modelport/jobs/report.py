@@ -144,7 +144,7 @@ def _model_summary(m: ModelReport) -> dict[str, Any]:
     for (version, _), count in m.slices.items():
         by_version.setdefault(version, Count()).merge(count)
     registered = {v.version: v for v in m.versions}
-    worst = m.drift[0] if m.drift else None
+    newest = m.drift[0] if m.drift else None  # drift is listed newest version first
     return {
         "name": m.name,
         "calls": m.total.calls, "rows": m.total.rows, "errors": m.total.errors,
@@ -154,10 +154,10 @@ def _model_summary(m: ModelReport) -> dict[str, Any]:
                       "aliases": registered[v].aliases if v in registered else [],
                       "metrics": registered[v].metrics if v in registered else {}}
                      for v, c in sorted(by_version.items(), reverse=True)],
-        "drift": None if worst is None else {
-            "version": worst.version, "samples": worst.samples,
-            "max_psi": _round(worst.max_psi, 4), "drift": worst.named("drift"),
-            "shift": worst.named("shift")},
+        "drift": None if newest is None else {
+            "version": newest.version, "samples": newest.samples,
+            "max_psi": _round(newest.max_psi, 4), "drift": newest.named("drift"),
+            "shift": newest.named("shift")},
     }
 
 
