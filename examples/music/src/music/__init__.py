@@ -1,0 +1,1 @@
+"""The modelport reference system: a music recommender made of modelport services."""

