@@ -34,3 +34,13 @@ test: lint  ## Lint, then the whole test suite (integration tests need PostgreSQ
 
 clean:  ## Remove the virtual environment and caches (not ./.modelport)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+MUSIC_STAMP := $(VENV)/.music-installed
+
+$(MUSIC_STAMP): examples/music/pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install -e examples/music
+	touch $(MUSIC_STAMP)
+
+.PHONY: test-music
+test-music: $(MUSIC_STAMP)  ## The music example (examples/music): ruff, mypy, its tests
+	cd examples/music && ../../$(BIN)/ruff check src tests && ../../$(BIN)/mypy && ../../$(BIN)/pytest
