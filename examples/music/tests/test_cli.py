@@ -1,0 +1,51 @@
+"""The `music` command: generate, train (register and gate), and one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from modelport import Registry, Settings
+
+from music.cli import run
+
+
+def test_generate_then_train_registers_and_promotes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    assert run(["generate", "--users", "300", "--tracks", "1000", "--listens", "30000",
+                "--seed", "3", "--out", str(data)]) == 0
+    assert "generated 30,000 listens by 300 users of 1,000 tracks" in capsys.readouterr().out
+    assert sorted(p.name for p in data.iterdir()) == [
+        "catalog.parquet", "listens.parquet", "users.parquet"]
+
+    home = tmp_path / "home"
+    args = ["train", "--interactions", str(data / "listens.parquet"),
+            "--catalog", str(data / "catalog.parquet"), "--registry-home", str(home),
+            "--factors", "16", "--regularization", "1", "--alpha", "5", "--iterations", "8"]
+    assert run(args) == 0
+    out = capsys.readouterr().out
+    assert "popularity" in out and "recall@10" in out
+    assert "registered music-recommender:1 (music-recommender-popularity:1); promoted" in out
+    with Registry(settings=Settings(home=home)) as registry:
+        version = registry.resolve("music-recommender@production")
+    assert version.params["factors"] == 16 and version.params["alpha"] == 5.0
+    assert version.tags["dataset"] == "listens.parquet"
+    assert version.tags["items"] == 1000  # the catalogue, heard or not
+
+
+def test_errors_are_one_line_and_exit_1(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "plays.csv"
+    pd.DataFrame({"user": ["u"], "track": ["t"], "ts": [1]}).to_csv(bad, index=False)
+    assert run(["train", "--interactions", str(bad), "--factors", "4"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "missing column item" in err
+    assert err.count("\n") == 1
+
+    assert run(["evaluate", "--interactions", str(tmp_path / "absent.parquet")]) == 1
+    assert "no such file" in capsys.readouterr().err
+
+    assert run(["train"]) == 2  # usage: one of --interactions or --movielens
+    assert "exactly one of --interactions PATH or --movielens" in capsys.readouterr().err
