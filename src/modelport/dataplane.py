@@ -101,6 +101,9 @@ class DataPlane:
             self.endpoints[config.served_name] = Endpoint(config)
         self._poller: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        # a server of nothing is never ready, but an application's own service (an
+        # events API, a stream worker) may have no model to load: create_app says so
+        self.ready_without_models = False
         # prediction log: every trigger's calls pass through predict(), so it is
         # recorded there, once; its background writer lives as long as the data plane
         self.prediction_log = prediction_log
@@ -255,7 +258,8 @@ class DataPlane:
                    "ref": ep.config.ref, **({"error": ep.error} if ep.error else {})}
             for name, ep in self.endpoints.items()
         }
-        ready = bool(self.endpoints) and all(ep.ready for ep in self.endpoints.values())
+        ready = (bool(self.endpoints) or self.ready_without_models) and all(
+            ep.ready for ep in self.endpoints.values())
         return ready, detail
 
 

@@ -35,5 +35,7 @@ def test_extra_routes_come_first_and_lifespan_wraps_serving(settings: Settings) 
     with TestClient(app) as client:
         assert client.get("/").text == "hello music"  # the app's page, not modelport's
         assert client.get("/v2/health/live").status_code == 200
+        # no models to load: an application's own service is ready once started
+        assert client.get("/v2/health/ready").status_code == 200
         assert events == ["start"]
     assert events == ["start", "stop"]

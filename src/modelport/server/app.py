@@ -40,7 +40,8 @@ def create_app(settings: Settings, dataplane: DataPlane, *, follow: bool = True,
     `pipelines` (built over the same data plane) get `POST /pipelines/{name}/run`.
 
     `extra_routes` mount an application's own routes beside modelport's (a domain API
-    over a pipeline, a web page): they are matched first, so one of them may take `/`.
+    over a pipeline, a web page): they are matched first, so one of them may take `/`,
+    and with them a server without models is ready once started.
     `lifespan(app)` is the application's own start-up and shut-down (background tasks,
     connections): entered once the models are loaded and the pipelines started, exited
     before they are drained.
@@ -96,6 +97,8 @@ def create_app(settings: Settings, dataplane: DataPlane, *, follow: bool = True,
         exception_handlers={ModelportError: handle_error, Exception: handle_error},
     )
     app.state.dataplane = dataplane
+    # an application's own routes are something to serve, models or not
+    dataplane.ready_without_models = bool(extra_routes)
     app.state.pipelines = dict(pipelines or {})
     app.state.settings = settings
     app.openapi = lambda: openapi_schema(app, dataplane)  # type: ignore[method-assign]
