@@ -16,6 +16,7 @@ from batch_helpers import cancer, features, make_patients, make_results, query, 
 
 from modelport import Registry, Settings
 from modelport.config import load_config
+from modelport.errors import ConfigError
 from modelport.jobs import BatchJob, BatchOptions, FileRows, KeyQuery
 from modelport.jobs.sources import Resume
 from modelport.pipeline import Frame, MemoryRetriever, MemoryWriter
@@ -163,6 +164,10 @@ async def test_input_files_resume_by_row_offset(tmp_path: Path, suffix: str) -> 
             with pytest.raises(RuntimeError):
                 await BatchJob(service, "score", source, options).run()
             pipe.writer = MemoryWriter()
+            other = tmp_path / "other.csv"
+            frame.iloc[:5].to_csv(other, index=False)
+            with pytest.raises(ConfigError, match="'file-job' has an unfinished run"):
+                await BatchJob(service, "score", FileRows(other, key="patient"), options).run()
             result = await BatchJob(service, "score", FileRows(path, key="patient"),
                                     options).run()
         finally:

@@ -25,7 +25,15 @@ from typing import Any, Protocol, TypeVar
 import sqlalchemy as sa
 
 from modelport.errors import ConfigError
-from modelport.jobs.sources import Chunk, FileRows, KeyQuery, Resume, Source, job_id
+from modelport.jobs.sources import (
+    Chunk,
+    FileRows,
+    KeyQuery,
+    Resume,
+    Source,
+    fingerprint,
+    job_id,
+)
 from modelport.jobs.state import Checkpoint, JobState, RejectRow
 from modelport.pipeline import Frame, Pipeline, PipelineConfig
 from modelport.service import Service
@@ -114,11 +122,13 @@ class BatchJob:
         state: JobState | None = None
         try:
             await self._in_thread(self.source.check)
-            cp = Checkpoint(self.job_id, pipe.name, self.source.describe())
+            # what the source is, for people, and a fingerprint that tells sources apart
+            described = f"{self.source.describe()} #{fingerprint(self.source)}"
+            cp = Checkpoint(self.job_id, pipe.name, described)
             if not opts.dry_run:
                 state = await asyncio.to_thread(self._state)
-                cp = await asyncio.to_thread(state.open, self.job_id, pipe.name,
-                                             self.source.describe(), fresh=opts.fresh)
+                cp = await asyncio.to_thread(state.open, self.job_id, pipe.name, described,
+                                             fresh=opts.fresh)
                 result.rejects_to = state.describe_rejects()
                 result.resumed_after = cp.read
                 if cp.read:

@@ -265,3 +265,7 @@ def job_id(pipeline: str, source: Source) -> str:
     """The default job id: the pipeline's name and a hash of the pipeline and source."""
     digest = hashlib.sha256(f"{pipeline}\0{source.identity()}".encode()).hexdigest()
     return f"{pipeline}-{digest[:12]}"
+
+
+def fingerprint(source: Source) -> str:
+    return hashlib.sha256(source.identity().encode()).hexdigest()[:12]

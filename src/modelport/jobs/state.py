@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from modelport.errors import ConfigError
 from modelport.jobs.sources import sql_error
 from modelport.pipeline import Key
 from modelport.pipeline.sqlconn import make_engine
@@ -148,6 +149,12 @@ class JobState:
                 row = conn.execute(sa.select(self.checkpoints).where(
                     self.checkpoints.c.job_id == job_id).with_for_update()).mappings().first()
                 if row is not None and row["status"] != "done" and not fresh:
+                    if (row["pipeline"], row["source"]) != (pipeline, source):
+                        # its last key or row offset means nothing for another source
+                        raise ConfigError(
+                            f"job {job_id!r} has an unfinished run of pipeline "
+                            f"{row['pipeline']!r} over {row['source']}; resume it with the "
+                            "same source, or start over with --fresh")
                     cp = _checkpoint(row)
                 else:
                     cp = Checkpoint(job_id, pipeline, source,
