@@ -62,6 +62,8 @@ def build_app(system: System, roles: Collection[str] = ROLES, *,
         routes += [*recommender.routes, *web.routes]
     if "events" in roles:
         routes += events.routes
+    if "worker" in roles:
+        routes += realtime.routes
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

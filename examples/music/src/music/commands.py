@@ -185,7 +185,9 @@ def run_server(app: Any, host: str, port: int) -> None:
 
 def _run_full(system: System, host: str, port: int) -> None:
     """One process per service; Ctrl-C stops them all."""
-    assert system.db_url and system.redis_url and system.broker_url
+    assert system.db_url is not None
+    assert system.redis_url is not None
+    assert system.broker_url is not None
     common = ["--home", str(system.home), "--database", system.db_url, "--redis",
               system.redis_url, "--broker", system.broker_url, "--prefix", system.prefix,
               "--registry", system.registry_url or system.database, "--host", host,

@@ -16,7 +16,11 @@ from __future__ import annotations
 
 from modelport.dataplane import DataPlane
 from modelport.pipeline import Pipeline, Writer
+from modelport.server.responses import JSON
 from modelport.streams import StreamWorker
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from music.history import RedisHistory, SqlHistory
 from music.system import System
@@ -50,3 +54,23 @@ async def run_worker(worker: StreamWorker) -> None:
             await worker.broker.close()
     finally:
         await worker.pipeline.close()
+
+
+async def status(request: Request) -> Response:
+    """What the worker has done, and what waits for it (the stream's lag)."""
+    worker: StreamWorker = request.app.state.worker
+    stats = worker.stats
+    try:
+        lag = await worker.broker.lag()
+    except Exception as exc:  # the broker is down: say so, the probe still answers
+        lag = None
+        error: str | None = str(exc)
+    else:
+        error = None
+    return JSON({"processed": stats.processed, "dead_lettered": stats.dead_lettered,
+                 "redeliveries": stats.redeliveries, "batches": stats.batches,
+                 "lag": lag, "stopping": worker.stopping,
+                 **({"error": error} if error else {})})
+
+
+routes = [Route("/worker", status, methods=["GET"])]

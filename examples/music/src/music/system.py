@@ -52,6 +52,8 @@ class System:
     registry_url: str | None = None
     """Default: the registry of `home` (a SQLite file)."""
     prefix: str = "music_"
+    alias: str = ALIAS
+    """The alias the recommender serves and the nightly batch scores with."""
     consumer: str = "realtime-1"
     """The realtime worker's consumer name: a restarted worker under the same name
     reads back what it had fetched and not acknowledged, at once."""
@@ -91,7 +93,7 @@ class System:
 
     @property
     def model_ref(self) -> str:
-        return f"{MODEL}@{ALIAS}"
+        return f"{MODEL}@{self.alias}"
 
     @property
     def stream(self) -> str:

@@ -21,7 +21,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from music.store import Store
-from music.system import ALIAS, MODEL
+from music.system import MODEL
 
 STATIC = resources.files("music") / "static"
 SHOWN_METRICS = ("recall@10", "ndcg@10", "coverage@10", "baseline_recall@10", "users")
@@ -48,19 +48,21 @@ async def model(request: Request) -> Response:
     registry: Registry = request.app.state.registry
     ready, detail = request.app.state.dataplane.readiness()
     serving = detail.get(MODEL, {}).get("version")
-    versions, production = await asyncio.to_thread(_versions, registry)
-    return JSON({"name": MODEL, "alias": ALIAS, "serving": serving, "ready": ready,
+    alias = request.app.state.system.alias
+    versions, production = await asyncio.to_thread(_versions, registry, alias)
+    return JSON({"name": MODEL, "alias": alias, "serving": serving, "ready": ready,
                  "production": production, "versions": versions,
                  "fallbacks": request.app.state.recommender.fallbacks})
 
 
-def _versions(registry: Registry, limit: int = 6) -> tuple[list[dict[str, Any]], int | None]:
+def _versions(registry: Registry, alias: str,
+              limit: int = 6) -> tuple[list[dict[str, Any]], int | None]:
     try:
         records = registry.list_versions(MODEL)
     except NotFound:
         return [], None
     try:
-        production: int | None = registry.get_alias(MODEL, ALIAS)
+        production: int | None = registry.get_alias(MODEL, alias)
     except NotFound:
         production = None
     out = []
