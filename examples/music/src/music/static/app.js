@@ -5,7 +5,7 @@
 
 const EVENTS_URL = document.body.dataset.eventsUrl || "";
 const K = 10;
-const state = { user: null, recs: [], lastModel: null };
+const state = { user: null, recs: [], known: new Map() };
 const $ = (sel) => document.querySelector(sel);
 
 function el(tag, props = {}, ...children) {
@@ -59,7 +59,10 @@ async function loadUsers(query = "") {
   if (query && VALID_ID.test(query) && !users.some((u) => u.user_id === query)) {
     list.append(userItem({ user_id: query, top_genre: "no history yet", listens: 0 }, true));
   }
-  for (const user of users) list.append(userItem(user, false));
+  for (const user of users) {
+    state.known.set(user.user_id, user);
+    list.append(userItem(user, false));
+  }
 }
 
 function userItem(user, isNew) {
@@ -126,9 +129,10 @@ function renderAnswer(recs, listens) {
     el("span", { class: "chip" }, `${recs.ms} ms`),
   ];
   meta.replaceChildren(...chips.filter(Boolean));
-  $("#user-meta").textContent = listens.known
-    ? `${listens.listens.length ? "recent listens below" : ""}`
-    : "new listener: no history yet";
+  const user = state.known.get(state.user);
+  $("#user-meta").textContent = !listens.known ? "new listener: no history yet"
+    : user ? `mostly ${user.top_genre} · ${user.listens.toLocaleString()} plays`
+      : "listener";
 }
 
 function renderTracks(list, items, right, before) {
@@ -209,7 +213,7 @@ async function loadModel() {
   const serving = info.versions.find((v) => v.version === info.serving);
   const body = $("#model-body");
   body.classList.remove("muted");
-  body.replaceChildren(
+  body.replaceChildren(...[
     el("div", { class: "version" }, info.serving ? `v${info.serving}` : "—"),
     el("div", { class: "muted" }, `${info.name}@${info.alias}`,
       info.production && info.production !== info.serving
@@ -233,7 +237,7 @@ async function loadModel() {
       el("span", {}, "recall " + fmt("recall@10", v.metrics["recall@10"] ?? NaN))))),
     info.fallbacks
       ? el("p", { class: "hint" }, `${info.fallbacks} answers from the nightly batch`) : null,
-  );
+  ].filter(Boolean));
 }
 
 // --- start ------------------------------------------------------------------------------
