@@ -37,7 +37,7 @@ COLD_SHARE = 0.05
 WRK_SCRIPT = """
 local users = {}
 init = function(args)
-  math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16) % 100000)
+  math.randomseed(os.time() + math.floor(os.clock() * 1e6))
   for i = 0, %(users)d - 1 do users[#users + 1] = string.format("u%%04d", i) end
   for i = 1, math.floor(%(users)d * %(cold)f) do users[#users + 1] = "new" .. i end
 end

@@ -153,3 +153,14 @@ def test_page_users_and_model_panel(client: TestClient, system: System) -> None:
     assert model["serving"] == 1 and model["production"] == 1
     assert model["versions"][0]["metrics"]["recall@10"] > 0
     assert model["versions"][0]["gate"] == "promoted"
+
+
+def test_report_covers_the_recommenders_traffic(client: TestClient, system: System) -> None:
+    user = some_user(system)
+    for _ in range(3):
+        assert client.get(f"/users/{user}/recommendations").status_code == 200
+    time.sleep(2.5)  # the prediction log's flush interval (2 s)
+    report = client.get("/report?since=1h")
+    assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
+    assert MODEL in report.text
+    assert client.get("/report?since=soon").status_code == 400

@@ -6,7 +6,8 @@ readiness probes, metrics, request ids, access log and API-key guard.
   its JSON (`/api/…`), and `POST /pipelines/recommender/run`;
 - `events`: `POST /listens`;
 - `worker`: the realtime worker, as a background task of the process;
-- `nightly`: the nightly batch on its cron schedule, as a background task.
+- `nightly`: the nightly batch and the daily report on their cron schedules (modelport's
+  scheduler), as a background task.
 
 `music up` runs all four in one process; `music serve ROLE` runs one.
 """
@@ -85,7 +86,9 @@ def build_app(system: System, roles: Collection[str] = ROLES, *,
                 running.worker = app.state.worker
                 running.spawn(realtime.run_worker(app.state.worker), "realtime")
             if "nightly" in roles:
-                running.spawn(nightly.schedule(system, cron, settings), "nightly")
+                jobs = nightly.scheduler(system, settings, cron=cron,
+                                         metrics=service.dataplane.metrics)
+                running.spawn(jobs.run_forever(), "nightly")
             yield
         finally:
             await running.stop()

@@ -9,6 +9,8 @@
   Kubernetes or docker compose run them (deploy/).
 - `music setup`: the setup alone (a Kubernetes Job before the services start).
 - `music nightly [--cron EXPR]`: the nightly batch, once or on a schedule.
+- `music report`: the daily modelport report of the recommender (`modelport report`
+  over the system's registry and prediction log).
 
 URLs come from options or the `MUSIC_*` variables their help names.
 """
@@ -57,6 +59,7 @@ def register(app: typer.Typer) -> None:
     app.command(name="serve")(serve)
     app.command(name="setup")(setup)
     app.command(name="nightly")(nightly_cmd)
+    app.command(name="report")(report_cmd)
 
 
 def make_system(home: Path, database: str | None, redis: str | None, broker: str | None,
@@ -163,16 +166,38 @@ def nightly_cmd(
     full: Annotated[bool, typer.Option("--full", help="PostgreSQL and Redis.")] = False,
 ) -> None:
     """Precompute every user's top-k (the recommender's fallback)."""
-    from music.nightly import run_nightly, schedule
+    from music.nightly import run_nightly, scheduler
 
     configure_logging(json=False, access_log=False)
     system = make_system(home, database, redis, broker, registry, prefix, full=full)
     if cron:
-        asyncio.run(schedule(system, cron))
+        asyncio.run(scheduler(system, cron=cron, report_cron=None).run_forever())
         return
     result = asyncio.run(run_nightly(system))
     typer.echo(f"nightly batch: {result.written:,} users written, {result.rejected:,} "
                f"rejected in {result.seconds:.1f}s")
+
+
+def report_cmd(
+    home: Home = Path(".modelport"),
+    since: Annotated[str, typer.Option(help="The window: 24h, 7d, or an ISO time.")] = "24h",
+    out: Annotated[Path | None, typer.Option(
+        help="HTML file (default: <home>/music/reports/report-<date>.html).",
+        show_default=False)] = None,
+    registry: RegistryUrl = None,
+) -> None:
+    """The daily modelport report of the recommender: traffic, latency, outputs, versions
+    and their metrics, drift of the histories it was asked with."""
+    from modelport.jobs.report import generate, window
+
+    from music.nightly import report_path
+    from music.system import MODEL
+
+    system = make_system(home, None, None, None, registry, "music_", full=False)
+    start, end = window(since)
+    path = out or Path(str(report_path(system)).format(until=end))
+    report = generate(system.settings(), start, end, path, model=MODEL)
+    typer.echo(f"wrote {path}\n{report.summary(path)['text']}")
 
 
 def run_server(app: Any, host: str, port: int) -> None:

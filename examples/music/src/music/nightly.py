@@ -9,21 +9,24 @@ run that is killed resumes where it stopped. After the users, one more row: the
 popular list (`__popular__`), for users the batch has not seen.
 
 Scheduling: `music nightly` runs it once (the Kubernetes CronJob in deploy/ calls it);
-`music nightly --cron "0 3 * * *"` and `music up` run it on that schedule in-process.
+`music nightly --cron "0 3 * * *"` and `music up` run it in-process on modelport's
+scheduler (`modelport.jobs.scheduler`: cron in UTC, never overlapping itself), beside
+the daily report (`modelport.jobs.report`) on the recommender's prediction log.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from datetime import datetime
+from pathlib import Path
 
-from croniter import croniter
 from modelport import Registry, Settings
 from modelport.config import ServiceConfig
 from modelport.dataplane import ModelConfig
 from modelport.jobs import BatchJob, BatchOptions, BatchResult, KeyQuery
+from modelport.jobs.report import report_job
+from modelport.jobs.scheduler import Scheduler
+from modelport.monitoring.metrics import Metrics
 from modelport.pipeline import Frame, Pipeline
 from modelport.service import Service
 
@@ -35,6 +38,9 @@ log = logging.getLogger("music.nightly")
 
 CHUNK = 1_000
 DEFAULT_CRON = "0 3 * * *"
+"""03:00 UTC every day."""
+REPORT_CRON = "30 3 * * *"
+"""The daily report, once the nightly batch is done."""
 
 
 def stamp(frame: Frame) -> Frame:
@@ -76,15 +82,22 @@ async def run_nightly(system: System, settings: Settings | None = None) -> Batch
     return result
 
 
-async def schedule(system: System, cron: str = DEFAULT_CRON,
-                   settings: Settings | None = None) -> None:
-    """Run the batch at each time `cron` names (local time), for ever; a failed run is
-    logged and the next one still happens."""
-    times = croniter(cron, datetime.now().astimezone())
-    while True:
-        due = times.get_next(float)
-        await asyncio.sleep(max(0.0, due - time.time()))
-        try:
+def report_path(system: System) -> Path:
+    return system.data_dir / "reports" / "report-{until:%Y-%m-%d}.html"
+
+
+def scheduler(system: System, settings: Settings | None = None, *,
+              cron: str | None = DEFAULT_CRON, report_cron: str | None = REPORT_CRON,
+              metrics: Metrics | None = None) -> Scheduler:
+    """The nightly batch and the daily report (over the last 24 hours) on their crons."""
+    settings = settings or system.settings()
+    jobs = Scheduler(metrics=metrics)
+    if cron:
+        async def nightly() -> None:
             await run_nightly(system, settings)
-        except Exception:
-            log.exception("nightly batch failed; next run as scheduled")
+
+        jobs.add("music-nightly", cron, nightly)
+    if report_cron:
+        jobs.add("music-report", report_cron,
+                 report_job(settings, model=MODEL, out=report_path(system)))
+    return jobs

@@ -79,8 +79,21 @@ def _versions(registry: Registry, alias: str,
     return out, production
 
 
+async def report(request: Request) -> Response:
+    """The modelport report of the recommender over the last `since` (default 24h),
+    made on demand: traffic, latency, outputs, versions, drift."""
+    from modelport.jobs.report import generate, window
+
+    since = request.query_params.get("since", "24h")
+    start, end = window(since)  # a bad window is a 400 naming it
+    path = request.app.state.system.data_dir / "reports" / "latest.html"
+    await asyncio.to_thread(generate, request.app.state.settings, start, end, path, model=MODEL)
+    return HTMLResponse(path.read_text(), headers={"cache-control": "no-store"})
+
+
 routes = [
     Route("/", page, methods=["GET"], include_in_schema=False),
+    Route("/report", report, methods=["GET"], include_in_schema=False),
     Route("/api/users", users, methods=["GET"]),
     Route("/api/model", model, methods=["GET"]),
     Mount("/static", app=StaticFiles(directory=str(STATIC)), name="static"),

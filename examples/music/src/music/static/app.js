@@ -237,6 +237,8 @@ async function loadModel() {
       el("span", {}, "recall " + fmt("recall@10", v.metrics["recall@10"] ?? NaN))))),
     info.fallbacks
       ? el("p", { class: "hint" }, `${info.fallbacks} answers from the nightly batch`) : null,
+    el("a", { class: "report-link", href: "/report?since=24h", target: "_blank" },
+      "Report: traffic, latency, drift (24 h) ↗"),
   ].filter(Boolean));
 }
 
