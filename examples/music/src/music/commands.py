@@ -66,9 +66,11 @@ def make_system(home: Path, database: str | None, redis: str | None, broker: str
                 registry: str | None, prefix: str, *, full: bool) -> System:
     if not full:
         return System(home=home, db_url=database, registry_url=registry, prefix=prefix)
-    return System.full(database or FULL_DEFAULTS["database"], redis or FULL_DEFAULTS["redis"],
-                       broker or FULL_DEFAULTS["broker"], home=home, registry_url=registry,
-                       prefix=prefix)
+    database = database or FULL_DEFAULTS["database"]
+    # replicas of a service share one registry: the system's database unless told
+    return System.full(database, redis or FULL_DEFAULTS["redis"],
+                       broker or FULL_DEFAULTS["broker"], home=home,
+                       registry_url=registry or database, prefix=prefix)
 
 
 def up(
@@ -89,8 +91,6 @@ def up(
 
     configure_logging(json=False, access_log=False)
     system = make_system(home, database, redis, broker, registry, prefix, full=full)
-    if full and system.registry_url is None:
-        system.registry_url = system.database  # replicas share one registry
     run_setup(system, Config(users=users, listens=listens), retrain=retrain)
     url = f"http://{host}:{port}"
     if full:
