@@ -8,10 +8,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint clean
+.PHONY: help install demo quickstart test lint clean
 
 help:  ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,17 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)  ## Create .venv and install modelport with its dev tools
 
-demo: $(STAMP)  ## Train, register, promote and load a model (modelport quickstart)
+# the reference system (examples/music) installs into the same environment
+MUSIC_STAMP := $(VENV)/.music-installed
+
+$(MUSIC_STAMP): examples/music/pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install -e examples/music
+	touch $(MUSIC_STAMP)
+
+demo: $(MUSIC_STAMP)  ## The music recommender on http://127.0.0.1:8000 (music up)
+	$(BIN)/music up
+
+quickstart: $(STAMP)  ## Train, register, promote and load one model (modelport quickstart)
 	$(BIN)/modelport quickstart
 
 lint: $(STAMP)  ## ruff and mypy (strict)
@@ -35,11 +45,6 @@ test: lint  ## Lint, then the whole test suite (integration tests need PostgreSQ
 clean:  ## Remove the virtual environment and caches (not ./.modelport)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-MUSIC_STAMP := $(VENV)/.music-installed
-
-$(MUSIC_STAMP): examples/music/pyproject.toml $(STAMP)
-	$(BIN)/python -m pip install -e examples/music
-	touch $(MUSIC_STAMP)
 
 .PHONY: test-music
 test-music: $(MUSIC_STAMP)  ## The music example (examples/music): ruff, mypy, its tests
