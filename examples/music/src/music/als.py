@@ -11,7 +11,6 @@ checks that the flavor's fold-in equals implicit's own `recalculate_user`.)
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 
@@ -131,15 +130,3 @@ def popularity_model(matrix: Matrix) -> FactorModel:
     share = popularity / max(float(popularity.max()), 1e-12)
     return FactorModel(item_factors=share[:, None], item_ids=list(matrix.items),
                        popularity=popularity, regularization=0.01, alpha=1.0, top_k=TOP_K)
-
-
-@dataclass
-class Fitted:
-    model: FactorModel
-    seconds: float
-
-
-def timed_fit(matrix: Matrix, params: AlsParams, *, seed: int = 0) -> Fitted:
-    start = time.perf_counter()
-    model = fit_als(matrix, params, seed=seed)
-    return Fitted(model, time.perf_counter() - start)

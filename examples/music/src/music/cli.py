@@ -179,12 +179,13 @@ def load_table(path: Path) -> pd.DataFrame:
 
 def _table(rows: list[Candidate], k: int) -> None:
     typer.echo(f"{'model':<26} {'recall@' + str(k):>10} {'NDCG@' + str(k):>9} "
-               f"{'coverage':>9} {'train s':>8}  params")
+               f"{'coverage':>9} {'train s':>8} {'cpu s':>7}  params")
     for row in rows:
         m = row.metrics
         params = " ".join(f"{key}={value:g}" for key, value in row.params.items())
         typer.echo(f"{row.label:<26} {m[f'recall@{k}']:>10.4f} {m[f'ndcg@{k}']:>9.4f} "
-                   f"{m[f'coverage@{k}']:>9.2%} {row.train_seconds:>8.1f}  {params}")
+                   f"{m[f'coverage@{k}']:>9.2%} {row.train_seconds:>8.1f} "
+                   f"{row.train_cpu_seconds:>7.1f}  {params}")
 
 
 def run(argv: Sequence[str] | None = None) -> int:

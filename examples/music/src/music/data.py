@@ -18,6 +18,7 @@ users, 20,000 tracks, 1 million listens) take a few seconds, and a seed fixes al
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,7 +138,7 @@ def generate(config: Config | None = None) -> Dataset:
     return Dataset(
         catalog=_catalog(rng, cfg, track_artist, track_genre, duration, genre_names),
         users=pd.DataFrame({
-            "user": _ids("u", cfg.users),
+            "user": _ids("u", cfg.users).copy(),
             "joined": _utc(cfg.start, users.joined),
             "top_genre": np.asarray(genre_names, dtype=object)[users.taste.argmax(axis=1)],
             "favourite_artists": list(_ids("a", n_artists)[users.fav_artists]),
@@ -278,7 +279,7 @@ def _catalog(rng: np.random.Generator, cfg: Config, track_artist: np.ndarray,
         for a, n, m, f in zip(adj, noun[0], noun[1], form, strict=True)
     ]
     return pd.DataFrame({
-        "item": _ids("t", cfg.tracks),
+        "item": _ids("t", cfg.tracks).copy(),
         "title": titles,
         "artist_id": _ids("a", n_artists)[track_artist],
         "artist": artist_names[track_artist],
@@ -306,9 +307,13 @@ def _utc(start: str, seconds: np.ndarray) -> pd.Series:
     return pd.Series(pd.to_datetime(ms, unit="ms", utc=True))
 
 
+@functools.lru_cache(maxsize=16)
 def _ids(prefix: str, n: int) -> np.ndarray:
+    """`prefix` + zero-padded numbers; cached (read-only) as each is needed several times."""
     width = len(str(max(n - 1, 0)))
-    return np.asarray([f"{prefix}{i:0{width}d}" for i in range(n)], dtype=object)
+    ids = np.asarray([f"{prefix}{i:0{width}d}" for i in range(n)], dtype=object)
+    ids.flags.writeable = False
+    return ids
 
 
 def _names(base: list[str], n: int) -> list[str]:

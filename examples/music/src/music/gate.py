@@ -120,7 +120,8 @@ def _register(registry: Registry, name: str, candidate: Candidate, result: Train
         sample_input={"history": result.holdout.histories[:2]},
         reference_data={"history": history_sample(train, length, PROFILE_ROWS, config.seed)},
         metrics={**candidate.metrics, **(extra_metrics or {}),
-                 "train_seconds": round(candidate.train_seconds, 3)},
+                 "train_seconds": round(candidate.train_seconds, 3),
+                 "train_cpu_seconds": round(candidate.train_cpu_seconds, 3)},
         params={**candidate.params, "history_length": length, "k": config.k,
                 "top_k": candidate.model.top_k},
         tags={
