@@ -16,14 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
+import os
 from collections.abc import AsyncIterator, Collection, Coroutine
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
 
 from fastapi import FastAPI
 from modelport import Registry, Settings
 from modelport.config import ServiceConfig
 from modelport.dataplane import ModelConfig
+from modelport.logs import configure_logging
 from modelport.pipeline import Retriever
 from modelport.server import create_app
 from modelport.service import Service
@@ -134,6 +140,45 @@ def _report(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("%s stopped: %r", task.get_name(), task.exception(),
                   exc_info=task.exception())
+
+
+@dataclass
+class ServeSpec:
+    """What `music serve ROLE` runs, handed to worker processes as JSON."""
+
+    system: System
+    role: str
+    events_url: str = ""
+    json_logs: bool = True
+
+    ENV: ClassVar[str] = "MUSIC_SERVE_SPEC"
+
+    def export(self) -> None:
+        # uvicorn starts each worker process with an import string and no arguments:
+        # the environment is how the parent's options reach them
+        fields = {f.name: getattr(self.system, f.name) for f in dataclasses.fields(System)
+                  if f.name != "bus"}
+        os.environ[self.ENV] = json.dumps({
+            "system": {**fields, "home": str(self.system.home)}, "role": self.role,
+            "events_url": self.events_url, "json_logs": self.json_logs})
+
+    @classmethod
+    def from_env(cls) -> ServeSpec:
+        raw = json.loads(os.environ[cls.ENV])
+        system = System(**{**raw["system"], "home": Path(raw["system"]["home"])})
+        return cls(system, raw["role"], raw["events_url"], raw["json_logs"])
+
+
+def serve_app(spec: ServeSpec) -> ASGIApp:
+    """The app of one `music serve` role, logging configured."""
+    configure_logging(json=spec.json_logs, access_log=spec.role != "worker")
+    app: ASGIApp = build_app(spec.system, [spec.role], events_url=spec.events_url)
+    return allow_page_origin(app) if spec.role == "events" else app
+
+
+def serve_app_from_env() -> ASGIApp:
+    """uvicorn's factory in each process of `music serve --workers N`."""
+    return serve_app(ServeSpec.from_env())
 
 
 def allow_page_origin(app: ASGIApp) -> ASGIApp:

@@ -141,19 +141,26 @@ def serve(
     consumer: Annotated[str, typer.Option(
         help="worker: its consumer name (keep it across restarts).")] = "realtime-1",
     json_logs: Annotated[bool, typer.Option(help="Logs as JSON lines.")] = True,
+    workers: Annotated[int, typer.Option(
+        min=1, help="recommender, events: processes sharing the port (stateless "
+        "services use more than one core this way).")] = 1,
 ) -> None:
     """Run one service of the full setup (PostgreSQL, Redis, NATS or Redis Streams)."""
-    from music.app import allow_page_origin, build_app
+    from music.app import ServeSpec, serve_app
 
     if role not in ("recommender", "events", "worker"):
         raise typer.BadParameter(f"{role!r}: the services are recommender, events and worker")
-    configure_logging(json=json_logs, access_log=role != "worker")
+    if role == "worker" and workers > 1:
+        raise typer.BadParameter("run more workers as more processes (each with its own "
+                                 "--consumer), not --workers")
     system = make_system(home, database, redis, broker, registry, prefix, full=True)
     system.consumer = consumer
-    app: Any = build_app(system, [role], events_url=events_url)
-    if role == "events":
-        app = allow_page_origin(app)
-    run_server(app, host, port)
+    spec = ServeSpec(system, role, events_url, json_logs)
+    if workers == 1:
+        run_server(serve_app(spec), host, port)
+    else:
+        spec.export()  # each worker process builds its own app from it
+        run_server("music.app:serve_app_from_env", host, port, workers=workers)
 
 
 def nightly_cmd(
@@ -200,12 +207,12 @@ def report_cmd(
     typer.echo(f"wrote {path}\n{report.summary(path)['text']}")
 
 
-def run_server(app: Any, host: str, port: int) -> None:
+def run_server(app: Any, host: str, port: int, *, workers: int = 1) -> None:
     import uvicorn
 
     uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", log_config=None,
                 access_log=False, timeout_graceful_shutdown=math.ceil(10), backlog=2048,
-                log_level=logging.WARNING)
+                log_level=logging.WARNING, workers=workers, factory=isinstance(app, str))
 
 
 def _run_full(system: System, host: str, port: int) -> None:
