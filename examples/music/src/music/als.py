@@ -87,7 +87,7 @@ def interaction_matrix(frame: pd.DataFrame, items: Iterable[str] | None = None) 
         keep = np.ones(len(frame), dtype=bool)
         item_ids = pd.Index(item_index)
     else:
-        item_ids = pd.Index(list(items))
+        item_ids = pd.Index(list(dict.fromkeys(items)))  # a catalogue may repeat an id
         item_codes = item_ids.get_indexer(frame["item"].astype(str))
         keep = item_codes >= 0
     counts = sparse.coo_matrix(

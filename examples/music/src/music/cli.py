@@ -36,13 +36,14 @@ app = typer.Typer(
 register_services(app)  # up, serve, setup, nightly: running the services (music.commands)
 
 TestDays = Annotated[float | None, typer.Option(
-    help="Hold out the last N days of events (default: 14, or none with --movielens).",
-    show_default=False)]
-TestFraction = Annotated[float, typer.Option(
-    help="Without --test-days: hold out this share of the events (last by time).")]
+    help="Hold out the last N days of events (the default: 14; not with --movielens).",
+    show_default=False, min=0.0)]
+TestFraction = Annotated[float | None, typer.Option(
+    help="Hold out this share of the events, the last by time (or of each user's with "
+    "--per-user; default 0.2 there).", show_default=False, min=0.0, max=1.0)]
 PerUser = Annotated[bool, typer.Option(
-    "--per-user", help="Hold out the last --test-fraction of each user's events instead "
-    "(the default with --movielens).")]
+    "--per-user", help="Hold out the last share of each user's events (the default "
+    "with --movielens).")]
 HistoryLength = Annotated[int, typer.Option(
     help="H: items of history the service sends, and evaluation uses.", min=1)]
 MovieLens = Annotated[bool, typer.Option(
@@ -88,7 +89,7 @@ def train_cmd(
     alpha: Annotated[float | None, typer.Option(min=0.0, show_default=False)] = None,
     iterations: Annotated[int | None, typer.Option(min=1, show_default=False)] = None,
     test_days: TestDays = None,
-    test_fraction: TestFraction = 0.2,
+    test_fraction: TestFraction = None,
     per_user: PerUser = False,
     history_length: HistoryLength = 50,
     seed: int = 0,
@@ -132,7 +133,7 @@ def evaluate_cmd(
     interactions: Interactions = None,
     movielens: MovieLens = False,
     test_days: TestDays = None,
-    test_fraction: TestFraction = 0.2,
+    test_fraction: TestFraction = None,
     per_user: PerUser = False,
     history_length: HistoryLength = 50,
     seed: int = 0,
@@ -156,15 +157,20 @@ def _events(interactions: Path | None, movielens: bool) -> tuple[pd.DataFrame, s
     return load_interactions(interactions), interactions.name
 
 
-def _config(dataset: str, movielens: bool, test_days: float | None, test_fraction: float,
-            per_user: bool, history_length: int, seed: int, **extra: object) -> TrainConfig:
-    # MovieLens users rate in bursts: a global cut leaves about 20 test users, so its
-    # default is the per-user split; generated listens spread over months, so 14 days
-    if test_days is None and not per_user:
+def _config(dataset: str, movielens: bool, test_days: float | None,
+            test_fraction: float | None, per_user: bool, history_length: int, seed: int,
+            **extra: object) -> TrainConfig:
+    if test_days is not None and (per_user or test_fraction is not None):
+        raise typer.BadParameter("--test-days is a global cut: give it without "
+                                 "--test-fraction and --per-user")
+    # With no split given: MovieLens users rate in bursts, and a global cut leaves about
+    # 20 test users, so per user there; listens spread over months, so the last 14 days
+    if test_days is None and test_fraction is None and not per_user:
         per_user = movielens
         test_days = None if movielens else 14.0
-    return TrainConfig(dataset=dataset, test_days=None if per_user else test_days,
-                       test_fraction=test_fraction, per_user=per_user,
+    return TrainConfig(dataset=dataset, test_days=test_days,
+                       test_fraction=0.2 if test_fraction is None else test_fraction,
+                       per_user=per_user,
                        history_length=history_length, seed=seed, **extra)  # type: ignore[arg-type]
 
 
