@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from modelport.config import ServiceConfig
 from modelport.dataplane import DataPlane
@@ -58,3 +59,17 @@ async def start_pipelines(pipelines: Iterable[Pipeline]) -> None:
             await pipeline.start()
         except ModelportError as exc:
             log.error("pipeline %s: %s", pipeline.name, exc.message)
+
+
+async def pipeline_readiness(pipelines: Iterable[Pipeline]) -> tuple[bool, dict[str, Any]]:
+    """Each pipeline's backing services, checked now (`SELECT 1`, `PING`, …)."""
+    ready, detail = True, {}
+    for pipeline in pipelines:
+        try:
+            for component in pipeline.components:
+                await component.check()
+        except ModelportError as exc:
+            ready, detail[pipeline.name] = False, {"ready": False, "error": exc.message}
+        else:
+            detail[pipeline.name] = {"ready": True}
+    return ready, detail

@@ -160,8 +160,12 @@ def test_redis_outage_answers_503s_and_recovers_without_restart(
                 assert down.status_code == 503
                 assert down.json()["error"].startswith(f"Redis {url} is unavailable")
                 assert client.get("/v2/health/live").status_code == 200  # still answering
+            not_ready = client.get("/v2/health/ready")
+            assert not_ready.status_code == 400
+            assert not_ready.json()["pipelines"]["score"]["error"].startswith(f"Redis {url}")
 
             proxy.start()
+            assert client.get("/v2/health/ready").status_code == 200
             back = run(client, 1)
             assert back.status_code == 200, back.text
             assert back.json()["result"]["predictions"] in (0, 1)
@@ -190,9 +194,11 @@ def test_postgres_outage_answers_503s_and_the_pool_reconnects(
             assert down.status_code == 503
             assert down.json()["error"].startswith(f"SQL database {url} is unavailable")
             assert client.get("/v2/health/live").status_code == 200
+            assert client.get("/v2/health/ready").json()["pipelines"]["score"]["ready"] is False
 
             proxy.start()
             back = run(client, 2)
+            assert client.get("/v2/health/ready").status_code == 200
             assert back.status_code == 200, back.text
     finally:
         with engine.begin() as conn:

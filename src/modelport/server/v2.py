@@ -9,6 +9,7 @@ a request's tensors map onto a model's signature. Errors answer `{"error": "…"
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from starlette.requests import Request
@@ -22,6 +23,7 @@ from modelport.errors import InvalidInput, VersionNotFound
 from modelport.server import v2_codec as codec
 from modelport.server.responses import JSON
 from modelport.server.state import dataplane
+from modelport.service import pipeline_readiness
 from modelport.signature import FieldSpec, Signature
 
 EXTENSIONS = ["binary_tensor_data"]
@@ -43,10 +45,16 @@ async def live(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """Readiness: 200 when every served model is loaded, 400 (with why) when not."""
+    """Readiness: 200 when every served model is loaded and every pipeline's backing
+    services answer; 400 (with why) when not."""
     ok, detail = dataplane(request).readiness()
+    body: dict[str, Any] = {"ready": ok, "models": detail}
+    if request.app.state.pipelines:
+        services_ok, body["pipelines"] = await pipeline_readiness(
+            request.app.state.pipelines.values())
+        body["ready"] = ok = ok and services_ok
     # the spec: 200 means ready, a 4xx means not ready
-    return JSON({"ready": ok, "models": detail}, status_code=200 if ok else 400)
+    return JSON(body, status_code=200 if ok else 400)
 
 
 # --- models ---------------------------------------------------------------------------
