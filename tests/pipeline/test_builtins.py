@@ -18,6 +18,7 @@ def options(kind: str, tmp_path: Path) -> dict[str, object]:
         "http": {"url": "http://features/rows", "retries": 1},
         "file": {"path": str(tmp_path / "x.csv")},
         "memory": {"rows": {}},
+        "stream": {"subject": "scores"},
     }[kind]
 
 

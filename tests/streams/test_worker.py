@@ -105,12 +105,12 @@ async def test_unacknowledged_messages_come_back_and_are_written_once(dataplane)
 async def test_too_many_deliveries_go_to_the_dead_letter_stream(dataplane) -> None:
     bus = MemoryBus()
     publish_patients(bus, 1)
-    broker = MemoryBroker(bus, "patients", ack_wait=0)
+    dying = MemoryBroker(bus, "patients", ack_wait=0)
     for _ in range(3):
-        await broker.fetch(1, 0.01)  # delivered, never acked
+        await dying.fetch(1, 0.01)  # delivered, never acked
     pipe = Pipeline("score", "cancer", dataplane, writer=MemoryWriter())
-    worker = StreamWorker(pipe, broker, dead_letter_subject="dlq", max_deliveries=3,
-                          fetch_timeout=0.05)
+    worker = StreamWorker(pipe, MemoryBroker(bus, "patients"), dead_letter_subject="dlq",
+                          max_deliveries=3, fetch_timeout=0.05)
     await worker.run(burst=True)
     [dead] = [orjson.loads(m) for m in bus.messages("dlq")]
     assert dead["deliveries"] == 4 and "delivered 4 times" in dead["reason"]

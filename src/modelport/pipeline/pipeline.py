@@ -22,6 +22,7 @@ from modelport.dataplane import DataPlane
 from modelport.datatypes import jsonable
 from modelport.errors import ConfigError, InvalidInput
 from modelport.pipeline.base import Frame, Key, Retriever, Writer
+from modelport.streams.config import StreamConfig
 
 log = logging.getLogger("modelport.pipeline")
 
@@ -40,6 +41,7 @@ WRITERS: dict[str, str] = {
     "redis": "modelport.pipeline.redis:RedisWriter",
     "file": "modelport.pipeline.files:FileWriter",
     "memory": "modelport.pipeline.memory:MemoryWriter",
+    "stream": "modelport.streams.writer:StreamWriter",
 }
 
 
@@ -77,6 +79,8 @@ class PipelineConfig(BaseModel):
     keys: str | None = None
     """For scheduled batch runs: the query (or file) that lists the keys to score."""
     chunk_size: int = Field(10_000, ge=1)
+    stream: StreamConfig | None = None
+    """For `modelport stream`: the broker to consume, dead letters, batch size."""
 
 
 @dataclass

@@ -1,16 +1,22 @@
 """Streams: a broker as a pipeline's trigger, one module per broker.
 
 Broker clients (redis, nats-py, aiokafka) are imported only when their broker is used.
+`StreamWorker` and `StreamWriter` load on first use too: they import the pipeline
+package, which imports this package's configuration (a pipeline's `stream:` section).
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelport.errors import ConfigError
 from modelport.streams.base import Broker, DeadLetter, Message
-from modelport.streams.worker import StreamWorker
+from modelport.streams.config import StreamConfig
+
+if TYPE_CHECKING:
+    from modelport.streams.worker import StreamWorker
+    from modelport.streams.writer import StreamWriter
 
 BROKERS: dict[str, str] = {
     "memory": "modelport.streams.memory:MemoryBroker",
@@ -18,6 +24,7 @@ BROKERS: dict[str, str] = {
     "nats": "modelport.streams.nats:JetStreamBroker",
     "kafka": "modelport.streams.kafka:KafkaBroker",
 }
+_LAZY = {"StreamWorker": "modelport.streams.worker", "StreamWriter": "modelport.streams.writer"}
 
 
 def broker_class(kind: str) -> Any:
@@ -32,4 +39,11 @@ def broker_class(kind: str) -> Any:
             from exc
 
 
-__all__ = ["BROKERS", "Broker", "DeadLetter", "Message", "StreamWorker", "broker_class"]
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'modelport.streams' has no attribute {name!r}")
+
+
+__all__ = ["BROKERS", "Broker", "DeadLetter", "Message", "StreamConfig", "StreamWorker",
+           "StreamWriter", "broker_class"]

@@ -111,7 +111,8 @@ class JetStreamBroker(Broker):
         log.warning("%s: %s", self.where, exc)
 
     async def _on_disconnect(self) -> None:
-        log.warning("%s: disconnected; reconnecting", self.where)
+        if self._nc is not None and not (self._nc.is_closed or self._nc.is_draining):
+            log.warning("%s: disconnected; reconnecting", self.where)
 
     async def _on_reconnect(self) -> None:
         log.info("%s: reconnected", self.where)
@@ -121,12 +122,12 @@ class JetStreamBroker(Broker):
             await self._js_context()
 
     async def close(self) -> None:
-        if self._nc is not None and not self._nc.is_closed:
+        nc, self._nc, self._js, self._sub = self._nc, None, None, None
+        if nc is not None and not nc.is_closed:
             with contextlib.suppress(nx.Error, OSError):
-                await self._nc.flush(timeout=2)  # acks still in the client's buffer
+                await nc.flush(timeout=2)  # acks still in the client's buffer
             with contextlib.suppress(nx.Error, OSError):
-                await self._nc.close()
-        self._nc = self._js = self._sub = None
+                await nc.close()
 
     # --- consuming ----------------------------------------------------------------------
 

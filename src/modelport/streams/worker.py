@@ -1,11 +1,16 @@
 """The stream worker: a broker as a pipeline's trigger.
 
-Each cycle fetches a batch, scores it through the pipeline (the model's batcher), writes
-the results, and only then acknowledges. Messages that cannot be decoded or fail
+Each batch is fetched, decoded and scored through the pipeline (the model's batcher),
+then written, and only then acknowledged. Messages that cannot be decoded or fail
 validation, and messages delivered `max_deliveries` times, go to the dead-letter
 subject with the reason. An outage of a backing service (the sink, the broker, a model
 still loading) is retried with backoff, holding the batch: nothing is acknowledged that
 was not written.
+
+Two batches are in flight at most: while one is written and acknowledged, the next is
+fetched and scored. Writes stay in order, one batch after the other, so the last
+message about an id is the one whose result is kept, as if they ran one at a time;
+the overlap hides the broker's and the model's latency behind the sink's.
 
 A write that fails for another reason (the sink refuses a value, the model raises) is
 narrowed down by halves to the messages it fails on, which are dead-lettered while the
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -27,7 +33,7 @@ from typing import Any, TypeVar
 
 from modelport.errors import DeadlineExceeded, InvalidInput, ModelportError, NotReady, Overloaded
 from modelport.monitoring.metrics import Metrics
-from modelport.pipeline import Frame, Pipeline, Reject
+from modelport.pipeline import Frame, Pipeline, Reject, Scored
 from modelport.signature import Signature
 from modelport.streams.base import Broker, DeadLetter, Message
 from modelport.streams.codec import Codec, decode
@@ -65,6 +71,23 @@ class _Row:
     message: Message
 
 
+@dataclass
+class _Round:
+    """Rows with distinct ids, scored together and then written together."""
+
+    rows: list[_Row]
+    scored: Scored | None = None
+    error: Exception | None = None
+    """Scoring failed for good: narrowed down to its messages when written."""
+
+
+@dataclass
+class _Batch:
+    letters: list[DeadLetter]
+    rounds: list[_Round]
+    started: float
+
+
 class StreamWorker:
     def __init__(self, pipeline: Pipeline, broker: Broker, *, dead_letter_subject: str,
                  batch_size: int = 256, fetch_timeout: float = 1.0, max_deliveries: int = 5,
@@ -83,7 +106,7 @@ class StreamWorker:
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
-        """Stop fetching; the batch in flight is finished and acknowledged first."""
+        """Stop fetching; the batches in flight are finished and acknowledged first."""
         self._stopping.set()
 
     @property
@@ -92,62 +115,82 @@ class StreamWorker:
 
     async def run(self, *, burst: bool = False) -> WorkerStats:
         """Process until `stop()`; with `burst`, until a fetch comes back empty."""
-        while not self._stopping.is_set():
-            try:
-                messages = await self._retry(
-                    lambda: self.broker.fetch(self.batch_size, self.fetch_timeout), "fetch")
-            except _Abandoned:
-                break
-            if not messages:
-                if burst:
+        writing: asyncio.Task[None] | None = None
+        try:
+            while not self._stopping.is_set():
+                try:
+                    messages = await self._retry(
+                        lambda: self.broker.fetch(self.batch_size, self.fetch_timeout),
+                        "fetch")
+                except _Abandoned:
                     break
-                continue
-            await self.handle(messages)
+                if not messages:
+                    if burst:
+                        break
+                    continue
+                batch = await self._prepare(messages)
+                if writing is not None:
+                    await writing  # writes in order: this batch after the one before
+                    writing = None
+                if batch is not None:
+                    writing = asyncio.create_task(self._finish(batch))
+            if writing is not None:
+                await writing
+        except asyncio.CancelledError:  # abandoned (the drain timeout): so is the write
+            if writing is not None and not writing.done():
+                writing.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await writing
+            raise
+        except Exception:  # the next batch failed for good: the one before is written
+            if writing is not None and not writing.done():
+                with contextlib.suppress(Exception):
+                    await writing
+            raise
         return self.stats
 
     async def handle(self, messages: Sequence[Message]) -> None:
         """Score, write and acknowledge one batch (or dead-letter what cannot be)."""
+        batch = await self._prepare(messages)
+        if batch is not None:
+            await self._finish(batch)
+
+    # --- stage 1: decode and score --------------------------------------------------------
+
+    async def _prepare(self, messages: Sequence[Message]) -> _Batch | None:
         started = time.perf_counter()
         try:
             signature = await self._retry(self._signature, "model")
-        except _Abandoned:
-            return
-        letters, rounds = self._decode(messages, signature)
-        accepted: list[Message] = []
-        for rows in rounds:
-            try:
-                rejects = await self._process(rows)
-            except _Abandoned:  # stopping during an outage: the rest stay unacknowledged
-                break
-            rejected = {r.key: r.reason for r in rejects}
-            for row in rows:
-                if row.id in rejected:
-                    letters.append(DeadLetter(row.message, rejected[row.id]))
-                else:
-                    accepted.append(row.message)
-        # acks and dead letters are never abandoned: what they stand for is written
-        if letters:
-            await self._retry(lambda: self.broker.dead_letter(letters, self.dead_letter_subject),
-                              "dead-letter", abandon=False)
-        if accepted:
-            await self._retry(lambda: self.broker.ack(accepted), "ack", abandon=False)
-        self._account(len(accepted), len(letters), time.perf_counter() - started)
+            letters, rounds = self._decode(messages, signature)
+            for r in rounds:
+                frame = Frame.from_records([row.id for row in r.rows],
+                                           [row.record for row in r.rows])
+                try:
+                    r.scored = await self._retry(
+                        functools.partial(self.pipeline.process, frame, write=False), "score")
+                except _Abandoned:
+                    raise
+                except Exception as exc:  # narrowed down to its messages when written
+                    r.error = exc
+        except _Abandoned:  # stopping during an outage: nothing acknowledged, all return
+            return None
+        return _Batch(letters, rounds, started)
 
     async def _signature(self) -> Signature | None:
         # inside the retry: a model still loading (NotReady) holds the batch, like an outage
-        if self.pipeline.model is None:  # a pipeline that only moves data: records as sent
+        if self.pipeline.model is None:
             return None
         return self.pipeline.dataplane.deployment(self.pipeline.model).model.signature
 
     def _decode(self, messages: Sequence[Message], signature: Signature | None
-                ) -> tuple[list[DeadLetter], list[list[_Row]]]:
+                ) -> tuple[list[DeadLetter], list[_Round]]:
         """Dead letters, and the rows to score in rounds of distinct ids.
 
         The same id twice in one batch (a producer's retry, say) goes into a later
         round, so that each round upserts one row per id and the batch ends as the
         messages would have one after the other."""
         letters: list[DeadLetter] = []
-        rounds: list[list[_Row]] = []
+        rounds: list[_Round] = []
         seen: dict[str, int] = {}
         for message in messages:
             if message.deliveries > 1:
@@ -170,30 +213,56 @@ class StreamWorker:
             turn = seen.get(decoded.id, 0)
             seen[decoded.id] = turn + 1
             if turn == len(rounds):
-                rounds.append([])
-            rounds[turn].append(_Row(decoded.id, record, message))
+                rounds.append(_Round([]))
+            rounds[turn].rows.append(_Row(decoded.id, record, message))
         return letters, rounds
 
-    async def _process(self, rows: list[_Row]) -> list[Reject]:
-        """Score and write rows with distinct ids; the rejected ones, with reasons."""
-        try:
-            return await self._write(rows)
-        except _Abandoned:
-            raise
-        except Exception as exc:
-            rejects, written = await self._isolate(rows, exc)
-            if not written:
-                raise
-            return rejects
+    # --- stage 2: write, dead-letter, acknowledge -----------------------------------------
 
-    async def _write(self, rows: list[_Row]) -> list[Reject]:
-        frame = Frame.from_records([r.id for r in rows], [r.record for r in rows])
-        scored = await self._retry(lambda: self.pipeline.process(frame), "write")
-        return scored.rejects
+    async def _finish(self, batch: _Batch) -> None:
+        letters, accepted = list(batch.letters), []
+        for r in batch.rounds:
+            try:
+                rejects = await self._write_round(r)
+            except _Abandoned:  # stopping during an outage: the rest stay unacknowledged
+                break
+            rejected = {j.key: j.reason for j in rejects}
+            for row in r.rows:
+                if row.id in rejected:
+                    letters.append(DeadLetter(row.message, rejected[row.id]))
+                else:
+                    accepted.append(row.message)
+        # acks and dead letters are never abandoned: what they stand for is written
+        if letters:
+            await self._retry(lambda: self.broker.dead_letter(letters, self.dead_letter_subject),
+                              "dead-letter", abandon=False)
+        if accepted:
+            await self._retry(lambda: self.broker.ack(accepted), "ack", abandon=False)
+        self._account(len(accepted), len(letters), time.perf_counter() - batch.started)
+
+    async def _write_round(self, r: _Round) -> list[Reject]:
+        """Write a scored round; the rows rejected, by the model's signature or the sink."""
+        writer = self.pipeline.writer
+        if r.error is None and r.scored is not None:
+            results = r.scored.results
+            if writer is None or not len(results):
+                return r.scored.rejects
+            try:
+                await self._retry(lambda: writer.write(results), "write")
+                return r.scored.rejects
+            except _Abandoned:
+                raise
+            except Exception as exc:
+                r.error = exc
+        assert r.error is not None
+        rejects, written = await self._isolate(r.rows, r.error)
+        if not written:
+            raise r.error
+        return rejects
 
     async def _isolate(self, rows: list[_Row], error: Exception) -> tuple[list[Reject], int]:
-        """Narrow a failed write down to its messages by halves: the rejects, with the
-        error each one's write gave, and how many rows were written."""
+        """Narrow a failed round down to its messages by halves, scoring and writing each
+        half again: the rejects, with the error each one gave, and the rows written."""
         if len(rows) == 1:
             reason = error.message if isinstance(error, ModelportError) else \
                 f"{type(error).__name__}: {error}"
@@ -202,19 +271,21 @@ class StreamWorker:
         written = 0
         middle = len(rows) // 2
         for half in (rows[:middle], rows[middle:]):
+            frame = Frame.from_records([r.id for r in half], [r.record for r in half])
             try:
-                refused = await self._write(half)
-            except (_Abandoned, asyncio.CancelledError):
+                scored = await self._retry(functools.partial(self.pipeline.process, frame),
+                                           "write")
+            except _Abandoned:
                 raise
             except Exception as exc:
                 more, done = await self._isolate(half, exc)
                 rejects += more
                 written += done
             else:
-                rejects += refused
-                written += len(half) - len(refused)
-        if rejects:
-            log.warning("%d of %d messages could not be written (%s); dead-lettering them",
+                rejects += scored.rejects
+                written += len(half) - len(scored.rejects)
+        if rejects and len(rows) > 1:
+            log.warning("%d of %d messages could not be processed (%s); dead-lettering them",
                         len(rejects), len(rows), rejects[0].reason)
         return rejects, written
 
@@ -222,10 +293,10 @@ class StreamWorker:
                      abandon: bool = True) -> T:
         """Run `action` until it succeeds, backing off through outages.
 
-        Once stopping, a step that may be abandoned (a fetch, a write) is given up after
-        a failure (`_Abandoned`): its messages stay unacknowledged and come back. An ack
-        or a dead letter keeps trying, since the result it stands for has been written;
-        the command's drain timeout bounds that.
+        Once stopping, a step that may be abandoned (a fetch, a score, a write) is given
+        up after a failure (`_Abandoned`): its messages stay unacknowledged and come
+        back. An ack or a dead letter keeps trying, since the result it stands for has
+        been written; the command's drain timeout bounds that.
         """
         delay = 0.1
         while True:
@@ -258,13 +329,11 @@ class StreamWorker:
 
 
 def as_record(data: Any, signature: Signature | None) -> dict[str, Any]:
-    """A message's data as one record of the model's inputs (or, for a pipeline
-    without a model, as the record it is)."""
+    """A message's data as one record of the model's inputs."""
     if isinstance(data, dict):
         return data
     if signature is None:
-        raise InvalidInput("expected a record (a JSON object): this pipeline has no model "
-                           "whose inputs would name a row's values")
+        raise InvalidInput("expected a record (a JSON object) of named values")
     names = [s.name for s in signature.inputs]
     if signature.layout == "tensor" and len(names) == 1:
         return {names[0]: data}

@@ -1,0 +1,325 @@
+"""Crash test: two `modelport stream` processes, one SIGKILLed mid-batch again and again,
+against the real brokers and PostgreSQL. Nothing may be lost and nothing duplicated:
+every good message ends as exactly one row, every poison message as a dead letter with
+its reason, and the stream ends fully acknowledged.
+
+20,000 messages, 100 of them poison (bad JSON, wrong types, missing fields, no data).
+The brokers are set to hand a killed worker's messages back after 1.5-2 s (claim idle,
+ack wait), so the test takes about a minute; most of that is starting Python processes
+that import scikit-learn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pandas as pd
+import pytest
+from sqlalchemy import create_engine, text
+from stream_helpers import cancer, nats_cleanup, nats_url, patients, redis_cleanup, redis_url
+
+from conftest import PG_HOST, PG_PORT, require_service
+from modelport import Registry, Settings
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(300)]
+
+MESSAGES = 20_000
+KILLS = 5
+BATCH = 200
+POISON_EVERY = 200  # 100 poison messages among the 20,000
+
+
+def make_messages() -> tuple[list[bytes], dict[str, dict[str, float]], dict[bytes, str]]:
+    """Payloads in publishing order; the good ones' records by id; poison → its kind."""
+    records = patients(MESSAGES)
+    payloads: list[bytes] = []
+    good: dict[str, dict[str, float]] = {}
+    poison: dict[bytes, str] = {}
+    for i, record in enumerate(records):
+        ident = f"m{i}"
+        if i % POISON_EVERY == 7:
+            kind = ("bad json", "wrong type", "missing field", "no data")[(i // POISON_EVERY) % 4]
+            if kind == "bad json":
+                body = b'{"id": "%s", "data": {"mean radius": ' % ident.encode()
+            elif kind == "wrong type":
+                body = orjson.dumps({"id": ident, "data": {**record, "mean area": "big"}})
+            elif kind == "missing field":
+                body = orjson.dumps({"id": ident, "data": {
+                    k: v for k, v in record.items() if k != "mean texture"}})
+            else:
+                body = orjson.dumps({"id": ident, "data": None})
+            poison[body] = kind
+            payloads.append(body)
+        else:
+            good[ident] = record
+            payloads.append(orjson.dumps({"id": ident, "data": record}))
+    return payloads, good, poison
+
+
+REASONS = {"bad json": "not valid json", "wrong type": "expected FP64, got string",
+           "missing field": "'mean texture'", "no data": "expected a record or a row"}
+
+
+@dataclass
+class Broker:
+    """What the test needs of one broker: its yaml, publishing, reading dead letters."""
+
+    name: str
+    yaml: str
+    publish: Callable[[list[bytes]], Awaitable[None]]
+    dead_letters: Callable[[], Awaitable[list[dict[str, Any]]]]
+    unacked: Callable[[], Awaitable[int]]
+    held_by: Callable[[int], Awaitable[int | None]]
+    """Messages a (killed) worker process held unacknowledged, where the broker tells."""
+    closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+
+
+@pytest.fixture(params=["redis", "nats"])
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
+    name = f"mpcrash{os.urandom(5).hex()}"
+    if request.param == "redis":
+        url = redis_url()
+        async with redis_cleanup(url) as keys:
+            keys += [name, f"{name}.dlq"]
+            b = await _redis(url, name)
+            yield b
+            for close in b.closers:
+                await close()
+    else:
+        url = nats_url()
+        async with nats_cleanup(url) as streams:
+            streams += [name, f"{name}_dlq"]
+            b = await _nats(url, name)
+            yield b
+            for close in b.closers:
+                await close()
+
+
+async def _redis(url: str, name: str) -> Broker:
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(url)
+
+    async def publish(payloads: list[bytes]) -> None:
+        for start in range(0, len(payloads), 1000):
+            async with client.pipeline(transaction=False) as pipe:
+                for p in payloads[start:start + 1000]:
+                    pipe.xadd(name, {"payload": p})
+                await pipe.execute()
+
+    async def dead_letters() -> list[dict[str, Any]]:
+        return [orjson.loads(f[b"payload"]) for _, f in await client.xrange(f"{name}.dlq")]
+
+    async def unacked() -> int:
+        groups = await client.xinfo_groups(name)
+        return sum(int(g["lag"] or 0) + int(g["pending"]) for g in groups) if groups else -1
+
+    async def held_by(pid: int) -> int | None:
+        consumer = f"{socket.gethostname()}-{pid}"
+        for c in await client.xinfo_consumers(name, "scorers"):
+            if c["name"].decode() == consumer:
+                return int(c["pending"])
+        return 0
+
+    yaml = (f"broker: {{type: redis, url: '{url}', stream: {name}, group: scorers, "
+            f"claim_idle_ms: 1500}}\n      dead_letter: {name}.dlq")
+    return Broker("redis", yaml, publish, dead_letters, unacked, held_by, [client.aclose])
+
+
+async def _nats(url: str, name: str) -> Broker:
+    import nats
+
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.add_stream(name=name, subjects=[f"{name}.in"])
+
+    async def publish(payloads: list[bytes]) -> None:
+        for start in range(0, len(payloads), 1000):
+            futures = [await js.publish_async(f"{name}.in", p)
+                       for p in payloads[start:start + 1000]]
+            await asyncio.gather(*futures)
+
+    async def dead_letters() -> list[dict[str, Any]]:
+        try:
+            info = await js.stream_info(f"{name}_dlq")
+        except nats.js.errors.NotFoundError:
+            return []
+        first, last = info.state.first_seq, info.state.last_seq
+        return [orjson.loads((await js.get_msg(f"{name}_dlq", seq)).data)
+                for seq in range(first, last + 1)] if info.state.messages else []
+
+    async def unacked() -> int:
+        try:
+            info = await js.consumer_info(name, "scorers")
+        except nats.js.errors.NotFoundError:
+            return -1
+        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
+    async def held_by(pid: int) -> int | None:
+        return None  # JetStream does not say which client holds a message
+
+    yaml = (f"broker: {{type: nats, url: '{url}', stream: {name}, subject: {name}.in, "
+            f"durable: scorers, ack_wait: 2}}\n      dead_letter: {name}.dlq")
+    return Broker("nats", yaml, publish, dead_letters, unacked, held_by, [nc.close])
+
+
+class Workers:
+    """`modelport stream` processes, their logs in files."""
+
+    def __init__(self, tmp: Path, home: Path, config: Path) -> None:
+        self.tmp, self.home, self.config = tmp, home, config
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Path] = []
+        self.live: list[int] = []  # indexes of the processes meant to be running
+
+    def start(self) -> int:
+        log = self.tmp / f"worker-{len(self.logs)}.log"
+        self.logs.append(log)
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "modelport", "--home", str(self.home), "stream",
+                 "score", "--config", str(self.config), "--drain-timeout", "20"],
+                stdout=out, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return len(self.procs) - 1
+
+    def replace(self, old: int) -> None:
+        self.live[self.live.index(old)] = self.start()
+
+    def exited(self) -> list[int | None]:
+        return [self.procs[i].returncode for i in self.live if self.procs[i].poll() is not None]
+
+    def consuming(self, i: int) -> bool:
+        return self.procs[i].poll() is None and b"consuming" in self.logs[i].read_bytes()
+
+    def tails(self) -> str:
+        return "\n".join(f"--- {log.name}\n" + log.read_text()[-1500:] for log in self.logs)
+
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def setup_service(tmp: Path, pg_url: str, broker: Broker) -> tuple[Path, Path]:
+    home = tmp / "home"
+    X, clf = cancer()
+    reg = Registry(settings=Settings(home=home))
+    reg.register("cancer", clf, sample_input=X[:5])  # type: ignore[index]
+    reg.close()
+    engine = create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE scores (id TEXT PRIMARY KEY, predictions BIGINT, "
+                          "probabilities TEXT)"))
+    engine.dispose()
+    config = tmp / "modelport.yaml"
+    config.write_text(f"""
+models: [{{ref: "cancer:1"}}]
+pipelines:
+  - name: score
+    model: "cancer:1"
+    writer: {{type: sql, url: "{pg_url}", table: scores}}
+    stream:
+      {broker.yaml}
+      batch_size: {BATCH}
+      max_deliveries: 20
+""")
+    return home, config
+
+
+def row_count(pg_url: str) -> int:
+    engine = create_engine(pg_url)
+    with engine.connect() as conn:
+        n = int(conn.execute(text("SELECT count(*) FROM scores")).scalar_one())
+    engine.dispose()
+    return n
+
+
+async def test_killed_workers_lose_nothing_and_duplicate_nothing(
+        tmp_path: Path, pg_url: str, broker: Broker) -> None:
+    require_service("PostgreSQL", PG_HOST, PG_PORT)
+    started = time.monotonic()
+    payloads, good, poison = make_messages()
+    home, config = setup_service(tmp_path, pg_url, broker)
+    await broker.publish(payloads)
+    workers = Workers(tmp_path, home, config)
+    workers.live = [workers.start(), workers.start()]
+    kills: list[int | None] = []
+    try:
+        # kill at even steps of progress, the two workers in turn; only while both
+        # consume, so that one is always at work (a restart takes seconds of imports)
+        for k in range(KILLS):
+            target = len(good) * (k + 1) // (KILLS + 2)
+            await wait_for(lambda t=target: row_count(pg_url) >= t, 120, workers)
+            await wait_for(lambda: all(map(workers.consuming, workers.live)), 120, workers)
+            victim = workers.live[k % 2]
+            pid = workers.procs[victim].pid
+            workers.procs[victim].send_signal(signal.SIGKILL)
+            workers.procs[victim].wait()
+            kills.append(await broker.held_by(pid))
+            workers.replace(victim)
+        await wait_for(lambda: row_count(pg_url) >= len(good), 120, workers)
+        await async_wait_for(lambda: _settled(broker, len(poison)), 60, workers)
+        for i in workers.live:
+            workers.procs[i].send_signal(signal.SIGTERM)
+        codes = [workers.procs[i].wait(timeout=30) for i in workers.live]
+    finally:
+        workers.kill_all()
+    assert codes == [0, 0], workers.tails()
+    if broker.name == "redis":  # the killed workers held messages: killed mid-batch
+        assert sum(1 for held in kills if held) >= len(kills) // 2, kills
+
+    engine = create_engine(pg_url)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT id, predictions FROM scores")).all()
+    engine.dispose()
+    assert len(rows) == len(good) and {r.id for r in rows} == set(good)  # exactly one each
+    X, clf = cancer()
+    ids = sorted(good)
+    features = pd.DataFrame.from_records([good[i] for i in ids])[X.columns]  # type: ignore[attr-defined]
+    expected = clf.predict(features)  # type: ignore[attr-defined]
+    got = dict(rows)
+    assert [got[i] for i in ids] == expected.tolist()  # and the right results
+
+    dead = await broker.dead_letters()
+    by_payload = {d["payload"].encode(): d["reason"] for d in dead}
+    assert set(by_payload) == set(poison)  # every poison message, and nothing else
+    for payload, kind in poison.items():
+        assert REASONS[kind] in by_payload[payload], (kind, by_payload[payload])
+    assert await broker.unacked() == 0
+    print(f"\n{broker.name}: {MESSAGES:,} messages, {len(kills)} kills "
+          f"(held unacked: {kills}), {len(dead)} dead letters, "
+          f"{time.monotonic() - started:.0f}s")
+
+
+async def _settled(broker: Broker, poison: int) -> bool:
+    return len(await broker.dead_letters()) >= poison and await broker.unacked() == 0
+
+
+async def wait_for(check: Callable[[], bool], timeout: float, workers: Workers) -> None:
+    async def check_async() -> bool:
+        return await asyncio.to_thread(check)
+
+    await async_wait_for(check_async, timeout, workers)
+
+
+async def async_wait_for(check: Callable[[], Awaitable[bool]], timeout: float,
+                         workers: Workers) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        dead = workers.exited()
+        assert time.monotonic() < deadline and not dead, \
+            f"no progress within {timeout}s (exited: {dead})\n{workers.tails()}"
+        await asyncio.sleep(0.2)
