@@ -90,3 +90,17 @@ def test_production_that_saw_the_test_window_is_judged_by_its_record(
     publish(registry, everything, TrainConfig(params=GOOD))
     decision = publish(registry, results["good"], TrainConfig(params=GOOD))
     assert "as recorded on its own hold-out" in decision.reason
+
+
+def test_per_user_splits_rescore_production_trained_on_the_same_part(
+        registry: Registry, events: pd.DataFrame) -> None:
+    # a per-user split interleaves train and test in time: only the same training part
+    # (same data, split and range) makes re-scoring production fair
+    good = TrainConfig(params=GOOD, test_days=None, per_user=True)
+    publish(registry, train(events, good), good)
+    poor = TrainConfig(params=POOR, test_days=None, per_user=True)
+    decision = publish(registry, train(events, poor), poor)
+    assert not decision.promoted and decision.reason.endswith("(v1 on this hold-out)")
+    other = TrainConfig(params=POOR, test_days=None, per_user=True, test_fraction=0.3)
+    decision = publish(registry, train(events, other), other)
+    assert "as recorded on its own hold-out" in decision.reason

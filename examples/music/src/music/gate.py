@@ -10,9 +10,10 @@ recall@k, strictly:
 - the current production version, re-scored on the candidate's own hold-out through
   its registered serving path (load, validate, predict), so both face the same users
   and the same future;
-- unless production was trained on events from inside that test window (its
-  `train_end` tag is after the test start): re-scoring would flatter it, so its
-  recorded recall (from its own hold-out) is the bar, and the reason says so;
+- unless production may have been trained on events of that test set (its
+  `train_end` tag is after the test start, and it was not trained on the very same
+  training part): re-scoring would flatter it, so its recorded recall (from its own
+  hold-out) is the bar, and the reason says so;
 - with no production version yet, the popularity baseline on the same hold-out: a
   recommender that loses to "the most played" should not serve.
 
@@ -80,22 +81,42 @@ def _bar(registry: Registry, result: TrainResult,
         return (None, result.baseline.metrics[recall],
                 "popularity baseline; no production version yet")
     test_start = result.split.test["ts"].min()
-    trained_until = current.tags.get("train_end")
     if current.flavor != "factors":
         recorded = current.metrics.get(recall)
         return (current.version, float(recorded) if recorded is not None else float("-inf"),
                 f"v{current.version} as recorded; a {current.flavor} model is not re-scored")
-    if trained_until is not None and pd.Timestamp(trained_until) >= test_start:
+    if not _fair_to_rescore(current, result, config, test_start):
         recorded = current.metrics.get(recall)
         if recorded is None:
             return (current.version, float("-inf"),
                     f"v{current.version} has no {recall} recorded and saw the test window")
         return (current.version, float(recorded),
-                f"v{current.version} as recorded on its own hold-out: it was trained on "
-                "events from this test window")
+                f"v{current.version} as recorded on its own hold-out: it may have been "
+                "trained on events of this test set")
     score = rescore(registry, current, result.split.train, result.holdout, result.catalog_size,
                     config.k)
     return current.version, score[recall], f"v{current.version} on this hold-out"
+
+
+def _fair_to_rescore(current: ModelVersion, result: TrainResult, config: TrainConfig,
+                     test_start: pd.Timestamp) -> bool:
+    """Whether `current` was trained on nothing from the candidate's test set.
+
+    True when all its training events precede the test window, or when it was trained
+    on the very same training part (same data set, split and time range: a per-user
+    split interleaves train and test in time, so only this tells it apart).
+    """
+    tags = current.tags
+    if tags.get("train_end") is None:
+        return False
+    if pd.Timestamp(tags["train_end"]) < test_start:
+        return True
+    train = result.split.train["ts"]
+    return (tags.get("dataset") == config.dataset
+            and tags.get("split") == result.split.description
+            and tags.get("train_start") == train.min().isoformat()
+            and tags.get("train_end") == train.max().isoformat()
+            and tags.get("train_events") == len(result.split.train))
 
 
 def rescore(registry: Registry, version: ModelVersion, train: pd.DataFrame,
@@ -132,6 +153,7 @@ def _register(registry: Registry, name: str, candidate: Candidate, result: Train
             "train_end": train["ts"].max().isoformat(),
             "test_start": test["ts"].min().isoformat(),
             "test_end": test["ts"].max().isoformat(),
+            "train_events": len(train),
             "items": len(candidate.model.item_ids),
             "dropped_new_items": result.holdout.dropped_new_items,
         },
