@@ -42,6 +42,8 @@ MAX_VALUES_PER_ROW = 256
 stored as its shape and datatype only: the log is for tabular drift, not a data lake."""
 
 
+_FIRST = np.zeros(1, dtype=np.intp)
+
 Picked = dict[str, np.ndarray | dict[str, Any]]
 """Sampled rows by field; a field too large to log is its shape and datatype instead."""
 
@@ -108,7 +110,12 @@ class PredictionLog:
         count.add(n, latency_ms, outputs is not None)
         if outputs is None or n == 0 or self.config.sample_rate <= 0:
             return
-        rows = np.flatnonzero(self.rng.random(n) < self.config.sample_rate)
+        if n == 1:  # most HTTP calls: a scalar draw is several times cheaper
+            if self.rng.random() >= self.config.sample_rate:
+                return
+            rows = _FIRST
+        else:
+            rows = np.flatnonzero(self.rng.random(n) < self.config.sample_rate)
         if rows.size > self.config.max_rows_per_call:
             rows = np.sort(self.rng.choice(rows, self.config.max_rows_per_call, replace=False))
         room = self.config.buffer_size - self._buffered
