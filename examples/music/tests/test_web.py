@@ -87,11 +87,19 @@ def test_pick_a_listener_play_a_track_and_watch_the_recommendations_change(
 
         first_row.locator(".play").click()  # posts a listen to the events service
         played = before[0]
-        page.wait_for_function(
-            "t => document.querySelector('#history .track')?.dataset.track === t", arg=played)
-        page.wait_for_function(
-            "t => ![...document.querySelectorAll('#recs .track')].some(r => r.dataset.track"
-            " === t)", arg=played)
+        try:
+            page.wait_for_function(
+                "t => document.querySelector('#history .track')?.dataset.track === t",
+                arg=played)
+            page.wait_for_function(
+                "t => ![...document.querySelectorAll('#recs .track')].some(r => "
+                "r.dataset.track === t)", arg=played)
+        except playwright_api.TimeoutError:
+            page.screenshot(path=str(tmp_path / "failed.png"))
+            raise AssertionError(f"after playing {played}: toast "
+                                 f"{page.locator('#toast').inner_text()!r}, history "
+                                 f"{page.locator('#history').inner_text()[:300]!r}, "
+                                 f"errors {errors}") from None
         after = page.locator("#recs .track").evaluate_all(
             "rows => rows.map(r => r.dataset.track)")
         assert after != before and played not in after

@@ -165,8 +165,9 @@ async function play(item, button) {
       body: JSON.stringify({ user: state.user, track: item.track }),
     });
     toast(`▶ ${item.title} — ${item.artist}`);
-    // the realtime worker folds the listen into the history; wait until it shows
-    for (let i = 0; i < 40; i += 1) {
+    // the realtime worker folds the listen into the history (within a second when
+    // all is well); look for it for up to ten seconds
+    for (let i = 0; i < 50; i += 1) {
       const result = await refresh(true);
       if (!result) return;
       if (result.listens.listens.some((l) => l.id === listen.id)) {
@@ -175,7 +176,7 @@ async function play(item, button) {
         loadUsers($("#user-search").value.trim());
         return;
       }
-      await new Promise((resolve) => setTimeout(resolve, 100));
+      await new Promise((resolve) => setTimeout(resolve, i < 10 ? 100 : 250));
     }
     toast("the listen is recorded; the history has not caught up yet");
   } catch (error) {
