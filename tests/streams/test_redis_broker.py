@@ -193,3 +193,18 @@ async def test_the_worker_scores_and_dead_letters_through_redis(
     assert dead[b"key"] == letter["id"].encode()  # the dead message's entry id
     assert await b.lag() == 0
     await b.close()
+
+
+async def test_pending_entries_trimmed_from_the_stream_leave_the_pel(
+        url: str, stream: str, client: aioredis.Redis) -> None:
+    ids = await add(client, stream, [b"a", b"b", b"c"])
+    before = broker(url, stream, "pod-0")
+    assert len(await before.fetch(3, 0.1)) == 3
+    await before.close()
+    await client.xdel(stream, ids[1])  # trimmed while pending
+    after = broker(url, stream, "pod-0")
+    again = await after.fetch(10, 0.1)
+    assert [m.payload for m in again] == [b"a", b"c"]
+    assert (await client.xpending(stream, "scorers"))["pending"] == 2  # b is gone
+    await after.ack(again)
+    await after.close()

@@ -16,6 +16,7 @@ fields, whose values are strings.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import time
@@ -29,6 +30,8 @@ from redis import exceptions as rx
 from modelport.errors import ModelportError
 from modelport.pipeline.retry import redact, unavailable
 from modelport.streams.base import Broker, Message
+
+log = logging.getLogger("modelport.stream.redis")
 
 # Deletes, in one atomic step, consumers that hold no pending entries and have been idle
 # longer than ARGV[2] ms (left behind by restarts under new names). Atomic, because
@@ -126,12 +129,15 @@ class RedisStreamsBroker(Broker):
     async def _fetch(self, max_messages: int, timeout: float) -> list[Message]:
         if not self._group_ready:
             await self._create_group()
-        if self._own_cursor is not None:
-            messages = await self._read(self._own_cursor, max_messages, None)
+        while self._own_cursor is not None:
+            entries = await self._entries(self._own_cursor, max_messages, None)
+            if not entries:
+                self._own_cursor = None
+                break
+            self._own_cursor = entries[-1][0]
+            messages = await self._live(entries)
             if messages:
-                self._own_cursor = messages[-1].id.encode()
                 return await self._with_deliveries(messages)
-            self._own_cursor = None
         if time.monotonic() >= self._next_claim:
             claimed = await self._claim(max_messages)
             if claimed:
@@ -149,13 +155,26 @@ class RedisStreamsBroker(Broker):
                 raise
         self._group_ready = True
 
-    async def _read(self, cursor: bytes, count: int, block: int | None) -> list[Message]:
+    async def _entries(self, cursor: bytes, count: int, block: int | None
+                       ) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
         reply: Any = await self.client.xreadgroup(
             self.group, self.consumer, {self.stream: cursor}, count=count, block=block)
-        if not reply:
-            return []
-        return [self._message(entry_id, fields) for entry_id, fields in reply[0][1]
-                if fields is not None]
+        return list(reply[0][1]) if reply else []
+
+    async def _read(self, cursor: bytes, count: int, block: int | None) -> list[Message]:
+        return await self._live(await self._entries(cursor, count, block))
+
+    async def _live(self, entries: list[tuple[bytes, dict[bytes, bytes] | None]]
+                    ) -> list[Message]:
+        """Messages of pending entries; those trimmed from the stream since they were
+        delivered (no fields: nil, or {} as redis-py parses it) cannot be processed, so
+        they leave the PEL. (An entry always has a field: XADD requires one.)"""
+        gone = [entry_id for entry_id, fields in entries if not fields]
+        if gone:
+            log.warning("%d pending entries of %s were trimmed from the stream before "
+                        "they were processed", len(gone), self.stream)
+            await self.client.xack(self.stream, self.group, *gone)
+        return [self._message(i, f) for i, f in entries if f]
 
     async def _claim(self, count: int) -> list[Message]:
         """Take over entries other consumers left pending longer than `claim_idle_ms`."""
@@ -170,8 +189,7 @@ class RedisStreamsBroker(Broker):
             await self._prune()
         # (Redis 7 drops entries deleted from the stream from the PEL and lists them
         # apart; Redis 6.2 hands them back with no fields)
-        messages = [self._message(i, f) for i, f in reply[1] if f is not None]
-        return await self._with_deliveries(messages)
+        return await self._with_deliveries(await self._live(list(reply[1])))
 
     async def _with_deliveries(self, messages: list[Message]) -> list[Message]:
         """Delivery counts of re-read or claimed entries, from XPENDING."""
