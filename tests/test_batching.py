@@ -110,6 +110,21 @@ async def test_request_past_its_deadline_gets_504_and_is_skipped() -> None:
     await batcher.close()
 
 
+async def test_a_caller_that_goes_away_is_skipped() -> None:
+    model = SlowDouble(delay=0.2)
+    batcher = AdaptiveBatcher(model, max_batch_size=1, max_delay_ms=0)
+    busy = asyncio.ensure_future(batcher.submit(rows(0)))
+    await asyncio.sleep(0.01)  # the model is busy with the first request
+    gone = asyncio.ensure_future(batcher.submit(rows(1), timeout=5))
+    await asyncio.sleep(0)
+    gone.cancel()  # say, the client disconnected
+    await busy
+    await asyncio.sleep(0.05)
+    assert gone.cancelled()
+    assert model.calls == [1]  # the cancelled request never reached the model
+    await batcher.close()
+
+
 async def test_close_drains_queued_requests() -> None:
     model = SlowDouble(delay=0.02)
     batcher = AdaptiveBatcher(model, max_batch_size=2, max_delay_ms=0)
