@@ -7,6 +7,7 @@ import time
 import uuid
 from typing import Any
 
+from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelport.errors import PayloadTooLarge
@@ -14,6 +15,7 @@ from modelport.monitoring.metrics import Metrics
 from modelport.server.responses import error_response
 
 access = logging.getLogger("modelport.access")
+_CACHED = 1024  # label sets whose metric children RequestContext keeps at hand
 
 
 class RequestContext:
@@ -22,6 +24,10 @@ class RequestContext:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # labelled children, cached: `labels()` validates its arguments and takes a lock
+        # on every call, and a server sees only a handful of label sets
+        self._counts: dict[tuple[str, str, str, str], Counter] = {}
+        self._timings: dict[tuple[str, str, str], Histogram] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -47,13 +53,29 @@ class RequestContext:
             elapsed = time.perf_counter() - started
             model = state.get("model")
             if model is not None:  # only model routes are counted per model
-                version, route = str(state.get("version", "")), state.get("route", "")
-                self.metrics.requests.labels(model, version, route, str(status)).inc()
-                self.metrics.latency.labels(model, version, route).observe(elapsed)
+                self._count(model, str(state.get("version", "")), state.get("route", ""),
+                            status, elapsed)
             if access.isEnabledFor(logging.INFO):
                 access.info("%s %s %s", scope["method"], scope["path"], status, extra={
                     "request_id": rid, "status": status, "ms": round(elapsed * 1000, 3),
                     "model": model, "version": state.get("version")})
+
+    def _count(self, model: str, version: str, route: str, status: int,
+               elapsed: float) -> None:
+        key = (model, version, route)
+        count_key = (*key, str(status))
+        count = self._counts.get(count_key)
+        if count is None:
+            count = self.metrics.requests.labels(*count_key)
+            if len(self._counts) < _CACHED:
+                self._counts[count_key] = count
+        count.inc()
+        timing = self._timings.get(key)
+        if timing is None:
+            timing = self.metrics.latency.labels(*key)
+            if len(self._timings) < _CACHED:
+                self._timings[key] = timing
+        timing.observe(elapsed)
 
 
 class BodyLimit:
