@@ -45,6 +45,10 @@ test: lint  ## Lint, then the whole test suite (integration tests need PostgreSQ
 clean:  ## Remove the virtual environment and caches (not ./.modelport)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
+.PHONY: bench
+bench: $(STAMP)  ## Serving benchmark (needs wrk): modelport vs FastAPI vs raw predict
+	$(BIN)/python bench/serving.py
+
 
 .PHONY: test-music
 test-music: $(MUSIC_STAMP)  ## The music example (examples/music): ruff, mypy, its tests
