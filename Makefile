@@ -39,8 +39,9 @@ lint: $(STAMP)  ## ruff and mypy (strict)
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 
-test: lint  ## Lint, then the whole test suite (integration tests need PostgreSQL)
+test: lint $(MUSIC_STAMP)  ## Lint, then every test: modelport's, then the music example's
 	$(BIN)/pytest
+	$(MAKE) --no-print-directory test-music
 
 clean:  ## Remove the virtual environment and caches (not ./.modelport)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
