@@ -18,6 +18,7 @@ from stream_helpers import cancer_dataplane, patients
 
 from modelport import Settings
 from modelport.dataplane import DataPlane
+from modelport.errors import ConfigError
 from modelport.pipeline import MemoryWriter, Pipeline
 from modelport.streams import broker_class
 from modelport.streams.kafka import KafkaBroker
@@ -142,3 +143,12 @@ async def test_the_worker_scores_commits_and_dead_letters_through_kafka(
     assert set(writer.rows) == {f"p{i}" for i in range(40)} and stats.dead_lettered == 1
     assert await broker.lag() == 0  # every offset committed
     await broker.close()
+
+
+def test_client_options_go_to_the_client_that_takes_them() -> None:
+    broker = KafkaBroker("k:9092", "t", "g", fetch_max_wait_ms=100, linger_ms=5,
+                         security_protocol="SSL")
+    assert broker._consumer_options == {"fetch_max_wait_ms": 100, "security_protocol": "SSL"}
+    assert broker._producer_options == {"linger_ms": 5, "security_protocol": "SSL"}
+    with pytest.raises(ConfigError, match=r"unknown option.*lingr_ms"):
+        KafkaBroker("k:9092", "t", "g", lingr_ms=5)

@@ -153,8 +153,8 @@ def test_unknown_broker_options_and_missing_sections_are_named(
 
 
 def start(home: Path, config: Path, *args: str, step_s: float) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get(
-        "PYTHONPATH", "")]), "MP_TEST_STEP_S": str(step_s)}
+    path = os.pathsep.join([str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "PYTHONPATH": path, "MP_TEST_STEP_S": str(step_s)}
     return subprocess.Popen(
         [sys.executable, "-m", "modelport", "--home", str(home), "stream", "score",
          "--config", str(config), *args],

@@ -142,6 +142,7 @@ class StreamRun:
         try:
             await self._start()
             stats = await self.worker.run(burst=burst)
+            await self._update_lag()  # for the last status line and the gauge
         except asyncio.CancelledError:
             if not self.timed_out:
                 raise

@@ -23,6 +23,7 @@ flight. The consequences, stated plainly:
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -32,7 +33,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from modelport.errors import ModelportError
+from modelport.errors import ConfigError, ModelportError
 from modelport.pipeline.retry import unavailable
 from modelport.streams.base import Broker, Message
 
@@ -54,7 +55,9 @@ class KafkaBroker(Broker):
         self.auto_offset_reset = auto_offset_reset
         self.max_poll_interval_ms = max_poll_interval_ms
         self.session_timeout_ms = session_timeout_ms
-        self.client_options = client_options
+        # each client gets the options it takes (fetch_* are the consumer's, linger_ms
+        # the producer's); one neither takes is a typo, named now rather than at start
+        self._consumer_options, self._producer_options = _split_options(client_options)
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         # per partition, the offsets fetched and not yet committed, in order, each
@@ -83,7 +86,7 @@ class KafkaBroker(Broker):
                 bootstrap_servers=self.bootstrap_servers, group_id=self.group_id,
                 enable_auto_commit=False, auto_offset_reset=self.auto_offset_reset,
                 max_poll_interval_ms=self.max_poll_interval_ms,
-                session_timeout_ms=self.session_timeout_ms, **self.client_options)
+                session_timeout_ms=self.session_timeout_ms, **self._consumer_options)
             consumer.subscribe([self.topic], listener=_Forget(self))
             await consumer.start()
             self._consumer = consumer
@@ -93,7 +96,7 @@ class KafkaBroker(Broker):
         if self._producer is None:
             # acks from every in-sync replica: a dead letter is as durable as its input
             producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, acks="all",
-                                        enable_idempotence=True, **self.client_options)
+                                        enable_idempotence=True, **self._producer_options)
             await producer.start()
             self._producer = producer
         return self._producer
@@ -196,6 +199,17 @@ class KafkaBroker(Broker):
                 committed = await consumer.committed(tp)
                 total += max(ends[tp] - (committed or 0), 0)
         return total
+
+
+def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    consumer = set(inspect.signature(AIOKafkaConsumer).parameters)
+    producer = set(inspect.signature(AIOKafkaProducer).parameters)
+    unknown = sorted(set(options) - consumer - producer)
+    if unknown:
+        raise ConfigError(f"kafka broker: unknown option(s) {', '.join(unknown)} (neither "
+                          "aiokafka's consumer nor its producer takes them)")
+    return ({k: v for k, v in options.items() if k in consumer},
+            {k: v for k, v in options.items() if k in producer})
 
 
 class _Forget(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
