@@ -18,8 +18,8 @@ async def predict(request: Request) -> Response:
     """`{"instances": [[…], …]}` (rows) or `{"records": [{…}]}` / a bare list of records."""
     dp = dataplane(request)
     name = request.path_params["name"]
+    deployment = dp.deployment(name)  # first: unknown names must not become metric labels
     request.state.model, request.state.route = name, "predict"
-    deployment = dp.deployment(name)
     request.state.version = deployment.version
     body = await read_json(request)
     batch = deployment.model.signature.decode(_rows(body))
