@@ -1,0 +1,351 @@
+"""Stream benchmark: end-to-end messages/s against the broker's own consume+ack rate.
+
+    .venv/bin/python bench/stream.py [--quick]
+
+For Redis Streams and NATS JetStream, in the same run and interleaved (so drift on a
+noisy machine hits both alike), each repetition on a fresh stream of N messages:
+
+- raw: the broker class's own `fetch` + `ack` loop, nothing else: the ceiling a worker
+  on this client can reach;
+- end-to-end: `StreamWorker` on the same broker class and batch size: decode the JSON
+  envelope, validate against the signature, a scaled LogisticRegression on the 30
+  breast-cancer features through the data plane's batcher, an upsert keyed by message
+  id into a PostgreSQL table through `SqlWriter`, then the ack.
+
+Both run in this process, so beside wall-clock rates the table gives the CPU time this
+process spent per message (threads included), which depends less on what else the
+machine runs; broker and database CPU are not in it. The ratio (target: end-to-end at
+least 50% of raw) is the median of the per-repetition ratios. Results also go to
+bench/results/stream.json.
+
+Services: MODELPORT_BENCH_REDIS (default redis://127.0.0.1:6379/15),
+MODELPORT_BENCH_NATS (nats://127.0.0.1:4222), MODELPORT_BENCH_POSTGRES
+(postgresql://postgres@127.0.0.1:5432/test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "stream.json"
+REDIS = os.environ.get("MODELPORT_BENCH_REDIS", "redis://127.0.0.1:6379/15")
+NATS = os.environ.get("MODELPORT_BENCH_NATS", "nats://127.0.0.1:4222")
+POSTGRES = os.environ.get("MODELPORT_BENCH_POSTGRES",
+                          "postgresql://postgres@127.0.0.1:5432/test")
+TARGET = 0.5
+
+
+@dataclass
+class Timing:
+    messages: int
+    seconds: float
+    cpu_seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds
+
+    @property
+    def cpu_us(self) -> float:
+        return self.cpu_seconds / self.messages * 1e6
+
+
+# --- the brokers, each on a fresh stream per repetition ---------------------------------
+
+class Redis:
+    name = "Redis Streams"
+
+    def __init__(self) -> None:
+        import redis.asyncio as aioredis
+
+        self.client = aioredis.from_url(REDIS)
+        self.streams: list[str] = []
+
+    async def fresh(self, payloads: list[bytes]) -> Any:
+        from modelport.streams.redis import RedisStreamsBroker
+
+        name = f"mp-bench-{uuid.uuid4().hex[:8]}"
+        self.streams += [name, f"{name}.dlq"]
+        for start in range(0, len(payloads), 2000):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for p in payloads[start:start + 2000]:
+                    pipe.xadd(name, {"payload": p})
+                await pipe.execute()
+        return RedisStreamsBroker(REDIS, name, "bench", "bench-1")
+
+    async def close(self) -> None:
+        if self.streams:
+            await self.client.delete(*self.streams)
+        await self.client.aclose()
+
+
+class Nats:
+    name = "NATS JetStream"
+
+    def __init__(self) -> None:
+        self.nc: Any = None
+        self.streams: list[str] = []
+
+    async def fresh(self, payloads: list[bytes]) -> Any:
+        import nats
+
+        from modelport.streams.nats import JetStreamBroker
+
+        if self.nc is None:
+            self.nc = await nats.connect(NATS)
+        js = self.nc.jetstream()
+        name = f"mpbench{uuid.uuid4().hex[:8]}"
+        self.streams += [name, f"{name}_dlq"]
+        await js.add_stream(name=name, subjects=[f"{name}.in"])
+        for start in range(0, len(payloads), 2000):
+            futures = [await js.publish_async(f"{name}.in", p)
+                       for p in payloads[start:start + 2000]]
+            await asyncio.gather(*futures)
+        return JetStreamBroker(NATS, name, f"{name}.in", "bench", max_deliver=6)
+
+    async def close(self) -> None:
+        if self.nc is not None:
+            js = self.nc.jetstream()
+            for stream in self.streams:
+                with contextlib.suppress(Exception):  # a dead-letter stream never made
+                    await js.delete_stream(stream)
+            await self.nc.close()
+
+
+# --- the two measurements ---------------------------------------------------------------
+
+async def timed(n: int, run: Callable[[], Awaitable[int]],
+                end: Callable[[], tuple[float, float] | None] = lambda: None) -> Timing:
+    """Wall and CPU time of `run()`, or up to the clocks `end()` noted within it."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    done = await run()
+    wall_end, cpu_end = end() or (time.perf_counter(), time.process_time())
+    timing = Timing(n, wall_end - wall, cpu_end - cpu)
+    if done != n:
+        raise SystemExit(f"expected {n} messages, processed {done}")
+    return timing
+
+
+async def raw(broker: Any, n: int, batch: int) -> Timing:
+    async def consume() -> int:
+        done = 0
+        while done < n:
+            messages = await broker.fetch(batch, 1.0)
+            if not messages:
+                break
+            await broker.ack(messages)
+            done += len(messages)
+        return done
+
+    await broker.start()
+    try:
+        return await timed(n, consume)
+    finally:
+        await broker.close()
+
+
+def counted_worker() -> type:
+    from modelport.streams.worker import StreamWorker
+
+    class Counted(StreamWorker):
+        """Notes the wall and CPU clocks when the n-th message is acknowledged, and stops:
+        the time ends with the last ack, not with the fetch already waiting
+        `fetch_timeout` for a next batch that never comes (the raw loop's ends so too)."""
+
+        def __init__(self, n: int, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.n = n
+            self.done_at: tuple[float, float] | None = None
+
+        def _account(self, processed: int, dead: int, seconds: float) -> None:
+            super()._account(processed, dead, seconds)
+            if self.stats.processed >= self.n and self.done_at is None:
+                self.done_at = (time.perf_counter(), time.process_time())
+                self.stop()
+
+    return Counted
+
+
+class EndToEnd:
+    """A data plane with the model, and a fresh PostgreSQL table per repetition."""
+
+    def __init__(self, home: Path) -> None:
+        from sklearn.datasets import load_breast_cancer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        from modelport import Registry, Settings
+
+        X, y = load_breast_cancer(return_X_y=True, as_frame=True)
+        self.records = X.to_dict(orient="records")
+        clf = make_pipeline(StandardScaler(), LogisticRegression()).fit(X, y)
+        self.settings = Settings(home=home)
+        self.registry = Registry(settings=self.settings)
+        self.registry.register("cancer", clf, sample_input=X[:5])
+        self.tables: list[str] = []
+
+    def payloads(self, n: int) -> list[bytes]:
+        rows = self.records
+        return [orjson.dumps({"id": f"m{i}", "data": rows[i % len(rows)]}) for i in range(n)]
+
+    async def run(self, broker: Any, n: int, batch: int) -> Timing:
+        from sqlalchemy import create_engine, text
+
+        from modelport.dataplane import DataPlane, ModelConfig
+        from modelport.pipeline import Pipeline
+        from modelport.pipeline.pipeline import WRITERS, ComponentConfig, build
+        Counted = counted_worker()
+        table = f"bench_{uuid.uuid4().hex[:8]}"
+        self.tables.append(table)
+        engine = create_engine(POSTGRES.replace("postgresql://", "postgresql+psycopg://", 1))
+        with engine.begin() as conn:
+            conn.execute(text(f"CREATE TABLE {table} (id TEXT PRIMARY KEY, "
+                              "predictions BIGINT, probabilities TEXT)"))
+        dp = DataPlane(self.registry, self.settings, [ModelConfig(ref="cancer:1")])
+        await dp.start(follow=False)
+        writer = build(ComponentConfig(type="sql", url=POSTGRES, table=table), WRITERS,
+                       "bench.writer")
+        pipe = Pipeline("bench", "cancer", dp, writer=writer)
+        await pipe.start()
+        await broker.start()
+        gc.freeze()  # as `modelport stream` does once started
+        worker = Counted(n, pipe, broker, dead_letter_subject="unused.dlq", batch_size=batch,
+                         fetch_timeout=1.0)
+
+        async def consume() -> int:
+            stats = await worker.run()
+            return stats.processed
+
+        try:
+            timing = await timed(n, consume, lambda: worker.done_at)
+        finally:
+            await broker.close()
+            await pipe.close()
+            await dp.stop()
+        with engine.begin() as conn:
+            rows = conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+        engine.dispose()
+        if rows != n:
+            raise SystemExit(f"{table}: {rows} rows for {n} messages")
+        return timing
+
+    def close(self) -> None:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(POSTGRES.replace("postgresql://", "postgresql+psycopg://", 1))
+        with engine.begin() as conn:
+            for table in self.tables:
+                conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
+        engine.dispose()
+        self.registry.close()
+
+
+# --- running and reporting ----------------------------------------------------------------
+
+async def bench(n: int, batches: list[int], reps: int) -> list[dict[str, Any]]:
+    """One row per broker and batch size."""
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        e2e = EndToEnd(Path(tmp))
+        payloads = e2e.payloads(n)
+        try:
+            for kind in (Redis, Nats):
+                source = kind()
+                try:
+                    # warm-up (connections, the model's first batches, imports)
+                    await e2e.run(await source.fresh(payloads[:1000]), 1000, batches[0])
+                    for batch in batches:
+                        runs: list[dict[str, Timing]] = []
+                        for _ in range(reps):
+                            r = await raw(await source.fresh(payloads), n, batch)
+                            e = await e2e.run(await source.fresh(payloads), n, batch)
+                            runs.append({"raw": r, "end_to_end": e})
+                            print(f"  {source.name:15} batch {batch:5}  raw {r.rate:9,.0f}/s"
+                                  f"   end-to-end {e.rate:9,.0f}/s", file=sys.stderr)
+                        rows.append({"broker": source.name, "batch_size": batch,
+                                     **summarize(runs)})
+                finally:
+                    await source.close()
+        finally:
+            e2e.close()
+    return rows
+
+
+def summarize(runs: list[dict[str, Timing]]) -> dict[str, Any]:
+    def median(key: str, attr: str) -> float:
+        return statistics.median(getattr(r[key], attr) for r in runs)
+
+    return {
+        "raw_msgs_per_s": median("raw", "rate"),
+        "end_to_end_msgs_per_s": median("end_to_end", "rate"),
+        "raw_cpu_us_per_msg": median("raw", "cpu_us"),
+        "end_to_end_cpu_us_per_msg": median("end_to_end", "cpu_us"),
+        "ratio": statistics.median(r["end_to_end"].rate / r["raw"].rate for r in runs),
+        "runs": [{k: {**asdict(t), "rate": t.rate} for k, t in r.items()} for r in runs],
+    }
+
+
+def table(rows: list[dict[str, Any]], n: int) -> str:
+    lines = [
+        f"{n:,} messages per run; medians",
+        "",
+        "| broker | batch | raw consume+ack (msg/s) | end-to-end (msg/s) | ratio | target | "
+        "CPU µs/msg raw | CPU µs/msg end-to-end |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        mark = "ok" if r["ratio"] >= TARGET else "missed"
+        lines.append(
+            f"| {r['broker']} | {r['batch_size']} | {r['raw_msgs_per_s']:,.0f} | "
+            f"{r['end_to_end_msgs_per_s']:,.0f} | {r['ratio']:.0%} | ≥ {TARGET:.0%} {mark} | "
+            f"{r['raw_cpu_us_per_msg']:,.0f} | {r['end_to_end_cpu_us_per_msg']:,.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer, smaller runs")
+    parser.add_argument("--messages", type=int, help="messages per run")
+    parser.add_argument("--batch-sizes", default="256,1000",
+                        help="comma-separated (default 256: the stream default, and 1000: "
+                             "where the SQL writer upserts through COPY)")
+    parser.add_argument("--reps", type=int, help="repetitions (medians are reported)")
+    args = parser.parse_args()
+    n = args.messages or (5_000 if args.quick else 20_000)
+    reps = args.reps or (1 if args.quick else 3)
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    started = time.monotonic()
+    rows = asyncio.run(bench(n, batches, reps))
+    print(table(rows, n))
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "benchmark": "stream", "messages": n, "batch_sizes": batches, "reps": reps,
+        "quick": args.quick, "seconds": round(time.monotonic() - started, 1),
+        "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg(),
+                    "python": platform.python_version(), "platform": platform.platform()},
+        "target_ratio": TARGET, "results": rows,
+    }, indent=2) + "\n")
+    print(f"\nwritten to {RESULTS.relative_to(HERE.parent)}")
+
+
+if __name__ == "__main__":
+    main()
