@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, text
 
 from conftest import require_service
 from modelport.errors import ConfigError, ModelportError, NotReady
-from modelport.pipeline import Frame
+from modelport.pipeline import Frame, pgcopy, sqlwrite
 from modelport.pipeline import sql as sql_module
 from modelport.pipeline.sql import SqlRetriever, SqlWriter
 
@@ -62,7 +62,7 @@ def execute(url: str, *statements: str) -> list[tuple[object, ...]]:
 def scores(n: int, start: int = 0) -> Frame:
     p = np.linspace(0.0, 1.0, n)
     return Frame(list(range(start, start + n)), {
-        "probabilities": np.stack([1 - p, p], axis=1),  # [N, 2]: a JSON array per row
+        "probabilities": np.stack([1 - p, p], axis=1),  # [N, 2]: an array or JSON per row
         "predictions": (p > 0.5).astype(np.int64),
         "score": p,
         "flagged": p > 0.9,
@@ -75,6 +75,7 @@ async def test_upsert_creates_the_table_then_reads_many_keys_in_one_query(url, t
     await writer.start()
     frame = scores(10)
     frame.columns["score"][3] = np.nan  # stored as NULL
+    frame.columns["probabilities"][4, 1] = np.nan  # in an array (or JSON) too
     await writer.write(frame)
     await writer.write(scores(4, start=8))  # 8, 9 updated; 10, 11 new
     await writer.close()
@@ -87,7 +88,14 @@ async def test_upsert_creates_the_table_then_reads_many_keys_in_one_query(url, t
     await retriever.close()
     rows = dict(zip(got.keys, got.records(), strict=True))
     assert set(rows) == {2, "3", 9, 11}  # the caller's keys come back; missing ones absent
-    assert orjson.loads(rows[2]["probabilities"]) == pytest.approx([1 - 2 / 9, 2 / 9])
+    probabilities = rows[2]["probabilities"]
+    if url.startswith("postgresql"):  # an array per row there; JSON text elsewhere
+        assert got.columns["probabilities"].shape == (4, 2)
+    else:
+        probabilities = orjson.loads(probabilities)
+    assert probabilities == pytest.approx([1 - 2 / 9, 2 / 9])
+    (stored,), = execute(url, f"SELECT probabilities FROM {table} WHERE id = 4")
+    assert (stored if url.startswith("postgresql") else orjson.loads(stored))[1] is None
     assert rows[9]["label"] == "user-1" and rows[9]["score"] == pytest.approx(1 / 3)
     assert np.isnan(got.columns["score"][got.keys.index("3")])
     assert got.columns["predictions"].dtype.kind == "i"
@@ -160,8 +168,70 @@ async def test_string_keys_and_a_created_varchar_key(url, table) -> None:
     got = await retriever.get(["ann", "bob", 7])
     await writer.close()
     await retriever.close()
-    assert dict(zip(got.keys, got.columns["top"].tolist(), strict=True)) == {
-        "ann": "[9,9,9]", "bob": "[4,5,6]"}
+    top = dict(zip(got.keys, got.columns["top"].tolist(), strict=True))
+    if url.startswith("postgresql"):  # a BIGINT[] column there
+        assert top == {"ann": [9, 9, 9], "bob": [4, 5, 6]}
+    else:
+        assert top == {"ann": "[9,9,9]", "bob": "[4,5,6]"}
+
+
+async def test_large_lookups_match_the_keys_asked_for(url, table, monkeypatch) -> None:
+    n = 3_000  # past COPY_MIN_ROWS: PostgreSQL answers with a binary COPY
+    copies: list[str] = []
+    copy_out = pgcopy.copy_out
+    monkeypatch.setattr(pgcopy, "copy_out", lambda cur, q, *a: copies.append(q) or copy_out(
+        cur, q, *a))
+    writer = SqlWriter(url, table, create=True, columns=["score", "predictions"])
+    await writer.write(scores(n))
+    retriever = SqlRetriever(url, table=table)
+    as_ints = await retriever.get([*range(10, 2_010), 10**6])  # the last has no row
+    as_text = await retriever.get([str(k) for k in range(1_000, 2_500)])
+    await writer.close()
+    await retriever.close()
+    assert sorted(as_ints.keys) == list(range(10, 2_010))  # type: ignore[type-var]
+    score = dict(zip(as_ints.keys, as_ints.columns["score"].tolist(), strict=True))
+    assert score[1_800] == pytest.approx(1_800 / (n - 1))
+    assert as_ints.columns["predictions"].dtype.kind == "i"
+    assert sorted(as_text.keys, key=int) == [str(k) for k in range(1_000, 2_500)]
+    assert len(copies) == (2 if url.startswith("postgresql") else 0)
+
+
+async def test_large_frames_with_nan_and_json_text_take_the_general_path(url, table) -> None:
+    double = "DOUBLE" if "mysql" in url else "DOUBLE PRECISION"
+    execute(url, f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, score {double}, "
+                 "probabilities TEXT)")
+    frame = scores(2_000)
+    frame.columns["score"][7] = np.nan  # no room for NULL in a binary COPY of doubles
+    writer = SqlWriter(url, table, columns=["score", "probabilities"])
+    await writer.write(frame)
+    await writer.close()
+    rows = dict((r[0], r[1:]) for r in execute(url, f"SELECT * FROM {table}"))
+    assert len(rows) == 2_000 and rows[7][0] is None
+    assert orjson.loads(rows[1_999][1]) == pytest.approx([0.0, 1.0])  # an existing TEXT
+    assert rows[8][0] == pytest.approx(8 / 1_999)
+
+
+async def test_new_keys_go_straight_in_and_existing_ones_are_upserted(
+        url, table, monkeypatch) -> None:
+    if not url.startswith("postgresql"):
+        pytest.skip("COPY is PostgreSQL's")
+    tried: list[bool] = []
+    insert = SqlWriter._insert
+    monkeypatch.setattr(SqlWriter, "_insert", lambda self, *a: tried.append(
+        insert(self, *a)) or tried[-1])
+    monkeypatch.setattr(sqlwrite, "UPSERT_AFTER_CONFLICT", 1)
+    writer = SqlWriter(url, table, create=True, columns=["score", "probabilities"])
+    await writer.write(scores(2_000))  # new keys: COPY-ed straight in
+    changed = scores(2_000, start=1_000)  # half of them there already: upserted
+    changed.columns["score"] = changed.columns["score"] + 10
+    await writer.write(changed)
+    await writer.write(scores(1_000, start=5_000))  # just after a conflict: upserted
+    await writer.write(scores(1_000, start=7_000))  # tried again
+    await writer.close()
+    assert tried == [True, False, False, True]  # in, conflict, not tried, in
+    rows = dict(execute(url, f"SELECT id, score FROM {table}"))
+    assert len(rows) == 5_000 and rows[999] == pytest.approx(999 / 1_999)
+    assert rows[1_000] == pytest.approx(10.0) and rows[2_999] == pytest.approx(11.0)
 
 
 async def test_configuration_errors_are_clear(url, table) -> None:

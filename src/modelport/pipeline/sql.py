@@ -5,9 +5,12 @@ PostgreSQL (`postgresql://`, psycopg 3: the `postgres` extra), MariaDB/MySQL
 
 - `SqlRetriever` looks many keys up in one statement (`key = ANY(:keys)` on
   PostgreSQL, an `IN (...)` list elsewhere, split past `IN_CHUNK` keys) and scans a
-  table or query through a server-side cursor, so memory stays bounded.
-- `SqlWriter` upserts on the key (`ON CONFLICT … DO UPDATE`, MariaDB's `ON DUPLICATE
-  KEY UPDATE`), one transaction per frame, so a retried chunk leaves one row per key.
+  table or query through a server-side cursor, so memory stays bounded. On
+  PostgreSQL a lookup of `COPY_MIN_ROWS` keys or more in a table of numbers comes
+  back as binary COPY, cut into columns by numpy (`pgcopy`), not as a tuple per row.
+- `SqlWriter` (`sqlwrite.py`) upserts on the key (`ON CONFLICT … DO UPDATE`, MariaDB's
+  `ON DUPLICATE KEY UPDATE`), one transaction per frame, so a retried chunk leaves
+  one row per key.
 
 The drivers block, so every database call runs in a worker thread; the engine's pool
 (`pool_pre_ping`) replaces connections a restart or an outage broke. Engines and error
@@ -17,45 +20,31 @@ translation live in `sqlconn.py`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Column,
-    Connection,
-    Double,
-    MetaData,
-    String,
-    Table,
-    Text,
-    any_,
-    bindparam,
-    select,
-    text,
-)
-from sqlalchemy import exc as sa_exc
+import numpy as np
+from sqlalchemy import Column, Table, any_, bindparam, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql import Executable
 from sqlalchemy.types import TypeEngine
 
 from modelport.errors import ConfigError
-from modelport.pipeline.base import Frame, Key, Retriever, Writer
-from modelport.pipeline.columns import KeyMatch, cells, column, dedupe_last, plain_keys
-from modelport.pipeline.sqlconn import SqlComponent
+from modelport.pipeline import pgcopy
+from modelport.pipeline.base import Frame, Key, Retriever
+from modelport.pipeline.columns import KeyMatch, column, plain_keys
+from modelport.pipeline.sqlconn import SqlComponent, driver_errors
+from modelport.pipeline.sqlwrite import COPY_MIN_ROWS, SqlWriter
 
 IN_CHUNK = 10_000
 """Keys per `IN (...)` list: well under SQLite's 32,766 and PostgreSQL's 65,535 bound
 parameters per statement, and a statement size MariaDB takes with default settings."""
 ANY_CHUNK = 100_000
 """Keys per PostgreSQL array parameter (one parameter; bounded only for memory)."""
-COPY_MIN_ROWS = 1_000
-"""Frames this large are upserted on PostgreSQL through COPY into a temporary table:
-about twice the rows/s of executemany (docs/pipelines.md has the measurements)."""
 _KEYS_PARAM = re.compile(r"(?<![:\w]):keys\b")
+
+__all__ = ["ANY_CHUNK", "COPY_MIN_ROWS", "IN_CHUNK", "SqlRetriever", "SqlWriter"]
 
 
 class SqlRetriever(SqlComponent, Retriever):
@@ -78,6 +67,7 @@ class SqlRetriever(SqlComponent, Retriever):
         self.table, self.key, self.query = table, key, query
         self.columns = list(columns) if columns else None
         self._table: Table | None = None
+        self._oids: list[int] | None = None
 
     async def start(self) -> None:
         await super().start()
@@ -104,6 +94,11 @@ class SqlRetriever(SqlComponent, Retriever):
             return await asyncio.to_thread(self._get, list(keys))
 
     def _get(self, keys: list[Key]) -> Frame:
+        if self.table is not None and len(keys) >= COPY_MIN_ROWS \
+                and self.engine.dialect.name == "postgresql":
+            frame = self._copy_get(keys)
+            if frame is not None:
+                return frame
         statement, values, size = self._lookup(keys)
         if not values:  # no key could be one of the table's
             return Frame([], {})
@@ -138,6 +133,39 @@ class SqlRetriever(SqlComponent, Retriever):
             return select(*chosen).where(condition), values, ANY_CHUNK
         return (select(*chosen).where(key.in_(bindparam("keys", expanding=True))),
                 values, IN_CHUNK)
+
+    def _copy_get(self, keys: list[Key]) -> Frame | None:
+        """The rows of many keys as binary COPY; None when a column is not a number."""
+        table = self._reflect()
+        values = _coerce(plain_keys(keys), table.c[self.key].type)
+        if not values:
+            return Frame([], {})
+        prep = self.engine.dialect.identifier_preparer
+        names = [self.key, *(c.name for c in self._columns(table))]
+        query = f"SELECT {', '.join(map(prep.quote, names))} FROM {prep.format_table(table)}"
+        with self.engine.connect() as conn:
+            raw: Any = conn.connection.driver_connection  # psycopg's own, which has COPY
+            with driver_errors(conn, raw), raw.cursor() as cursor:
+                if self._oids is None:
+                    self._oids = [oid for _, oid in pgcopy.describe(cursor, query)]
+                if not pgcopy.readable(self._oids):
+                    return None
+                parts = [part for i in range(0, len(values), ANY_CHUNK)
+                         for part in pgcopy.copy_out(
+                             cursor, f"{query} WHERE {prep.quote(self.key)} = ANY("
+                             f"{_array_literal(values[i:i + ANY_CHUNK], raw)})",
+                             self._oids, len(values))]
+        if not parts:
+            return Frame([], {})
+        arrays = [np.concatenate(c) if len(parts) > 1 else c[0] for c in zip(*parts, strict=True)]
+        frame = Frame(arrays[0].tolist(), dict(zip(names[1:], arrays[1:], strict=True)))
+        if arrays[0].dtype.kind == "i" and all(type(k) is int for k in keys):
+            return frame  # the keys asked for, as asked: no matching needed
+        match = KeyMatch(keys)  # an HTTP caller's "1001" for 1001
+        frame.keys = [match(k) for k in frame.keys]
+        if None in frame.keys:  # rows for keys nobody asked for
+            frame = frame.take([i for i, k in enumerate(frame.keys) if k is not None])
+        return frame
 
     def _columns(self, table: Table) -> list[Column[Any]]:
         names = self.columns or [c.name for c in table.c if c.name != self.key]
@@ -203,136 +231,11 @@ def _coerce(keys: list[Any], type_: TypeEngine[Any]) -> list[Any]:
     return out
 
 
-class SqlWriter(SqlComponent, Writer):
-    """Upserts each frame into `table` on its `key` column, in one transaction.
+def _array_literal(values: list[Any], raw: Any) -> str:
+    """An array of keys as SQL text, as COPY takes no parameters. Integers are written
+    out directly (far faster than quoting each); anything else is quoted by psycopg."""
+    if all(type(v) is int for v in values):
+        return "'{" + ",".join(map(str, values)) + "}'"
+    from psycopg import sql
 
-    `columns` picks the frame's columns to store (default: all). With `create=True` a
-    missing table is created at the first write from that frame: integers → BIGINT,
-    floats → DOUBLE, booleans → BOOLEAN, anything else → TEXT, the key (BIGINT, or
-    VARCHAR(255) for other keys) as primary key. A multi-dimensional output such as
-    class probabilities `[N, 2]` is one TEXT column holding a JSON array per row: one
-    column per output name, whatever its shape, readable with every database's JSON
-    functions. NaN is stored as NULL.
-    """
-
-    def __init__(self, url: str, table: str, key: str = "id", create: bool = False,
-                 columns: Sequence[str] | None = None) -> None:
-        super().__init__(url)
-        self.table, self.key, self.create = table, key, create
-        self.columns = list(columns) if columns else None
-        self._table: Table | None = None
-
-    async def start(self) -> None:
-        await super().start()
-        with self.errors():
-            await asyncio.to_thread(self._existing)
-
-    def _existing(self) -> Table | None:
-        if self._table is None:
-            try:
-                self._table = self._load_table(self.table)
-            except sa_exc.NoSuchTableError:
-                if not self.create:
-                    raise
-        return self._table
-
-    async def write(self, frame: Frame) -> None:
-        if not len(frame):
-            return
-        frame = dedupe_last(frame)
-        names = self.columns or list(frame.columns)
-        absent = [n for n in names if n not in frame.columns]
-        if absent:
-            raise ConfigError(f"sql writer: the results have no column(s) {', '.join(absent)} "
-                              f"(they have {', '.join(frame.columns)})")
-        with self.errors():
-            # converting a large frame takes a while: not on the event loop's thread
-            await asyncio.to_thread(self._write, frame, names)
-
-    def _write(self, frame: Frame, names: list[str]) -> None:
-        values = [plain_keys(frame.keys), *(cells(frame.columns[n]) for n in names)]
-        rows = list(zip(*values, strict=True))
-        table = self._existing()
-        if table is None:
-            table = self._create(frame, names)
-        missing = [n for n in names if n not in table.c]
-        if missing:
-            raise ConfigError(f"{self.where}: table {self.table!r} has no column(s) "
-                              f"{', '.join(missing)}; add them, or list the ones to store "
-                              "in the writer's 'columns'")
-        with self.engine.begin() as conn:
-            if conn.dialect.name == "postgresql" and len(rows) >= COPY_MIN_ROWS:
-                self._copy_upsert(conn, table, names, rows)
-            else:
-                conn.exec_driver_sql(self._upsert_sql(table, [self.key, *names]), rows)
-
-    def _create(self, frame: Frame, names: list[str]) -> Table:
-        keys = plain_keys(frame.keys)
-        key_type: TypeEngine[Any] = BigInteger() if all(
-            isinstance(k, int) and not isinstance(k, bool) for k in keys) else String(255)
-        schema, _, name = self.table.rpartition(".")
-        table = Table(name, MetaData(), Column(self.key, key_type, primary_key=True,
-                                                    autoincrement=False),
-                      *(Column(n, _sql_type(frame.columns[n])) for n in names),
-                      schema=schema or None)
-        # another writer may create it between our check and our CREATE
-        with contextlib.suppress(sa_exc.ProgrammingError, sa_exc.IntegrityError):
-            table.create(self.engine, checkfirst=True)
-        self._table = self._load_table(self.table)
-        return self._table
-
-    def _upsert_sql(self, table: Table, names: list[str]) -> str:
-        dialect = self.engine.dialect
-        qmark = dialect.paramstyle in ("qmark", "numeric")
-        mark = "?" if qmark else "%s"
-
-        def escape(sql: str) -> str:  # %-style drivers read a bare % as a placeholder
-            return sql if qmark else sql.replace("%", "%%")
-
-        cols = [escape(dialect.identifier_preparer.quote(n)) for n in names]
-        target = escape(dialect.identifier_preparer.format_table(table))
-        marks = ", ".join([mark] * len(cols))
-        return f"INSERT INTO {target} ({', '.join(cols)}) VALUES ({marks})" \
-            + self._on_conflict(cols)
-
-    def _on_conflict(self, cols: list[str]) -> str:
-        key, rest = cols[0], cols[1:]
-        if self.engine.dialect.name in ("mysql", "mariadb"):
-            updates = ", ".join(f"{c} = VALUES({c})" for c in rest) or f"{key} = {key}"
-            return f" ON DUPLICATE KEY UPDATE {updates}"
-        if not rest:
-            return f" ON CONFLICT ({key}) DO NOTHING"
-        return f" ON CONFLICT ({key}) DO UPDATE SET " + ", ".join(
-            f"{c} = excluded.{c}" for c in rest)
-
-    def _copy_upsert(self, conn: Connection, table: Table, names: list[str],
-                     rows: list[tuple[Any, ...]]) -> None:
-        """COPY into a temporary table, then one INSERT … SELECT … ON CONFLICT."""
-        quote = conn.dialect.identifier_preparer.quote
-        cols = ", ".join(quote(n) for n in [self.key, *names])
-        target = conn.dialect.identifier_preparer.format_table(table)
-        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE mp_stage ON COMMIT DROP AS "
-                             f"SELECT {cols} FROM {target} WITH NO DATA")
-        raw: Any = conn.connection.driver_connection  # psycopg's own, which has COPY
-        dbapi = conn.dialect.loaded_dbapi
-        try:
-            with raw.cursor() as cursor, cursor.copy(f"COPY mp_stage ({cols}) FROM STDIN") \
-                    as copy:
-                for row in rows:
-                    copy.write_row(row)
-        except dbapi.Error as exc:
-            # outside SQLAlchemy's execute: wrap it as SQLAlchemy would have
-            raise sa_exc.DBAPIError.instance(
-                "COPY", None, exc, dbapi.Error, dialect=conn.dialect,
-                connection_invalidated=conn.dialect.is_disconnect(exc, raw, None)) from exc
-        conn.exec_driver_sql(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM mp_stage"
-                             + self._on_conflict([quote(n) for n in [self.key, *names]]))
-
-
-def _sql_type(values: Any) -> TypeEngine[Any]:
-    arr = values if hasattr(values, "dtype") else column(list(values))
-    if arr.ndim != 1:
-        return Text()
-    kinds: dict[str, TypeEngine[Any]] = {
-        "b": Boolean(), "i": BigInteger(), "u": BigInteger(), "f": Double()}
-    return kinds.get(arr.dtype.kind, Text())
+    return str(sql.Literal(values).as_string(raw))

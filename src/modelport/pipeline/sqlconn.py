@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, Table, create_engine, event, text
+from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
@@ -131,6 +131,19 @@ class SqlComponent(Component):
         schema, _, name = table.rpartition(".")
         with self.engine.connect() as conn:
             return Table(name, MetaData(), schema=schema or None, autoload_with=conn)
+
+
+@contextlib.contextmanager
+def driver_errors(conn: Connection, raw: Any) -> Iterator[None]:
+    """Errors of the driver's own connection (`raw`, used for COPY), raised as
+    SQLAlchemy would have raised them from `conn`, so `errors()` translates them."""
+    dbapi = conn.dialect.loaded_dbapi
+    try:
+        yield
+    except dbapi.Error as exc:
+        raise sa_exc.DBAPIError.instance(
+            "COPY", None, exc, dbapi.Error, dialect=conn.dialect,
+            connection_invalidated=conn.dialect.is_disconnect(exc, raw, None)) from exc
 
 
 def _first_line(exc: BaseException) -> str:

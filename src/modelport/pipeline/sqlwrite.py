@@ -1,0 +1,240 @@
+"""The SQL writer: results upserted on their key, one transaction per frame.
+
+On PostgreSQL a frame of `COPY_MIN_ROWS` rows or more goes by COPY. When every column
+is a fixed-width number (a multi-dimensional output going to an array column) the
+COPY is binary, made by numpy in one go (`pgcopy.encode`), and is tried straight into
+the table first, in a savepoint: a frame of new keys (a first run, new rows) is then
+written for less than half the database's work of an upsert. When a key is already
+there, or a value does not fit binary COPY (text, NaN), the frame is COPY-ed into a
+temporary staging table and merged with one `INSERT … SELECT … ON CONFLICT`. Smaller
+frames, and other databases, take one `executemany`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Double,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.types import ARRAY as AnyArray
+from sqlalchemy.types import TypeEngine
+
+from modelport.datatypes import jsonable
+from modelport.errors import ConfigError
+from modelport.pipeline import pgcopy
+from modelport.pipeline.base import Frame, Writer
+from modelport.pipeline.columns import cells, column, dedupe_last, plain_keys
+from modelport.pipeline.sqlconn import SqlComponent, driver_errors
+
+COPY_MIN_ROWS = 1_000
+"""Frames this large are written on PostgreSQL by COPY: several times the rows/s of
+executemany (docs/pipelines.md has the measurements)."""
+UPSERT_AFTER_CONFLICT = 16
+"""Frames upserted without trying a plain COPY first, after one found a key there."""
+
+
+class SqlWriter(SqlComponent, Writer):
+    """Upserts each frame into `table` on its `key` column, in one transaction.
+
+    `columns` picks the frame's columns to store (default: all). With `create=True` a
+    missing table is created at the first write from that frame: integers → BIGINT,
+    floats → DOUBLE, booleans → BOOLEAN, anything else → TEXT, the key (BIGINT, or
+    VARCHAR(255) for other keys) as primary key. A multi-dimensional output such as
+    class probabilities `[N, 2]` is one column per output name, whatever its shape: on
+    PostgreSQL an array (`DOUBLE PRECISION[]`, `BIGINT[]`) per row, elsewhere a JSON
+    array as TEXT (as in an existing TEXT or JSON column on PostgreSQL too). NaN is
+    stored as NULL.
+    """
+
+    def __init__(self, url: str, table: str, key: str = "id", create: bool = False,
+                 columns: Sequence[str] | None = None) -> None:
+        super().__init__(url)
+        self.table, self.key, self.create = table, key, create
+        self.columns = list(columns) if columns else None
+        self._table: Table | None = None
+        self._oids: dict[str, list[int]] = {}
+        self._upserts_left = 0
+
+    async def start(self) -> None:
+        await super().start()
+        with self.errors():
+            await asyncio.to_thread(self._existing)
+
+    def _existing(self) -> Table | None:
+        if self._table is None:
+            try:
+                self._table = self._load_table(self.table)
+            except sa_exc.NoSuchTableError:
+                if not self.create:
+                    raise
+        return self._table
+
+    async def write(self, frame: Frame) -> None:
+        if not len(frame):
+            return
+        frame = dedupe_last(frame)
+        names = self.columns or list(frame.columns)
+        absent = [n for n in names if n not in frame.columns]
+        if absent:
+            raise ConfigError(f"sql writer: the results have no column(s) {', '.join(absent)} "
+                              f"(they have {', '.join(frame.columns)})")
+        with self.errors():
+            # converting a large frame takes a while: not on the event loop's thread
+            await asyncio.to_thread(self._write, frame, names)
+
+    def _write(self, frame: Frame, names: list[str]) -> None:
+        table = self._existing()
+        if table is None:
+            table = self._create(frame, names)
+        missing = [n for n in names if n not in table.c]
+        if missing:
+            raise ConfigError(f"{self.where}: table {self.table!r} has no column(s) "
+                              f"{', '.join(missing)}; add them, or list the ones to store "
+                              "in the writer's 'columns'")
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql" and len(frame) >= COPY_MIN_ROWS:
+                self._copy_upsert(conn, table, names, frame)
+            else:
+                conn.exec_driver_sql(self._upsert_sql(table, [self.key, *names]),
+                                     _rows(table, frame, names))
+
+    def _create(self, frame: Frame, names: list[str]) -> Table:
+        keys = plain_keys(frame.keys)
+        key_type: TypeEngine[Any] = BigInteger() if all(
+            isinstance(k, int) and not isinstance(k, bool) for k in keys) else String(255)
+        schema, _, name = self.table.rpartition(".")
+        dialect = self.engine.dialect.name
+        table = Table(name, MetaData(), Column(self.key, key_type, primary_key=True,
+                                                    autoincrement=False),
+                      *(Column(n, _sql_type(frame.columns[n], dialect)) for n in names),
+                      schema=schema or None)
+        # another writer may create it between our check and our CREATE
+        with contextlib.suppress(sa_exc.ProgrammingError, sa_exc.IntegrityError):
+            table.create(self.engine, checkfirst=True)
+        self._table = self._load_table(self.table)
+        return self._table
+
+    def _upsert_sql(self, table: Table, names: list[str]) -> str:
+        dialect = self.engine.dialect
+        qmark = dialect.paramstyle in ("qmark", "numeric")
+        mark = "?" if qmark else "%s"
+
+        def escape(sql: str) -> str:  # %-style drivers read a bare % as a placeholder
+            return sql if qmark else sql.replace("%", "%%")
+
+        cols = [escape(dialect.identifier_preparer.quote(n)) for n in names]
+        target = escape(dialect.identifier_preparer.format_table(table))
+        marks = ", ".join([mark] * len(cols))
+        return f"INSERT INTO {target} ({', '.join(cols)}) VALUES ({marks})" \
+            + self._on_conflict(cols)
+
+    def _on_conflict(self, cols: list[str]) -> str:
+        key, rest = cols[0], cols[1:]
+        if self.engine.dialect.name in ("mysql", "mariadb"):
+            updates = ", ".join(f"{c} = VALUES({c})" for c in rest) or f"{key} = {key}"
+            return f" ON DUPLICATE KEY UPDATE {updates}"
+        if not rest:
+            return f" ON CONFLICT ({key}) DO NOTHING"
+        return f" ON CONFLICT ({key}) DO UPDATE SET " + ", ".join(
+            f"{c} = excluded.{c}" for c in rest)
+
+    def _copy_upsert(self, conn: Connection, table: Table, names: list[str],
+                     frame: Frame) -> None:
+        """COPY straight into the table when no key is there yet; else COPY into a
+        staging table, then one INSERT … SELECT … ON CONFLICT."""
+        quote = conn.dialect.identifier_preparer.quote
+        cols = ", ".join(quote(n) for n in [self.key, *names])
+        target = conn.dialect.identifier_preparer.format_table(table)
+        raw: Any = conn.connection.driver_connection  # psycopg's own, which has COPY
+        with driver_errors(conn, raw), raw.cursor() as cursor:
+            if cols not in self._oids:
+                self._oids[cols] = [oid for _, oid in pgcopy.describe(
+                    cursor, f"SELECT {cols} FROM {target}")]
+            data = pgcopy.encode(_arrays(frame, names), self._oids[cols])
+            if data is not None and self._insert(conn, cursor, f"{target} ({cols})", data):
+                return
+            # one staging table per connection and column list, emptied at each commit:
+            # creating and dropping one per frame costs more than the COPY into it
+            stage = "mp_stage_" + hashlib.sha256(f"{target}\0{cols}".encode()).hexdigest()[:16]
+            cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE "
+                           f"ROWS AS SELECT {cols} FROM {target} WITH NO DATA")
+            if data is not None:
+                with cursor.copy(f"COPY {stage} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.write(data)
+            else:
+                with cursor.copy(f"COPY {stage} ({cols}) FROM STDIN") as copy:
+                    for row in _rows(table, frame, names):
+                        copy.write_row(row)
+            cursor.execute(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage}"
+                           + self._on_conflict([quote(n) for n in [self.key, *names]]))
+
+    def _insert(self, conn: Connection, cursor: Any, into: str, data: bytes) -> bool:
+        """COPY new rows straight into the table, in a savepoint: less than half the
+        database's work of an upsert. A key already there fails it (a unique
+        violation, 23505); it is rolled back and the caller upserts. After that, the
+        next `UPSERT_AFTER_CONFLICT` frames are upserted without trying (a job that
+        rescores existing rows fails at its first row, but fails every time)."""
+        if self._upserts_left:
+            self._upserts_left -= 1
+            return False
+        savepoint = conn.begin_nested()
+        try:
+            with cursor.copy(f"COPY {into} FROM STDIN (FORMAT BINARY)") as copy:
+                copy.write(data)
+        except conn.dialect.loaded_dbapi.Error as exc:
+            if getattr(exc, "sqlstate", None) != "23505":
+                raise
+            savepoint.rollback()
+            self._upserts_left = UPSERT_AFTER_CONFLICT
+            return False
+        savepoint.commit()
+        return True
+
+
+def _rows(table: Table, frame: Frame, names: list[str]) -> list[tuple[Any, ...]]:
+    """The frame as tuples of plain Python values, each shaped for its column."""
+    values = [plain_keys(frame.keys), *(_cells(frame.columns[n], table.c[n]) for n in names)]
+    return list(zip(*values, strict=True))
+
+
+def _cells(values: Any, col: Column[Any]) -> list[Any]:
+    if isinstance(col.type, AnyArray):
+        arr = values if isinstance(values, np.ndarray) else column(list(values))
+        if arr.ndim > 1:  # an array per row; NaN is NULL there too, as in JSON
+            return list(jsonable(arr))
+        return cells(arr, nested="list")
+    return cells(values)
+
+
+def _arrays(frame: Frame, names: list[str]) -> list[np.ndarray]:
+    keys = np.asarray(plain_keys(frame.keys))
+    values = [frame.columns[n] for n in names]
+    return [keys, *(v if isinstance(v, np.ndarray) else column(list(v)) for v in values)]
+
+
+def _sql_type(values: Any, dialect: str) -> TypeEngine[Any]:
+    arr = values if hasattr(values, "dtype") else column(list(values))
+    kinds: dict[str, TypeEngine[Any]] = {
+        "b": Boolean(), "i": BigInteger(), "u": BigInteger(), "f": Double()}
+    if arr.ndim == 1:
+        return kinds.get(arr.dtype.kind, Text())
+    if dialect == "postgresql" and arr.ndim == 2 and arr.dtype.kind in "iuf":
+        return ARRAY(kinds[arr.dtype.kind])
+    return Text()
+
