@@ -19,7 +19,7 @@ from modelport.config import load_config
 from modelport.errors import ConfigError
 from modelport.jobs import BatchJob, BatchOptions, FileRows, KeyQuery
 from modelport.jobs.sources import Resume
-from modelport.pipeline import Frame, MemoryRetriever, MemoryWriter
+from modelport.pipeline import Frame, MemoryRetriever, MemoryWriter, pgcopy
 from modelport.service import Service
 
 
@@ -177,3 +177,82 @@ async def test_input_files_resume_by_row_offset(tmp_path: Path, suffix: str) -> 
     assert sorted(rows) == list(range(500, 800))
     expected = clf.predict(frame.iloc[400:, 1:]).tolist()
     assert [rows[k]["predictions"] for k in sorted(rows)] == expected
+
+
+@pytest.mark.postgres
+async def test_a_query_of_rows_is_scored_without_lookups_and_resumes(
+        tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    X, clf = cancer()
+    data = make_patients(pg_url, 2_500)
+    copies: list[str] = []
+    copy_out = pgcopy.copy_out
+    monkeypatch.setattr(pgcopy, "copy_out", lambda cur, q, *a: copies.append(q) or copy_out(
+        cur, q, *a))
+    settings, config = service_for(tmp_path, pg_url, retriever="null")
+    query = "SELECT * FROM patients WHERE id > 100"  # the features: no retriever needed
+    with Registry(settings=settings) as reg:
+        service = Service(settings, config, reg)
+        pipe = service.pipeline("score")
+        pipe.writer = CrashingWriter(crash_on=2)
+        await service.start(follow=False)
+        try:
+            options = BatchOptions(chunk_size=1_000, job_id="rows")
+            source = KeyQuery(pg_url, query)
+            with pytest.raises(RuntimeError, match="killed"):
+                await BatchJob(service, "score", source, options).run()
+            assert not source.lookup and source.describe().startswith("rows query")
+            first = pipe.writer
+            pipe.writer = MemoryWriter()
+            result = await BatchJob(service, "score", KeyQuery(pg_url, query), options).run()
+        finally:
+            await service.stop()
+    assert (result.resumed_after, result.read, result.rejected) == (1_000, 1_400, 0)
+    assert len(copies) == 2 and "WHERE mp_q.id > 1100 ORDER BY" in copies[1]  # the last key
+    written = {**first.rows, **pipe.writer.rows}  # type: ignore[attr-defined]
+    assert sorted(written) == list(range(101, 2_501))
+    expected = clf.predict(pd.DataFrame(data, columns=X.columns))
+    assert all(written[k]["predictions"] == expected[k - 1] for k in written)
+
+
+@pytest.mark.postgres
+async def test_rows_with_other_types_come_through_a_cursor(tmp_path: Path, pg_url: str) -> None:
+    make_patients(pg_url, 30)
+    settings, config = service_for(tmp_path, pg_url, retriever="null")
+    with Registry(settings=settings) as reg:
+        service = Service(settings, config, reg)
+        pipe = service.pipeline("score")
+        await service.start(follow=False)
+        try:  # not all numbers: no COPY; the text column rides along to the writer
+            result = await BatchJob(service, "score", KeyQuery(
+                pg_url, "SELECT p.*, 'p' || id AS label FROM patients p"),
+                BatchOptions(chunk_size=8)).run()
+        finally:
+            await service.stop()
+    assert (result.read, result.written) == (30, 30)
+    rows = pipe.writer.rows  # type: ignore[union-attr]
+    assert rows[12]["label"] == "p12" and rows[12]["predictions"] in (0, 1)
+
+
+async def test_a_sqlite_query_of_rows_pages_in_key_order(tmp_path: Path) -> None:
+    X, clf = cancer()
+    data = features(250)
+    url = f"sqlite:///{tmp_path / 'rows.db'}"
+    frame = pd.DataFrame(data, columns=X.columns)
+    frame.insert(0, "id", np.arange(250, 0, -1))  # stored in reverse: read in key order
+    engine = sa.create_engine(url)
+    frame.to_sql("patients", engine, index=False)
+    engine.dispose()
+    settings, config = service_for(tmp_path, url, retriever="null")
+    with Registry(settings=settings) as reg:
+        service = Service(settings, config, reg)
+        pipe = service.pipeline("score")
+        await service.start(follow=False)
+        try:
+            result = await BatchJob(service, "score", KeyQuery(url, "SELECT * FROM patients"),
+                                    BatchOptions(chunk_size=100)).run()
+        finally:
+            await service.stop()
+    assert (result.read, result.written) == (250, 250)
+    rows = pipe.writer.rows  # type: ignore[union-attr]
+    expected = clf.predict(frame.iloc[:, 1:])
+    assert all(rows[k]["predictions"] == expected[250 - k] for k in rows)

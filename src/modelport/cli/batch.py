@@ -1,4 +1,4 @@
-"""`modelport batch`: score a keys query or a file through a pipeline, resumably.
+"""`modelport batch`: score a query or a file through a pipeline, resumably.
 
 Exit codes: 0 every row was scored and written; 3 some rows were rejected (the
 summary says how many and where they are); 1 the job could not run or failed (rerun
@@ -39,8 +39,9 @@ def batch(
     config: Annotated[Path, typer.Option(
         "--config", "-c", help="The service's modelport.yaml.")] = Path("modelport.yaml"),
     keys: Annotated[str | None, typer.Option(
-        help="SQL query listing the keys to score (first column), run on the pipeline "
-             "retriever's database; default the pipeline's keys: setting.",
+        help="SQL query whose first column is the key: alone, keys to look up with the "
+             "pipeline's retriever; with more columns, the rows to score (no lookup). Run "
+             "on the retriever's database; default the pipeline's keys: setting.",
         show_default=False)] = None,
     input_file: Annotated[Path | None, typer.Option(
         "--input", help="CSV or Parquet file of rows (key column + features) to score "
@@ -65,7 +66,8 @@ def batch(
     fresh: Annotated[bool, typer.Option(
         "--fresh", help="Start over instead of resuming an unfinished run.")] = False,
 ) -> int:
-    """Score a query's keys or a file's rows through a pipeline, in resumable chunks."""
+    """Score a query's keys or rows, or a file's rows, through a pipeline, in resumable
+    chunks."""
     cli = state(ctx)
     service_config = _only(load_config(config, environment()), pipeline, config)
     options = BatchOptions(

@@ -1,10 +1,12 @@
-"""Batch jobs: score a keys query or a file through a pipeline, in chunks, resumably.
+"""Batch jobs: score a query or a file through a pipeline, in chunks, resumably.
 
 The batch trigger is a thin adapter like the others: chunks of keys (looked up with
-the pipeline's retriever) or of rows (from a file) go through `Pipeline.process`, so
+the pipeline's retriever) or of rows (from a file, or a query that selects them) go
+through `Pipeline.process`, so
 the same data plane and batcher as the server score them, and the pipeline's writer
-upserts the results. Reading the next chunk overlaps scoring the current one, with at
-most two chunks waiting, so memory is bounded by the chunk size, not the data size.
+upserts the results. Reading the next chunks and writing the previous one overlap
+scoring the current one (at most two chunks read ahead, one being written), so memory
+is bounded by the chunk size, not the data size.
 
 After each chunk's results are written, its checkpoint (and its rejects) are
 committed (see `modelport.jobs.state`); a job that is killed and started again
@@ -35,7 +37,7 @@ from modelport.jobs.sources import (
     job_id,
 )
 from modelport.jobs.state import Checkpoint, JobState, RejectRow
-from modelport.pipeline import Frame, Pipeline, PipelineConfig
+from modelport.pipeline import Frame, Pipeline, PipelineConfig, Scored
 from modelport.service import Service
 
 log = logging.getLogger("modelport.jobs.batch")
@@ -114,14 +116,15 @@ class BatchJob:
         result = BatchResult(self.job_id, pipe.name, opts.dry_run)
         if pipe.model is not None:  # NotReady, in one line, if not loaded
             self.service.dataplane.deployment(pipe.model)
-        if self.source.lookup and pipe.retriever is None:
-            raise ConfigError(f"pipeline {pipe.name!r} has no retriever to look the keys up "
-                              "with; give rows with --input instead")
         if not opts.dry_run and pipe.writer is None:
             raise ConfigError(f"pipeline {pipe.name!r} has no writer for the results")
         state: JobState | None = None
         try:
-            await self._in_thread(self.source.check)
+            await self._in_thread(self.source.check)  # a query says here if it has rows
+            if self.source.lookup and pipe.retriever is None:
+                raise ConfigError(f"pipeline {pipe.name!r} has no retriever to look the keys "
+                                  "up with; select the rows' columns in the query, or give "
+                                  "rows with --input")
             # what the source is, for people, and a fingerprint that tells sources apart
             described = f"{self.source.describe()} #{fingerprint(self.source)}"
             cp = Checkpoint(self.job_id, pipe.name, described)
@@ -140,8 +143,7 @@ class BatchJob:
                 self.reporter.start(None if total is None else total + cp.read, cp.read)
             started = time.perf_counter()
             try:
-                async for chunk, found in self._chunks(resume):
-                    await self._process(chunk, found, cp, state, result)
+                await self._score_all(resume, cp, state, result)
             except BaseException:
                 result.seconds = time.perf_counter() - started
                 if state is not None:  # best effort: the last checkpoint stands either way
@@ -161,9 +163,31 @@ class BatchJob:
                  extra={"job_id": self.job_id, "pipeline": pipe.name})
         return result
 
-    async def _process(self, chunk: Chunk, found: Frame, cp: Checkpoint,
-                       state: JobState | None, result: BatchResult) -> None:
-        scored = await self.pipeline.process(found, write=not self.options.dry_run)
+    async def _score_all(self, resume: Resume, cp: Checkpoint, state: JobState | None,
+                         result: BatchResult) -> None:
+        writing: asyncio.Task[None] | None = None
+        try:
+            async for chunk, found in self._chunks(resume):
+                scored = await self.pipeline.process(found, write=False)
+                if writing is not None:
+                    await writing  # checkpoints commit in the order of their chunks
+                # a chunk is written (the database's work, mostly) while the next one
+                # is scored, as the ones after that are read
+                writing = asyncio.create_task(
+                    self._finish(chunk, found, scored, cp, state, result))
+            if writing is not None:
+                await writing
+        except BaseException:
+            if writing is not None:  # let a write under way end, committed or not
+                await asyncio.gather(writing, return_exceptions=True)
+            raise
+
+    async def _finish(self, chunk: Chunk, found: Frame, scored: Scored, cp: Checkpoint,
+                      state: JobState | None, result: BatchResult) -> None:
+        """Write a scored chunk's results, then count it and commit its checkpoint."""
+        writer = self.pipeline.writer
+        if not self.options.dry_run and writer is not None and len(scored.results):
+            await writer.write(scored.results)
         rejects = _missing(chunk.frame, found) + [
             RejectRow(r.key, r.reason, None) for r in scored.rejects]
         if scored.rejects:

@@ -19,12 +19,13 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from modelport.errors import ConfigError, ModelportError
-from modelport.pipeline import Frame, Key
-from modelport.pipeline.sqlconn import make_engine
+from modelport.pipeline import Frame, Key, pgcopy
+from modelport.pipeline.columns import column
+from modelport.pipeline.sqlconn import driver_errors, make_engine
 
 
 @dataclass
@@ -79,7 +80,14 @@ def sql_error(what: str, exc: SQLAlchemyError) -> ModelportError:
 
 
 class KeyQuery(Source):
-    """Keys from a SQL query's first column (`SELECT id FROM patients WHERE …`)."""
+    """A SQL query's rows: its first column is the key. A query of that column alone
+    (`SELECT id FROM patients WHERE …`) lists keys for the pipeline's retriever to look
+    up; a query of more columns (`SELECT * FROM patients WHERE …`) carries the rows
+    themselves, so nothing is looked up.
+
+    Keys come distinct, both kinds in key order (what makes resuming exact). On
+    PostgreSQL, rows of numbers stream as one binary COPY cut into columns by numpy;
+    otherwise through a server-side cursor, or on SQLite one short query per chunk."""
 
     lookup = True
 
@@ -89,7 +97,7 @@ class KeyQuery(Source):
         if not self.query:
             raise ConfigError("the keys query is empty")
         self._engine: Engine | None = None
-        self._column: str | None = None
+        self._columns: list[str] = []
 
     @property
     def engine(self) -> Engine:
@@ -101,36 +109,45 @@ class KeyQuery(Source):
         return f"query\0{sa.make_url(self.url).render_as_string(hide_password=True)}\0{self.query}"
 
     def describe(self) -> str:
-        return f"keys query on {sa.make_url(self.url).render_as_string(hide_password=True)}"
+        what = "keys query" if self.lookup else "rows query"
+        return f"{what} on {sa.make_url(self.url).render_as_string(hide_password=True)}"
 
     def check(self) -> None:
         # a probe that returns no rows: bad SQL or a missing table fails here, in one line
         probe = sa.text(f"SELECT * FROM ({self.query}) AS mp_probe LIMIT 0")
         try:
             with self.engine.connect() as conn:
-                columns = list(conn.execute(probe).keys())
+                columns = list(map(str, conn.execute(probe).keys()))
         except SQLAlchemyError as exc:
             raise ConfigError(str(sql_error("keys query failed", exc))) from exc
         if not columns:
             raise ConfigError("keys query returns no columns")
-        self._column = columns[0]
+        self._columns = columns
+        self.lookup = len(columns) == 1
 
-    def _ordered(self, after: bool, select: str | None = None) -> sa.TextClause:
-        if self._column is None:
+    def _ordered(self, after: str | None, select: str | None = None) -> str:
+        """The query in key order, after the key `after` (SQL) when given; `select`
+        replaces the ordering with an aggregate over it (a count)."""
+        if not self._columns:
             self.check()
-        col = self.engine.dialect.identifier_preparer.quote(str(self._column))
-        where = f" WHERE mp_q.{col} > :after" if after else ""
-        inner = (f"SELECT DISTINCT mp_q.{col} AS mp_key FROM ({self.query}) AS mp_q{where}")
-        if select:
-            return sa.text(f"SELECT {select} FROM ({inner}) AS mp_k")
-        return sa.text(f"{inner} ORDER BY mp_key")
+        col = self.engine.dialect.identifier_preparer.quote(self._columns[0])
+        where = f" WHERE mp_q.{col} > {after}" if after else ""
+        if self.lookup:
+            inner = f"SELECT DISTINCT mp_q.{col} AS mp_key FROM ({self.query}) AS mp_q{where}"
+            order = " ORDER BY mp_key"
+        else:  # a key listed twice is scored twice: the writer's upsert keeps one row
+            inner = f"SELECT * FROM ({self.query}) AS mp_q{where}"
+            order = f" ORDER BY mp_q.{col}"
+        return f"SELECT {select} FROM ({inner}) AS mp_k" if select else inner + order
 
     def count(self, resume: Resume) -> int | None:
         after = resume.last_key is not None
         try:
             with self.engine.connect() as conn:
-                return int(conn.execute(self._ordered(after, "count(*)"),
-                                        {"after": resume.last_key} if after else {}).scalar_one())
+                return int(conn.execute(sa.text(self._ordered(":after" if after else None,
+                                                              "count(*)")),
+                                        {"after": resume.last_key} if after else {}
+                                        ).scalar_one())
         except SQLAlchemyError as exc:
             raise sql_error("counting the keys failed", exc) from exc
 
@@ -138,18 +155,38 @@ class KeyQuery(Source):
         if self.engine.dialect.name == "sqlite":
             yield from self._pages(chunk_size, resume)
             return
-        after = resume.last_key is not None
         try:
-            # `yield_per` makes a server-side cursor (psycopg: a named cursor): the
-            # database sends rows as they are fetched, never the whole result at once
             with self.engine.connect() as conn:
-                result = conn.execution_options(yield_per=chunk_size).execute(
-                    self._ordered(after), {"after": resume.last_key} if after else {})
-                for rows in result.partitions(chunk_size):
-                    keys = [r[0] for r in rows]
-                    yield Chunk(Frame(keys), keys[-1])
+                if conn.dialect.name == "postgresql":
+                    raw: Any = conn.connection.driver_connection
+                    with driver_errors(conn, raw), raw.cursor() as cursor:
+                        after = None if resume.last_key is None else _literal(
+                            resume.last_key, raw)
+                        query = self._ordered(after)
+                        oids = [oid for _, oid in pgcopy.describe(cursor, query)]
+                        if pgcopy.readable(oids):
+                            for arrays in pgcopy.copy_out(cursor, query, oids, chunk_size):
+                                yield self._chunk(arrays)
+                            return
+                yield from self._cursor(conn, chunk_size, resume)
         except SQLAlchemyError as exc:
             raise sql_error("reading the keys failed", exc) from exc
+
+    def _cursor(self, conn: Connection, chunk_size: int, resume: Resume) -> Iterator[Chunk]:
+        # `yield_per` makes a server-side cursor (psycopg: a named cursor): the
+        # database sends rows as they are fetched, never the whole result at once
+        after = resume.last_key is not None
+        result = conn.execution_options(yield_per=chunk_size).execute(
+            sa.text(self._ordered(":after" if after else None)),
+            {"after": resume.last_key} if after else {})
+        for rows in result.partitions(chunk_size):
+            yield self._chunk([column(list(c)) for c in zip(*rows, strict=True)])
+
+    def _chunk(self, arrays: list[np.ndarray]) -> Chunk:
+        keys: list[Key] = arrays[0].tolist()
+        columns = dict(zip(self._columns[1:], arrays[1:], strict=True)) if not self.lookup \
+            else {}
+        return Chunk(Frame(keys, columns), keys[-1])
 
     def _pages(self, chunk_size: int, resume: Resume) -> Iterator[Chunk]:
         # SQLite: one short query per chunk instead of a cursor held open for the whole
@@ -158,23 +195,32 @@ class KeyQuery(Source):
         while True:
             try:
                 with self.engine.connect() as conn:
-                    stmt = sa.text(f"{self._ordered(last is not None).text} LIMIT :n")
+                    stmt = sa.text(f"{self._ordered(':after' if last is not None else None)}"
+                                   " LIMIT :n")
                     params: dict[str, Any] = {"n": chunk_size}
                     if last is not None:
                         params["after"] = last
-                    keys = [r[0] for r in conn.execute(stmt, params)]
+                    rows = list(conn.execute(stmt, params))
             except SQLAlchemyError as exc:
                 raise sql_error("reading the keys failed", exc) from exc
-            if not keys:
+            if not rows:
                 return
-            last = keys[-1]
-            yield Chunk(Frame(keys), last)
-            if len(keys) < chunk_size:
+            chunk = self._chunk([column(list(c)) for c in zip(*rows, strict=True)])
+            last = chunk.last_key
+            yield chunk
+            if len(rows) < chunk_size:
                 return
 
     def close(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
+
+
+def _literal(value: Any, raw: Any) -> str:
+    """A key as SQL text (COPY takes no parameters), quoted by psycopg."""
+    from psycopg import sql
+
+    return str(sql.Literal(value).as_string(raw))
 
 
 class FileRows(Source):
