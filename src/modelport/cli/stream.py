@@ -147,6 +147,8 @@ class StreamRun:
         except asyncio.CancelledError:
             if not self.timed_out:
                 raise
+            if self._main is not None:
+                self._main.uncancel()  # our own cancellation, handled: this task goes on
             log.error("drain timeout: the batch in flight was abandoned; its messages "
                       "were not acknowledged and will be delivered again")
             return 1
