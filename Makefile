@@ -26,7 +26,7 @@ install: $(STAMP)  ## Create .venv and install modelport with its dev tools
 MUSIC_STAMP := $(VENV)/.music-installed
 
 $(MUSIC_STAMP): examples/music/pyproject.toml $(STAMP)
-	$(BIN)/python -m pip install -e examples/music
+	$(BIN)/python -m pip install -e 'examples/music[web-test]'
 	touch $(MUSIC_STAMP)
 
 demo: $(MUSIC_STAMP)  ## The music recommender on http://127.0.0.1:8000 (music up)
