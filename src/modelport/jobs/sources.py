@@ -1,11 +1,13 @@
-"""Where a batch job's input comes from: a keys query, or a file of rows.
+"""Where a batch job's input comes from: a query (of keys or of rows), or a file of rows.
 
-A source hands out chunks in a deterministic order and can start again part-way:
-a keys query after the last committed key (the query is wrapped in `SELECT DISTINCT
-… ORDER BY key`, so "after" is exact), a file after the rows already consumed. Sources
-are synchronous (SQLAlchemy, pandas, pyarrow) and the batch job drives each one from a
-single thread of its own, off the event loop. Nothing here holds more than a chunk:
-keys stream from a server-side cursor, files are read chunk by chunk.
+A source hands out chunks in a deterministic order and can start again part-way: a
+query after the last committed key (it is read in key order, so "after" is exact), a
+file after the rows already consumed. Sources are synchronous (SQLAlchemy, psycopg,
+pandas, pyarrow) and the batch job drives each one from a single thread of its own,
+off the event loop; only `count` (for the progress display) may run in another thread
+meanwhile, so it must not share the reader's connection. Nothing here holds more than
+a chunk: queries stream (binary COPY, or a server-side cursor), files are read chunk
+by chunk.
 """
 
 from __future__ import annotations
