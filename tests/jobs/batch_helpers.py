@@ -3,7 +3,6 @@ config, and the `modelport` command run as a subprocess."""
 
 from __future__ import annotations
 
-import functools
 import io
 import os
 import subprocess
@@ -15,20 +14,11 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
-from sklearn.datasets import load_breast_cancer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from modelport import Registry, Settings
+from small_models import cancer
 
 HERE = Path(__file__).parent
-
-
-@functools.cache
-def cancer() -> tuple[Any, Any]:
-    X, y = load_breast_cancer(return_X_y=True, as_frame=True)
-    return X, make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(X, y)
 
 
 def features(n: int) -> np.ndarray:
@@ -124,7 +114,9 @@ class Result:
 
 def env(home: Path, url: str, **extra: str) -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith("MODELPORT_")}
-    e.update(MODELPORT_HOME=str(home), DB=url, COLUMNS="200", PYTHONPATH=str(HERE), **extra)
+    # the job imports batch_helpers (this folder), which imports small_models (tests/)
+    e.update(MODELPORT_HOME=str(home), DB=url, COLUMNS="200",
+             PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent)]), **extra)
     return e
 
 

@@ -7,7 +7,6 @@ them through a TCP proxy this test runs, stops and restarts on the same port.
 from __future__ import annotations
 
 import asyncio
-import functools
 import threading
 import uuid
 from collections.abc import Iterator
@@ -17,10 +16,6 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis
-from sklearn.datasets import load_breast_cancer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from sqlalchemy import create_engine, text
 from starlette.testclient import TestClient
 
@@ -29,6 +24,7 @@ from modelport import Registry, Settings
 from modelport.config import load_config
 from modelport.server import create_app
 from modelport.service import Service
+from small_models import cancer
 
 
 class TcpProxy:
@@ -108,12 +104,6 @@ def proxy_to() -> Iterator[Any]:
     yield make
     for proxy in proxies:
         proxy.shutdown()
-
-
-@functools.cache
-def cancer() -> tuple[Any, Any]:
-    X, y = load_breast_cancer(return_X_y=True, as_frame=True)
-    return X, make_pipeline(StandardScaler(), LogisticRegression()).fit(X, y)
 
 
 @pytest.fixture

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_breast_cancer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from starlette.testclient import TestClient
 
 from modelport import Registry, Settings
@@ -20,12 +15,7 @@ from modelport.errors import ConfigError
 from modelport.pipeline import Frame, MemoryRetriever, MemoryWriter, Pipeline
 from modelport.server import create_app
 from modelport.service import Service
-
-
-@functools.cache
-def cancer() -> tuple[object, object]:
-    X, y = load_breast_cancer(return_X_y=True, as_frame=True)
-    return X, make_pipeline(StandardScaler(), LogisticRegression()).fit(X, y)
+from small_models import cancer
 
 
 @pytest.fixture

@@ -6,29 +6,17 @@ shadow the top-level one, which test modules import as `conftest`)."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
-from sklearn.datasets import load_breast_cancer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-
 from conftest import REDIS_URL, require_service
 from modelport import Registry, Settings
 from modelport.dataplane import DataPlane, ModelConfig
+from small_models import cancer
 
 NATS_URL = os.environ.get("MODELPORT_TEST_NATS", "nats://127.0.0.1:4222")
-
-
-@functools.cache
-def cancer() -> tuple[object, object]:
-    """Breast-cancer features and a scaled logistic regression fitted on them."""
-    X, y = load_breast_cancer(return_X_y=True, as_frame=True)
-    return X, make_pipeline(StandardScaler(), LogisticRegression()).fit(X, y)
 
 
 def patients(n: int) -> list[dict[str, float]]:
