@@ -105,9 +105,9 @@ def plain_keys(keys: Sequence[Key]) -> list[Any]:
 
 def dedupe_last(frame: Frame) -> Frame:
     """One row per key, the last one: an upsert statement may not touch a row twice."""
-    last = {k: i for i, k in enumerate(frame.keys)}
-    if len(last) == len(frame.keys):
+    if len(set(frame.keys)) == len(frame.keys):  # the usual case, checked in C
         return frame
+    last = {k: i for i, k in enumerate(frame.keys)}
     return frame.take(sorted(last.values()))
 
 

@@ -193,10 +193,10 @@ class Pipeline:
         outputs = await self.dataplane.predict(deployment, batch, source=f"pipeline:{self.name}")
         if self.outputs:
             outputs = {k: outputs[k] for k in self.outputs}
-        keys = [frame.keys[i] for i in good]
         # columns the model does not take (ids, timestamps, a routing key) ride along
-        extra = {k: _rows(v, good) for k, v in frame.columns.items()
+        extra = {k: v if not rejects else _rows(v, good) for k, v in frame.columns.items()
                  if k not in inputs and k not in outputs}
+        keys = list(frame.keys) if not rejects else [frame.keys[i] for i in good]
         if self.version_column:
             # read off the deployment that answered, not the one serving now: an alias
             # may have moved while the batch was in the model

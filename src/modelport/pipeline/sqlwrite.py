@@ -223,7 +223,7 @@ def _cells(values: Any, col: Column[Any]) -> list[Any]:
 
 
 def _arrays(frame: Frame, names: list[str]) -> list[np.ndarray]:
-    keys = np.asarray(plain_keys(frame.keys))
+    keys = np.asarray(frame.keys)  # ints → int64; anything else is not for binary COPY
     values = [frame.columns[n] for n in names]
     return [keys, *(v if isinstance(v, np.ndarray) else column(list(v)) for v in values)]
 
