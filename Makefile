@@ -50,6 +50,10 @@ clean:  ## Remove the virtual environment and caches (not ./.modelport)
 bench: $(STAMP)  ## Serving benchmark (needs wrk): modelport vs FastAPI vs raw predict
 	$(BIN)/python bench/serving.py
 
+.PHONY: bench-batch
+bench-batch: $(STAMP)  ## Batch benchmark (needs PostgreSQL): modelport batch vs a plain read
+	$(BIN)/python bench/batch.py
+
 
 .PHONY: test-music
 test-music: $(MUSIC_STAMP)  ## The music example (examples/music): ruff, mypy, its tests
