@@ -228,7 +228,7 @@ class Modelport:
                 source = source_for(service, "score", keys=query)
                 job = BatchJob(service, "score", source, BatchOptions(
                     chunk_size=service.config.pipelines[0].chunk_size, dry_run=dry_run,
-                    job_id=f"bench-{uuid.uuid4().hex[:8]}"), reporter=Progress())
+                    job_id=f"{self.table}-{uuid.uuid4().hex[:8]}"), reporter=Progress())
                 timing = await timed_async(job.run)
             finally:
                 await service.stop()
@@ -246,7 +246,8 @@ class Modelport:
         started = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-m", "modelport", "batch", "score", "--config", str(self.config),
-             "--keys", f"SELECT id FROM {self.table} WHERE id <= 1000", "--fresh"],
+             "--keys", f"SELECT id FROM {self.table} WHERE id <= 1000", "--fresh",
+             "--job-id", f"{self.table}-startup"],
             env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
         wall = time.perf_counter() - started
         found = re.search(r"time\s+([\d.]+) s", proc.stdout)
@@ -299,6 +300,9 @@ def bench(n: int, reps: int, chunk: int, url: str) -> dict[str, Any]:
             process = statistics.median(mp.process_startup() for _ in range(min(reps, 3)))
     finally:
         conn.execute(f"DROP TABLE IF EXISTS {table}, {table}_results, {table}_results_rejects")
+        # the jobs' checkpoints (their ids start with the table's name)
+        if conn.execute("SELECT to_regclass('mp_batch_checkpoints')").fetchone() != (None,):
+            conn.execute("DELETE FROM mp_batch_checkpoints WHERE job_id LIKE %s", [f"{table}-%"])
         conn.close()
     return summarize(n, chunk, runs, load_seconds, statistics.median(startups), process)
 
