@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tracemalloc
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -186,8 +187,8 @@ async def test_a_query_of_rows_is_scored_without_lookups_and_resumes(
     data = make_patients(pg_url, 2_500)
     copies: list[str] = []
     copy_out = pgcopy.copy_out
-    monkeypatch.setattr(pgcopy, "copy_out", lambda cur, q, *a: copies.append(q) or copy_out(
-        cur, q, *a))
+    monkeypatch.setattr(pgcopy, "copy_out", lambda cur, q, *a, **k: copies.append(q) or copy_out(
+        cur, q, *a, **k))
     settings, config = service_for(tmp_path, pg_url, retriever="null")
     query = "SELECT * FROM patients WHERE id > 100"  # the features: no retriever needed
     with Registry(settings=settings) as reg:
@@ -256,3 +257,23 @@ async def test_a_sqlite_query_of_rows_pages_in_key_order(tmp_path: Path) -> None
     rows = pipe.writer.rows  # type: ignore[union-attr]
     expected = clf.predict(frame.iloc[:, 1:])
     assert all(rows[k]["predictions"] == expected[250 - k] for k in rows)
+
+
+@pytest.mark.postgres
+def test_keys_come_out_as_the_database_holds_them(pg_url: str) -> None:
+    # a NULL among integer keys (binary COPY, read row by row) and NUMERIC keys (a
+    # cursor): neither may turn into floats, or lookups, writes and resuming break
+    nulls = KeyQuery(pg_url, "SELECT * FROM (VALUES (3), (NULL), (1), (3)) AS t(id)")
+    numeric = KeyQuery(pg_url, "SELECT id::numeric(30) AS id, 0.5 AS score FROM "
+                               "(VALUES (12345678901234567890)) AS t(id)")
+    try:
+        nulls.check()
+        numeric.check()
+        (chunk,) = nulls.chunks(10, Resume())
+        (row,) = numeric.chunks(10, Resume())
+    finally:
+        nulls.close()
+        numeric.close()
+    assert chunk.frame.keys == [1, 3, None] and chunk.last_key is None
+    assert row.frame.keys == [Decimal("12345678901234567890")]
+    assert row.frame.columns["score"].tolist() == [0.5]

@@ -91,3 +91,13 @@ def test_what_does_not_fit_is_left_to_the_general_path() -> None:
     assert pgcopy.encode([i, np.zeros((3, 0))], [20, 1022]) is None  # empty arrays
     assert pgcopy.encode([i, np.array([1, 2, 3])], [20, 701]) is not None  # int → double
     assert not pgcopy.readable([20, 25]) and pgcopy.readable([20, 16, 701])
+
+
+def test_exact_columns_keep_integers_and_null(conn, table) -> None:
+    write(conn, table, columns(3))
+    conn.execute(f"UPDATE {table} SET mid = NULL WHERE id = 2")
+    with conn.cursor() as cur:
+        query = f"SELECT mid, id FROM {table} ORDER BY id"
+        oids = [oid for _, oid in pgcopy.describe(cur, query)]
+        ((mid, ids),) = pgcopy.copy_out(cur, query, oids, 10, exact=[0])
+    assert mid.tolist() == [0, None, 2000] and ids.dtype == np.int64

@@ -179,8 +179,8 @@ async def test_large_lookups_match_the_keys_asked_for(url, table, monkeypatch) -
     n = 3_000  # past COPY_MIN_ROWS: PostgreSQL answers with a binary COPY
     copies: list[str] = []
     copy_out = pgcopy.copy_out
-    monkeypatch.setattr(pgcopy, "copy_out", lambda cur, q, *a: copies.append(q) or copy_out(
-        cur, q, *a))
+    monkeypatch.setattr(pgcopy, "copy_out", lambda cur, q, *a, **k: copies.append(q) or copy_out(
+        cur, q, *a, **k))
     writer = SqlWriter(url, table, create=True, columns=["score", "predictions"])
     await writer.write(scores(n))
     retriever = SqlRetriever(url, table=table)

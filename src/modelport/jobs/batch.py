@@ -2,11 +2,10 @@
 
 The batch trigger is a thin adapter like the others: chunks of keys (looked up with
 the pipeline's retriever) or of rows (from a file, or a query that selects them) go
-through `Pipeline.process`, so
-the same data plane and batcher as the server score them, and the pipeline's writer
-upserts the results. Reading the next chunks and writing the previous ones overlap
-scoring the current one (at most two chunks read ahead, three being written), so memory
-is bounded by the chunk size, not the data size.
+through `Pipeline.process`, so the same data plane and batcher as the server score
+them, and the pipeline's writer upserts the results. Reading the next chunks and
+writing the previous ones overlap scoring the current one (at most two chunks read
+ahead, three being written), so memory is bounded by the chunk size, not the data size.
 
 After each chunk's results are written, its checkpoint (and its rejects) are
 committed (see `modelport.jobs.state`); a job that is killed and started again
@@ -47,7 +46,8 @@ T = TypeVar("T")
 
 WRITES_IN_FLIGHT = 3
 """Chunks being written at once, on as many connections: while one waits for its
-commit, the database works on the others (bench/batch.py: 3 beat 1 and 2 by 15-40%)."""
+commit, the database works on the others (bench/batch.py: 10-15% more rows/s than 2,
+and 4 or 6 no more than 3)."""
 EXIT_REJECTED = 3
 """`modelport batch` exits with this when rows were set aside (the output is partial)."""
 

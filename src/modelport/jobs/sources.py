@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,8 +167,9 @@ class KeyQuery(Source):
                         query = self._ordered(after)
                         oids = [oid for _, oid in pgcopy.describe(cursor, query)]
                         if pgcopy.readable(oids):
-                            for arrays in pgcopy.copy_out(cursor, query, oids, chunk_size):
-                                yield self._chunk(arrays)
+                            for arrays in pgcopy.copy_out(cursor, query, oids, chunk_size,
+                                                          exact=[0]):
+                                yield self._chunk(arrays[0].tolist(), arrays[1:])
                             return
                 yield from self._cursor(conn, chunk_size, resume)
         except SQLAlchemyError as exc:
@@ -182,13 +183,16 @@ class KeyQuery(Source):
             sa.text(self._ordered(":after" if after else None)),
             {"after": resume.last_key} if after else {})
         for rows in result.partitions(chunk_size):
-            yield self._chunk([column(list(c)) for c in zip(*rows, strict=True)])
+            yield self._rows_chunk(rows)
 
-    def _chunk(self, arrays: list[np.ndarray]) -> Chunk:
-        keys: list[Key] = arrays[0].tolist()
-        columns = dict(zip(self._columns[1:], arrays[1:], strict=True)) if not self.lookup \
-            else {}
-        return Chunk(Frame(keys, columns), keys[-1])
+    def _rows_chunk(self, rows: Sequence[Sequence[Any]]) -> Chunk:
+        # keys as the driver gave them (a NUMERIC key stays a Decimal, NULL None)
+        keys, *others = zip(*rows, strict=True)
+        return self._chunk(list(keys), [column(list(c)) for c in others])
+
+    def _chunk(self, keys: list[Key], columns: list[np.ndarray]) -> Chunk:
+        named = dict(zip(self._columns[1:], columns, strict=True)) if not self.lookup else {}
+        return Chunk(Frame(keys, named), keys[-1])
 
     def _pages(self, chunk_size: int, resume: Resume) -> Iterator[Chunk]:
         # SQLite: one short query per chunk instead of a cursor held open for the whole
@@ -207,7 +211,7 @@ class KeyQuery(Source):
                 raise sql_error("reading the keys failed", exc) from exc
             if not rows:
                 return
-            chunk = self._chunk([column(list(c)) for c in zip(*rows, strict=True)])
+            chunk = self._rows_chunk(rows)
             last = chunk.last_key
             yield chunk
             if len(rows) < chunk_size:

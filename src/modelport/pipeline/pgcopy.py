@@ -54,10 +54,15 @@ def readable(oids: Sequence[int]) -> bool:
 
 
 class RowDecoder:
-    """Rows of fixed-width columns (`readable` OIDs) into one array per column."""
+    """Rows of fixed-width columns (`readable` OIDs) into one array per column.
 
-    def __init__(self, oids: Sequence[int]) -> None:
+    A chunk with NULLs types its columns as `column` does (an integer column with a
+    NULL becomes floats with NaN), except the columns in `exact`, which then come back
+    as objects holding what a cursor gives (ints and None): keys must not change."""
+
+    def __init__(self, oids: Sequence[int], exact: Sequence[int] = ()) -> None:
         self.oids = list(oids)
+        self.exact = set(exact)
         fields: list[tuple[str, Any]] = [("n", ">i2")]
         for i, oid in enumerate(self.oids):
             fields += [(f"l{i}", ">i4"), (f"v{i}", SCALARS[oid])]
@@ -97,14 +102,15 @@ class RowDecoder:
                 else:
                     column_values.append(value.unpack_from(data, pos)[0])
                     pos += size
-        return [column(v) for v in values]
+        return [np.array(v, dtype=object) if i in self.exact else column(v)
+                for i, v in enumerate(values)]
 
 
-def copy_out(cursor: Any, query: str, oids: Sequence[int], chunk_size: int
-             ) -> Iterator[list[np.ndarray]]:
+def copy_out(cursor: Any, query: str, oids: Sequence[int], chunk_size: int,
+             exact: Sequence[int] = ()) -> Iterator[list[np.ndarray]]:
     """The rows of `query` (columns of `oids`, see `describe`) in chunks of at most
-    `chunk_size` rows, each chunk as one array per column."""
-    decoder = RowDecoder(oids)
+    `chunk_size` rows, each chunk as one array per column (`exact`: see RowDecoder)."""
+    decoder = RowDecoder(oids, exact)
     with cursor.copy(f"COPY ({query}) TO STDOUT (FORMAT BINARY)") as copy:
         # each row is copied out of its message at once, which frees the driver's
         # buffer for the next: holding thousands of messages costs more than the copy
