@@ -21,6 +21,7 @@ from sqlalchemy.pool import StaticPool
 from modelport.errors import ConfigError, ModelportError
 from modelport.pipeline.base import Component
 from modelport.pipeline.retry import redact, unavailable
+from modelport.registry.database import display
 
 CONNECT_TIMEOUT_S = 5
 _DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg",
@@ -62,10 +63,6 @@ def _sqlite_engine(url: URL) -> Engine:
             dbapi_conn.execute("PRAGMA journal_mode=WAL")  # readers never wait for writes
 
     return engine
-
-
-def display(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
 
 
 def _outage(exc: sa_exc.SQLAlchemyError) -> bool:
