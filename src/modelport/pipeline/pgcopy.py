@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 
 from modelport.pipeline.columns import column
 
@@ -139,36 +140,92 @@ def _after_header(message: Any) -> Any:
 
 def encode(columns: Sequence[np.ndarray], oids: Sequence[int]) -> bytes | None:
     """Binary COPY data (header to trailer) for the rows `columns` make, into columns
-    of `oids`; None when a value does not fit this fixed-width path (text, NaN, a
-    number out of the column's range, an empty array)."""
-    fields: list[tuple[Any, ...]] = [("n", ">i2")]
-    for i, (values, oid) in enumerate(zip(columns, oids, strict=True)):
-        element = SCALARS.get(ARRAYS.get(oid, oid))
-        if element is None or values.ndim != (2 if oid in ARRAYS else 1) \
-                or not _fits(values, element):
+    of `oids`; None when a value does not fit this path (NaN, which is stored as NULL, a
+    number out of the column's range, an empty array, a text column of non-strings).
+
+    Text columns (text, varchar, json, jsonb) take strings (None is NULL) or a
+    multi-dimensional numeric array, one JSON text per row as `columns.cells` makes it."""
+    fields = [_field(values, oid) for values, oid in zip(columns, oids, strict=True)]
+    if any(f is None for f in fields):
+        return None
+    n = len(columns[0])
+    count = np.full(n, len(columns), ">i2").view(np.uint8).reshape(n, 2)
+    parts: list[_Field] = [(np.full(n, 2, np.int64), count.ravel()),
+                           *(f for f in fields if f is not None)]
+    return HEADER + _interleave(parts, n).tobytes() + TRAILER
+
+
+_Field = tuple[np.ndarray, np.ndarray]
+"""One column in binary COPY form: each row's size in bytes (field header included),
+and all rows' bytes one after the other."""
+
+# text type OID → what its binary form puts before the UTF-8 (jsonb: a version byte)
+TEXTS: dict[int, bytes] = {25: b"", 1043: b"", 114: b"", 3802: b"\x01"}
+
+
+def _field(values: np.ndarray, oid: int) -> _Field | None:
+    n = len(values)
+    if oid in TEXTS:
+        return _text(values, TEXTS[oid])
+    element = SCALARS.get(ARRAYS.get(oid, oid))
+    if element is None or values.ndim != (2 if oid in ARRAYS else 1) \
+            or not _fits(values, element):
+        return None
+    if oid in ARRAYS:
+        k = values.shape[1]
+        if k == 0:
             return None
-        if oid in ARRAYS:
-            if values.shape[1] == 0:
+        item = np.dtype([("l", ">i4"), ("v", element)])
+        rows = np.empty(n, np.dtype([("l", ">i4"), ("h", ">i4", (5,)), ("v", item, (k,))]))
+        # one dimension: ndim, no NULLs, element type, length, lower bound 1
+        rows["l"] = 20 + k * (4 + element.itemsize)
+        rows["h"] = (1, 0, ARRAYS[oid], k, 1)
+        rows["v"]["l"] = element.itemsize
+        rows["v"]["v"] = values
+    else:
+        rows = np.empty(n, np.dtype([("l", ">i4"), ("v", element)]))
+        rows["l"] = element.itemsize
+        rows["v"] = values
+    return np.full(n, rows.dtype.itemsize, np.int64), rows.view(np.uint8).ravel()
+
+
+def _text(values: np.ndarray, prefix: bytes) -> _Field | None:
+    if values.ndim > 1 and values.dtype.kind in "biuf":
+        # orjson writes NaN as null: the text is always valid JSON
+        texts: list[bytes | None] = [prefix + orjson.dumps(r) for r in values.tolist()]
+    elif values.ndim == 1 and values.dtype.kind == "O":
+        texts = []
+        for v in values.tolist():
+            if v is None:
+                texts.append(None)
+            elif isinstance(v, str):
+                texts.append(prefix + v.encode())
+            else:
                 return None
-            item = [("l", ">i4"), ("v", element)]
-            fields += [(f"l{i}", ">i4"), (f"h{i}", ">i4", (5,)),
-                       (f"v{i}", item, (values.shape[1],))]
-        else:
-            fields += [(f"l{i}", ">i4"), (f"v{i}", element)]
-    rows = np.empty(len(columns[0]), np.dtype(fields))
-    rows["n"] = len(columns)
-    for i, (values, oid) in enumerate(zip(columns, oids, strict=True)):
-        if oid in ARRAYS:
-            element, k = SCALARS[ARRAYS[oid]], values.shape[1]
-            # one dimension: ndim, no NULLs, element type, length, lower bound 1
-            rows[f"l{i}"] = 20 + k * (4 + element.itemsize)
-            rows[f"h{i}"] = (1, 0, ARRAYS[oid], k, 1)
-            rows[f"v{i}"]["l"] = element.itemsize
-            rows[f"v{i}"]["v"] = values
-        else:
-            rows[f"l{i}"] = SCALARS[oid].itemsize
-            rows[f"v{i}"] = values
-    return HEADER + rows.tobytes() + TRAILER
+    else:
+        return None
+    # each value as its length (-1 for NULL) then its bytes
+    data = b"".join(_I32.pack(-1) if t is None else _I32.pack(len(t)) + t for t in texts)
+    sizes = np.fromiter((4 if t is None else 4 + len(t) for t in texts), np.int64, len(texts))
+    return sizes, np.frombuffer(data, np.uint8)
+
+
+def _interleave(fields: Sequence[_Field], n: int) -> np.ndarray:
+    """Rows made of each field's bytes in turn: one copy per field, whatever the sizes."""
+    sizes = np.stack([s for s, _ in fields])  # [fields, rows]
+    if not n:
+        return np.empty(0, np.uint8)
+    if (sizes == sizes[:, :1]).all():  # rows of one size: a reshape per field
+        return np.concatenate([d.reshape(n, -1) for _, d in fields], axis=1)
+    row_sizes = sizes.sum(axis=0)
+    row_starts = np.cumsum(row_sizes) - row_sizes
+    out = np.empty(int(row_sizes.sum()), np.uint8)
+    within = np.cumsum(sizes, axis=0) - sizes  # where each field starts in its row
+    for (size, data), offset in zip(fields, within, strict=True):
+        source_starts = np.cumsum(size) - size
+        # each byte's destination: its row's start, its field's offset, its own place
+        out[np.repeat(row_starts + offset - source_starts, size) + np.arange(len(data))] = data
+    return out
 
 
 def _fits(values: np.ndarray, target: np.dtype[Any]) -> bool:

@@ -42,9 +42,14 @@ from modelport.pipeline.base import Frame, Writer
 from modelport.pipeline.columns import cells, column, dedupe_last, plain_keys
 from modelport.pipeline.sqlconn import SqlComponent, driver_errors
 
+BINARY_MIN_ROWS = 64
+"""Frames this large are written on PostgreSQL by binary COPY when their values fit it
+(numbers, strings, JSON text): past a few dozen rows, far cheaper than executemany
+(bench/stream.py writes frames of 256)."""
 COPY_MIN_ROWS = 1_000
-"""Frames this large are written on PostgreSQL by COPY: several times the rows/s of
-executemany (docs/pipelines.md has the measurements)."""
+"""Frames this large are written on PostgreSQL by COPY even when only the text format
+fits them: several times the rows/s of executemany (docs/pipelines.md has the
+measurements)."""
 UPSERT_AFTER_CONFLICT = 16
 """Frames upserted without trying a plain COPY first, after one found a key there."""
 
@@ -108,11 +113,14 @@ class SqlWriter(SqlComponent, Writer):
                               f"{', '.join(missing)}; add them, or list the ones to store "
                               "in the writer's 'columns'")
         with self.engine.begin() as conn:
-            if conn.dialect.name == "postgresql" and len(frame) >= COPY_MIN_ROWS:
-                self._copy_upsert(conn, table, names, frame)
-            else:
-                conn.exec_driver_sql(self._upsert_sql(table, [self.key, *names]),
-                                     _rows(table, frame, names))
+            if conn.dialect.name == "postgresql":
+                data = self._binary(conn, table, names, frame) \
+                    if len(frame) >= BINARY_MIN_ROWS else None
+                if data is not None or len(frame) >= COPY_MIN_ROWS:
+                    self._copy_upsert(conn, table, names, frame, data)
+                    return
+            conn.exec_driver_sql(self._upsert_sql(table, [self.key, *names]),
+                                 _rows(table, frame, names))
 
     def _create(self, frame: Frame, names: list[str]) -> Table:
         keys = plain_keys(frame.keys)
@@ -154,19 +162,27 @@ class SqlWriter(SqlComponent, Writer):
         return f" ON CONFLICT ({key}) DO UPDATE SET " + ", ".join(
             f"{c} = excluded.{c}" for c in rest)
 
+    def _binary(self, conn: Connection, table: Table, names: list[str],
+                frame: Frame) -> bytes | None:
+        """The frame as binary COPY data for the table's columns, if it fits."""
+        cols = self._columns(conn, [self.key, *names])
+        if cols not in self._oids:
+            target = conn.dialect.identifier_preparer.format_table(table)
+            raw: Any = conn.connection.driver_connection
+            with driver_errors(conn, raw), raw.cursor() as cursor:
+                self._oids[cols] = [oid for _, oid in pgcopy.describe(
+                    cursor, f"SELECT {cols} FROM {target}")]
+        return pgcopy.encode(_arrays(frame, names), self._oids[cols])
+
     def _copy_upsert(self, conn: Connection, table: Table, names: list[str],
-                     frame: Frame) -> None:
+                     frame: Frame, data: bytes | None) -> None:
         """COPY straight into the table when no key is there yet; else COPY into a
-        staging table, then one INSERT … SELECT … ON CONFLICT."""
-        quote = conn.dialect.identifier_preparer.quote
-        cols = ", ".join(quote(n) for n in [self.key, *names])
+        staging table, then one INSERT … SELECT … ON CONFLICT. `data` is the frame as
+        binary COPY, or None for a text COPY."""
+        cols = self._columns(conn, [self.key, *names])
         target = conn.dialect.identifier_preparer.format_table(table)
         raw: Any = conn.connection.driver_connection  # psycopg's own, which has COPY
         with driver_errors(conn, raw), raw.cursor() as cursor:
-            if cols not in self._oids:
-                self._oids[cols] = [oid for _, oid in pgcopy.describe(
-                    cursor, f"SELECT {cols} FROM {target}")]
-            data = pgcopy.encode(_arrays(frame, names), self._oids[cols])
             if data is not None and self._insert(conn, cursor, f"{target} ({cols})", data):
                 return
             # one staging table per connection and column list, emptied at each commit:
@@ -181,8 +197,14 @@ class SqlWriter(SqlComponent, Writer):
                 with cursor.copy(f"COPY {stage} ({cols}) FROM STDIN") as copy:
                     for row in _rows(table, frame, names):
                         copy.write_row(row)
+            quote = conn.dialect.identifier_preparer.quote
             cursor.execute(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage}"
                            + self._on_conflict([quote(n) for n in [self.key, *names]]))
+
+    @staticmethod
+    def _columns(conn: Connection, names: list[str]) -> str:
+        quote = conn.dialect.identifier_preparer.quote
+        return ", ".join(quote(n) for n in names)
 
     def _insert(self, conn: Connection, cursor: Any, into: str, data: bytes) -> bool:
         """COPY new rows straight into the table, in a savepoint: less than half the
@@ -223,7 +245,7 @@ def _cells(values: Any, col: Column[Any]) -> list[Any]:
 
 
 def _arrays(frame: Frame, names: list[str]) -> list[np.ndarray]:
-    keys = np.asarray(frame.keys)  # ints → int64; anything else is not for binary COPY
+    keys = column(plain_keys(frame.keys))  # ints → int64, strings → objects
     values = [frame.columns[n] for n in names]
     return [keys, *(v if isinstance(v, np.ndarray) else column(list(v)) for v in values)]
 

@@ -33,10 +33,10 @@ from typing import Any, TypeVar
 
 from modelport.errors import DeadlineExceeded, InvalidInput, ModelportError, NotReady, Overloaded
 from modelport.monitoring.metrics import Metrics
-from modelport.pipeline import Frame, Pipeline, Reject, Scored
+from modelport.pipeline import Frame, Key, Pipeline, Reject, Scored
 from modelport.signature import Signature
 from modelport.streams.base import Broker, DeadLetter, Message
-from modelport.streams.codec import Codec, decode
+from modelport.streams.codec import Codec, TypedDecoder, decode
 
 log = logging.getLogger("modelport.stream")
 
@@ -67,8 +67,12 @@ class _Abandoned(Exception):
 @dataclass
 class _Row:
     id: str
-    record: dict[str, Any]
+    key: Any
     message: Message
+    record: dict[str, Any] | None = None
+    values: tuple[Any, ...] | None = None
+    """The model's inputs in the order of `typed.names`, when `typed` read the message."""
+    typed: TypedDecoder | None = None
 
 
 @dataclass
@@ -104,6 +108,8 @@ class StreamWorker:
         self.max_backoff = max_backoff
         self.stats = WorkerStats()
         self._stopping = asyncio.Event()
+        self._typed_for: Signature | None = None
+        self._typed_decoder: TypedDecoder | None = None
 
     def stop(self) -> None:
         """Stop fetching; the batches in flight are finished and acknowledged first."""
@@ -163,8 +169,7 @@ class StreamWorker:
             signature = await self._retry(self._signature, "model")
             letters, rounds = self._decode(messages, signature)
             for r in rounds:
-                frame = Frame.from_records([row.id for row in r.rows],
-                                           [row.record for row in r.rows])
+                frame = self._frame(r.rows)
                 try:
                     r.scored = await self._retry(
                         functools.partial(self.pipeline.process, frame, write=False), "score")
@@ -182,6 +187,13 @@ class StreamWorker:
             return None
         return self.pipeline.dataplane.deployment(self.pipeline.model).model.signature
 
+    def _typed(self, signature: Signature | None) -> TypedDecoder | None:
+        # made once per signature: a new model version may take other inputs
+        if signature is not self._typed_for:
+            self._typed_for = signature
+            self._typed_decoder = TypedDecoder.for_signature(signature, self.codec)
+        return self._typed_decoder
+
     def _decode(self, messages: Sequence[Message], signature: Signature | None
                 ) -> tuple[list[DeadLetter], list[_Round]]:
         """Dead letters, and the rows to score in rounds of distinct ids.
@@ -192,6 +204,7 @@ class StreamWorker:
         letters: list[DeadLetter] = []
         rounds: list[_Round] = []
         seen: dict[str, int] = {}
+        typed = self._typed(signature)
         for message in messages:
             if message.deliveries > 1:
                 self.stats.redeliveries += 1
@@ -202,20 +215,38 @@ class StreamWorker:
                     f"delivered {message.deliveries} times without success "
                     f"(max_deliveries={self.max_deliveries})")))
                 continue
-            try:
-                decoded = decode(message, self.codec)
-                record = as_record(decoded.data, signature)
-            except InvalidInput as exc:
-                letters.append(DeadLetter(message, exc.message))
-                continue
-            if decoded.key is not None:
-                record = {**record, "key": decoded.key}
-            turn = seen.get(decoded.id, 0)
-            seen[decoded.id] = turn + 1
+            fast = typed.decode(message) if typed is not None else None
+            if fast is not None:
+                row = _Row(fast[0], fast[1], message, values=fast[2], typed=typed)
+            else:
+                try:
+                    decoded = decode(message, self.codec)
+                    record = as_record(decoded.data, signature)
+                except InvalidInput as exc:
+                    letters.append(DeadLetter(message, exc.message))
+                    continue
+                row = _Row(decoded.id, decoded.key, message, record=record)
+            turn = seen.get(row.id, 0)
+            seen[row.id] = turn + 1
             if turn == len(rounds):
                 rounds.append(_Round([]))
-            rounds[turn].rows.append(_Row(decoded.id, record, message))
+            rounds[turn].rows.append(row)
         return letters, rounds
+
+    def _frame(self, rows: list[_Row]) -> Frame:
+        """The rows as a frame: one array for the inputs when the typed decoder read
+        them all; a `key` column when a message had one."""
+        keys: list[Key] = [row.id for row in rows]
+        typed = rows[0].typed
+        values = [row.values for row in rows if row.values is not None and row.typed is typed]
+        table = typed.table(values) if typed is not None and len(values) == len(rows) else None
+        if typed is not None and table is not None:
+            frame = Frame(keys, {n: table[:, i] for i, n in enumerate(typed.names)})
+        else:
+            frame = Frame.from_records(keys, [_record(row) for row in rows])
+        if any(row.key is not None for row in rows):
+            frame.columns["key"] = [row.key for row in rows]
+        return frame
 
     # --- stage 2: write, dead-letter, acknowledge -----------------------------------------
 
@@ -271,7 +302,7 @@ class StreamWorker:
         written = 0
         middle = len(rows) // 2
         for half in (rows[:middle], rows[middle:]):
-            frame = Frame.from_records([r.id for r in half], [r.record for r in half])
+            frame = self._frame(half)
             try:
                 scored = await self._retry(functools.partial(self.pipeline.process, frame),
                                            "write")
@@ -326,6 +357,14 @@ class StreamWorker:
             self.metrics.stream_messages.labels(name, "processed").inc(processed)
             self.metrics.stream_messages.labels(name, "dead_lettered").inc(dead)
             self.metrics.stream_batch_seconds.labels(name).observe(seconds)
+
+
+def _record(row: _Row) -> dict[str, Any]:
+    if row.record is not None:
+        return row.record
+    if row.typed is None or row.values is None:
+        raise AssertionError("a row holds a record or typed values")
+    return dict(zip(row.typed.names, row.values, strict=True))
 
 
 def as_record(data: Any, signature: Signature | None) -> dict[str, Any]:
