@@ -67,6 +67,7 @@ class SqlRetriever(SqlComponent, Retriever):
         self.table, self.key, self.query = table, key, query
         self.columns = list(columns) if columns else None
         self._table: Table | None = None
+        self._statement: tuple[Executable, int] | None = None
         self._oids: list[int] | None = None
 
     async def start(self) -> None:
@@ -114,6 +115,16 @@ class SqlRetriever(SqlComponent, Retriever):
     def _lookup(self, keys: list[Key]) -> tuple[Executable, list[Any], int]:
         """The statement for a chunk of keys, the keys as the database takes them, and
         how many keys one statement may carry."""
+        if self._statement is None:
+            # built once: constructing the select costs more than running it on an
+            # indexed table (~90 of ~140 µs for one key on SQLite), on every request
+            self._statement = self._lookup_statement()
+        statement, size = self._statement
+        if self.query is not None:
+            return statement, plain_keys(keys), size
+        return statement, _coerce(plain_keys(keys), self._reflect().c[self.key].type), size
+
+    def _lookup_statement(self) -> tuple[Executable, int]:
         if self.query is not None:
             if _KEYS_PARAM.search(self.query):
                 statement = text(self.query)
@@ -121,18 +132,15 @@ class SqlRetriever(SqlComponent, Retriever):
                 quoted = self.engine.dialect.identifier_preparer.quote(self.key)
                 statement = text(f"SELECT * FROM ({self.query.strip().rstrip(';')}) "
                                  f"AS mp_rows WHERE mp_rows.{quoted} IN :keys")
-            return (statement.bindparams(bindparam("keys", expanding=True)),
-                    plain_keys(keys), IN_CHUNK)
+            return statement.bindparams(bindparam("keys", expanding=True)), IN_CHUNK
         table = self._reflect()
         key = table.c[self.key]
         chosen = [key, *self._columns(table)]
-        values = _coerce(plain_keys(keys), key.type)
         if self.engine.dialect.name == "postgresql":
             # one array parameter: one statement shape whatever the number of keys
             condition = key == any_(bindparam("keys", type_=ARRAY(key.type)))
-            return select(*chosen).where(condition), values, ANY_CHUNK
-        return (select(*chosen).where(key.in_(bindparam("keys", expanding=True))),
-                values, IN_CHUNK)
+            return select(*chosen).where(condition), ANY_CHUNK
+        return select(*chosen).where(key.in_(bindparam("keys", expanding=True))), IN_CHUNK
 
     def _copy_get(self, keys: list[Key]) -> Frame | None:
         """The rows of many keys as binary COPY; None when a column is not a number."""
