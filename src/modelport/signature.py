@@ -202,7 +202,11 @@ class Signature(BaseModel):
         if self.model_input == "dataframe":
             import pandas as pd
 
-            return pd.DataFrame({s.name: batch[s.name] for s in self.inputs})
+            columns = [batch[s.name] for s in self.inputs]
+            if len({c.dtype for c in columns}) == 1 and all(c.ndim == 1 for c in columns):
+                # one block: the model reads it back as an array without a copy per column
+                return pd.DataFrame(np.column_stack(columns), columns=[s.name for s in self.inputs])
+            return pd.DataFrame(dict(zip([s.name for s in self.inputs], columns, strict=True)))
         if self.layout == "columns":
             return np.column_stack([batch[s.name] for s in self.inputs])
         if len(self.inputs) == 1:

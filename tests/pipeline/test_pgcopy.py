@@ -86,7 +86,8 @@ def test_what_does_not_fit_is_left_to_the_general_path() -> None:
     i = np.arange(3)
     assert pgcopy.encode([i, np.array([0.5, np.nan, 1.0])], [20, 701]) is None  # NaN: NULL
     assert pgcopy.encode([i, np.array([1, 70_000, 3])], [20, 21]) is None  # past int2
-    assert pgcopy.encode([i, np.array(["a", "b", "c"], dtype=object)], [20, 25]) is None
+    assert pgcopy.encode([i, np.array(["a", 2, "c"], dtype=object)], [20, 25]) is None
+    assert pgcopy.encode([i, np.array([1.5, 2.5, 3.5])], [20, 25]) is None  # number → text
     assert pgcopy.encode([i, np.array([1.5, 2.5, 3.5])], [20, 20]) is None  # float → bigint
     assert pgcopy.encode([i, np.zeros((3, 0))], [20, 1022]) is None  # empty arrays
     assert pgcopy.encode([i, np.array([1, 2, 3])], [20, 701]) is not None  # int → double
@@ -101,3 +102,22 @@ def test_exact_columns_keep_integers_and_null(conn, table) -> None:
         oids = [oid for _, oid in pgcopy.describe(cur, query)]
         ((mid, ids),) = pgcopy.copy_out(cur, query, oids, 10, exact=[0])
     assert mid.tolist() == [0, None, 2000] and ids.dtype == np.int64
+
+
+def test_text_keys_and_json_text_round_trip_with_nulls_and_unicode(conn) -> None:
+    name = f"copy_{uuid.uuid4().hex[:8]}"
+    conn.execute(f"CREATE TABLE {name} (id VARCHAR(255), score BIGINT, label TEXT, "
+                 "probs TEXT, doc JSONB, raw JSON)")
+    keys = np.array(["m1", "clé-2", "m3"], dtype=object)  # rows of different sizes
+    labels = np.array(["a", None, "ünïcode ✓"], dtype=object)
+    probs = np.array([[0.25, 0.75], [np.nan, 1.0], [1.0, 0.0]])
+    docs = np.array(['{"a": 1}', '{"b": [2]}', None], dtype=object)
+    raws = np.array(['[1]', '{}', '"x"'], dtype=object)
+    write(conn, name, [keys, np.array([1, 2, 3]), labels, probs, docs, raws])
+    rows = conn.execute(f"SELECT id, score, label, probs, doc, raw FROM {name} "
+                        "ORDER BY score").fetchall()
+    assert rows == [
+        ("m1", 1, "a", "[0.25,0.75]", {"a": 1}, [1]),
+        ("clé-2", 2, None, "[null,1.0]", {"b": [2]}, {}),  # NaN is null, as `cells` writes
+        ("m3", 3, "ünïcode ✓", "[1.0,0.0]", None, "x"),
+    ]

@@ -7,6 +7,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -215,10 +216,18 @@ async def test_new_keys_go_straight_in_and_existing_ones_are_upserted(
         url, table, monkeypatch) -> None:
     if not url.startswith("postgresql"):
         pytest.skip("COPY is PostgreSQL's")
-    tried: list[bool] = []
+    tried: list[str] = []
     insert = SqlWriter._insert
-    monkeypatch.setattr(SqlWriter, "_insert", lambda self, *a: tried.append(
-        insert(self, *a)) or tried[-1])
+
+    def spy(self: SqlWriter, *args: Any) -> None:
+        try:
+            insert(self, *args)
+        except sqlwrite._KeyExists:
+            tried.append("conflict")
+            raise
+        tried.append("in")
+
+    monkeypatch.setattr(SqlWriter, "_insert", spy)
     monkeypatch.setattr(sqlwrite, "UPSERT_AFTER_CONFLICT", 1)
     writer = SqlWriter(url, table, create=True, columns=["score", "probabilities"])
     await writer.write(scores(2_000))  # new keys: COPY-ed straight in
@@ -228,10 +237,39 @@ async def test_new_keys_go_straight_in_and_existing_ones_are_upserted(
     await writer.write(scores(1_000, start=5_000))  # just after a conflict: upserted
     await writer.write(scores(1_000, start=7_000))  # tried again
     await writer.close()
-    assert tried == [True, False, False, True]  # in, conflict, not tried, in
+    assert tried == ["in", "conflict", "in"]  # the third write did not try
     rows = dict(execute(url, f"SELECT id, score FROM {table}"))
     assert len(rows) == 5_000 and rows[999] == pytest.approx(999 / 1_999)
     assert rows[1_000] == pytest.approx(10.0) and rows[2_999] == pytest.approx(11.0)
+
+
+async def test_text_keys_and_json_text_columns_are_upserted_in_bulk(url, table,
+                                                                      monkeypatch) -> None:
+    inserts: list[int] = []
+    insert = SqlWriter._insert
+    monkeypatch.setattr(SqlWriter, "_insert", lambda self, conn, t, names, data: (
+        inserts.append(len(data)), insert(self, conn, t, names, data))[-1])
+    key = "VARCHAR(64)"
+    execute(url, f"CREATE TABLE {table} (id {key} PRIMARY KEY, probabilities TEXT, "
+                 f"label TEXT, predictions BIGINT)")
+    writer = SqlWriter(url, table, columns=["probabilities", "label", "predictions"])
+
+    def frame(start: int, n: int, bump: int) -> Frame:
+        f = scores(n, start)
+        f.keys = [f"msg-{k}" for k in f.keys]  # the ids a stream's messages carry
+        f.columns["predictions"] = f.columns["predictions"] + bump
+        return f
+
+    await writer.write(frame(0, 200, 0))  # past BINARY_MIN_ROWS: binary COPY on PostgreSQL
+    await writer.write(frame(100, 200, 10))  # half already there: upserted
+    await writer.close()
+    rows = {r[0]: r[1:] for r in execute(url, f"SELECT * FROM {table}")}
+    assert len(rows) == 300
+    assert rows["msg-50"][2] in (0, 1) and rows["msg-150"][2] >= 10  # the later write won
+    assert orjson.loads(rows["msg-0"][0]) == pytest.approx([1.0, 0.0])
+    assert rows["msg-120"][1] == "user-20"
+    if url.startswith("postgresql"):
+        assert len(inserts) == 2  # straight in, then a conflict and an upsert
 
 
 async def test_configuration_errors_are_clear(url, table) -> None:

@@ -89,11 +89,22 @@ class SklearnFlavor(Flavor):
             self.model = _read(lambda: sio.load(file, trusted=trusted_types))
 
     def predict(self, x: Any) -> Any:
-        out = {"predictions": self.model.predict(x)}
-        if self.options.get("proba"):
-            # a separate call: argmax(proba) differs from predict for some estimators (SVC)
-            out["probabilities"] = self.model.predict_proba(x)
-        return out
+        if not self.options.get("proba"):
+            return {"predictions": self.model.predict(x)}
+        model = self.model
+        steps = getattr(model, "steps", None)
+        if _is_pipeline(model) and steps and len(steps) > 1:
+            # the pipeline's transforms once for both calls, as Pipeline.predict and
+            # predict_proba each apply them before its final step
+            x, model = model[:-1].transform(x), model[-1]
+        # two calls: argmax(proba) differs from predict for some estimators (SVC)
+        return {"predictions": model.predict(x), "probabilities": model.predict_proba(x)}
+
+
+def _is_pipeline(obj: Any) -> bool:
+    from sklearn.pipeline import Pipeline
+
+    return isinstance(obj, Pipeline)
 
 
 def _methods(obj: Any) -> dict[str, Any]:

@@ -1,12 +1,13 @@
 """The SQL writer: results upserted on their key, one transaction per frame.
 
-On PostgreSQL a frame of `COPY_MIN_ROWS` rows or more goes by COPY. When every column
-is a fixed-width number (a multi-dimensional output going to an array column) the
-COPY is binary, made by numpy in one go (`pgcopy.encode`), and is tried straight into
-the table first, in a savepoint: a frame of new keys (a first run, new rows) is then
-written for less than half the database's work of an upsert. When a key is already
-there, or a value does not fit binary COPY (text, NaN), the frame is COPY-ed into a
-temporary staging table and merged with one `INSERT … SELECT … ON CONFLICT`. Smaller
+On PostgreSQL a frame of `BINARY_MIN_ROWS` rows or more whose values fit binary COPY
+(numbers, strings, multi-dimensional outputs as arrays or JSON text; `pgcopy.encode`)
+goes by COPY, made by numpy in a few calls. It is tried straight into the table first:
+a frame of new keys (a first run, new messages) is then written for less than half
+the database's work of an upsert. When a key is already there, the transaction is
+rolled back and the frame is COPY-ed into a temporary staging table and merged with
+one `INSERT … SELECT … ON CONFLICT`. Frames of `COPY_MIN_ROWS` or more that do not fit
+binary COPY (NaN, which is NULL) take a text COPY through the staging table. Smaller
 frames, and other databases, take one `executemany`.
 """
 
@@ -112,15 +113,27 @@ class SqlWriter(SqlComponent, Writer):
             raise ConfigError(f"{self.where}: table {self.table!r} has no column(s) "
                               f"{', '.join(missing)}; add them, or list the ones to store "
                               "in the writer's 'columns'")
+        data: bytes | None = None
+        try:
+            with self.engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    data = self._binary(conn, table, names, frame) \
+                        if len(frame) >= BINARY_MIN_ROWS else None
+                    if data is not None and self._upserts_left:
+                        self._upserts_left -= 1
+                    elif data is not None:
+                        self._insert(conn, table, names, data)
+                        return
+                    if data is not None or len(frame) >= COPY_MIN_ROWS:
+                        self._copy_upsert(conn, table, names, frame, data)
+                        return
+                conn.exec_driver_sql(self._upsert_sql(table, [self.key, *names]),
+                                     _rows(table, frame, names))
+                return
+        except _KeyExists:  # the plain COPY is rolled back: upsert instead
+            self._upserts_left = UPSERT_AFTER_CONFLICT
         with self.engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                data = self._binary(conn, table, names, frame) \
-                    if len(frame) >= BINARY_MIN_ROWS else None
-                if data is not None or len(frame) >= COPY_MIN_ROWS:
-                    self._copy_upsert(conn, table, names, frame, data)
-                    return
-            conn.exec_driver_sql(self._upsert_sql(table, [self.key, *names]),
-                                 _rows(table, frame, names))
+            self._copy_upsert(conn, table, names, frame, data)
 
     def _create(self, frame: Frame, names: list[str]) -> Table:
         keys = plain_keys(frame.keys)
@@ -176,15 +189,12 @@ class SqlWriter(SqlComponent, Writer):
 
     def _copy_upsert(self, conn: Connection, table: Table, names: list[str],
                      frame: Frame, data: bytes | None) -> None:
-        """COPY straight into the table when no key is there yet; else COPY into a
-        staging table, then one INSERT … SELECT … ON CONFLICT. `data` is the frame as
-        binary COPY, or None for a text COPY."""
+        """COPY into a staging table, then one INSERT … SELECT … ON CONFLICT. `data` is
+        the frame as binary COPY, or None for a text COPY."""
         cols = self._columns(conn, [self.key, *names])
         target = conn.dialect.identifier_preparer.format_table(table)
         raw: Any = conn.connection.driver_connection  # psycopg's own, which has COPY
         with driver_errors(conn, raw), raw.cursor() as cursor:
-            if data is not None and self._insert(conn, cursor, f"{target} ({cols})", data):
-                return
             # one staging table per connection and column list, emptied at each commit:
             # creating and dropping one per frame costs more than the COPY into it
             stage = "mp_stage_" + hashlib.sha256(f"{target}\0{cols}".encode()).hexdigest()[:16]
@@ -206,27 +216,28 @@ class SqlWriter(SqlComponent, Writer):
         quote = conn.dialect.identifier_preparer.quote
         return ", ".join(quote(n) for n in names)
 
-    def _insert(self, conn: Connection, cursor: Any, into: str, data: bytes) -> bool:
-        """COPY new rows straight into the table, in a savepoint: less than half the
-        database's work of an upsert. A key already there fails it (a unique
-        violation, 23505); it is rolled back and the caller upserts. After that, the
-        next `UPSERT_AFTER_CONFLICT` frames are upserted without trying (a job that
-        rescores existing rows fails at its first row, but fails every time)."""
-        if self._upserts_left:
-            self._upserts_left -= 1
-            return False
-        savepoint = conn.begin_nested()
-        try:
-            with cursor.copy(f"COPY {into} FROM STDIN (FORMAT BINARY)") as copy:
-                copy.write(data)
-        except conn.dialect.loaded_dbapi.Error as exc:
-            if getattr(exc, "sqlstate", None) != "23505":
+    def _insert(self, conn: Connection, table: Table, names: list[str], data: bytes) -> None:
+        """COPY new rows straight into the table: less than half the database's work
+        of an upsert. A key already there fails it (a unique violation, 23505), which
+        raises `_KeyExists`: the transaction, holding nothing else, is rolled back and
+        the caller upserts. After that, the next `UPSERT_AFTER_CONFLICT` frames are
+        upserted without trying (a job that rescores existing rows fails at its first
+        row, but fails every time)."""
+        cols = self._columns(conn, [self.key, *names])
+        target = conn.dialect.identifier_preparer.format_table(table)
+        raw: Any = conn.connection.driver_connection
+        with driver_errors(conn, raw), raw.cursor() as cursor:
+            try:
+                with cursor.copy(f"COPY {target} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.write(data)
+            except conn.dialect.loaded_dbapi.Error as exc:
+                if getattr(exc, "sqlstate", None) == "23505":
+                    raise _KeyExists from exc
                 raise
-            savepoint.rollback()
-            self._upserts_left = UPSERT_AFTER_CONFLICT
-            return False
-        savepoint.commit()
-        return True
+
+
+class _KeyExists(Exception):
+    """A plain COPY met a key already in the table."""
 
 
 def _rows(table: Table, frame: Frame, names: list[str]) -> list[tuple[Any, ...]]:
