@@ -216,3 +216,40 @@ async def test_binary_payloads_are_dead_lettered_byte_for_byte(dataplane) -> Non
     await worker.run(burst=True)
     [dead] = [orjson.loads(m) for m in bus.messages("dlq")]
     assert base64.b64decode(dead["payload_base64"]) == b"\xff\x00\x93"
+
+
+class SlowWriter(MemoryWriter):
+    """Takes its time, the first frame longest; notes how many frames it held at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.active = self.peak = 0
+
+    async def write(self, frame: Frame) -> None:
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        await asyncio.sleep(0.3 if self.writes == 0 and self.active == 1 else 0.02)
+        await super().write(frame)
+        self.active -= 1
+
+
+async def test_batches_are_written_side_by_side_and_the_last_message_about_an_id_wins(
+        dataplane) -> None:
+    bus = MemoryBus()
+    records = publish_patients(bus, 8)  # batch 1: p0 … p7, written slowly
+    X, _ = cancer()
+    later = X[100:101].to_dict(orient="records")[0]  # type: ignore[index]
+    bus.append("patients", orjson.dumps({"id": "p3", "data": later}))  # batch 2: p3 again
+    bus.append("patients", orjson.dumps({"id": "twin", "data": later}))
+    for i in range(8, 30):  # batches 3 and 4: other ids, written beside the others
+        bus.append("patients", orjson.dumps({"id": f"q{i}", "data": records[i % 8]}))
+    writer = SlowWriter()
+    broker = MemoryBroker(bus, "patients")
+    worker = StreamWorker(Pipeline("score", "cancer", dataplane, writer=writer), broker,
+                          dead_letter_subject="dlq", batch_size=8, fetch_timeout=0.05)
+    stats = await worker.run(burst=True)
+    assert stats.processed == 32 and await broker.lag() == 0
+    assert writer.peak >= 2  # side by side
+    # batch 2 waited for batch 1 (which held p3) although it could have gone beside it
+    assert writer.rows["p3"]["probabilities"] == writer.rows["twin"]["probabilities"]
+    assert len(writer.rows) == 8 + 1 + 22

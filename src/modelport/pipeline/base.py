@@ -85,6 +85,11 @@ class Retriever(Component):
 
 
 class Writer(Component):
+    concurrency: int = 1
+    """Frames `write` may be called with at once (a stream worker writes that many
+    batches side by side, never two about the same key); 1 for a sink that must
+    take them one by one."""
+
     @abstractmethod
     async def write(self, frame: Frame) -> None:
         """Store one result row per key, replacing an earlier result for that key."""

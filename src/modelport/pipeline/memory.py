@@ -26,6 +26,8 @@ class MemoryRetriever(Retriever):
 
 
 class MemoryWriter(Writer):
+    concurrency = 4  # each frame is stored in one step
+
     def __init__(self) -> None:
         self.rows: dict[Key, dict[str, Any]] = {}
         self.writes = 0

@@ -51,6 +51,8 @@ COPY_MIN_ROWS = 1_000
 """Frames this large are written on PostgreSQL by COPY even when only the text format
 fits them: several times the rows/s of executemany (docs/pipelines.md has the
 measurements)."""
+WRITE_CONCURRENCY = 4
+"""Frames written at once on a database server (below the pool's 5 connections)."""
 UPSERT_AFTER_CONFLICT = 16
 """Frames upserted without trying a plain COPY first, after one found a key there."""
 
@@ -79,6 +81,9 @@ class SqlWriter(SqlComponent, Writer):
 
     async def start(self) -> None:
         await super().start()
+        # each frame is its own transaction on a connection of its own; SQLite has one
+        # writer at a time, and the others would wait on its lock
+        self.concurrency = 1 if self.engine.dialect.name == "sqlite" else WRITE_CONCURRENCY
         with self.errors():
             await asyncio.to_thread(self._existing)
 

@@ -7,10 +7,14 @@ subject with the reason. An outage of a backing service (the sink, the broker, a
 still loading) is retried with backoff, holding the batch: nothing is acknowledged that
 was not written.
 
-Two batches are in flight at most: while one is written and acknowledged, the next is
-fetched and scored. Writes stay in order, one batch after the other, so the last
-message about an id is the one whose result is kept, as if they ran one at a time;
-the overlap hides the broker's and the model's latency behind the sink's.
+While batches are written and acknowledged, the next is fetched and scored; a writer
+that takes several frames at once (`Writer.concurrency`: a SQL database, each frame its
+own transaction) writes that many batches side by side. A batch holding an id that a
+batch before it is still writing waits for that write, so the last message about an id
+is the one whose result is kept, as if they ran one at a time. Acknowledgements may
+then come out of order, which every broker allows (Kafka commits only an unbroken run
+of offsets). The overlap hides the broker's, the model's and the sink's latencies
+behind one another.
 
 A write that fails for another reason (the sink refuses a value, the model raises) is
 narrowed down by halves to the messages it fails on, which are dead-lettered while the
@@ -27,6 +31,7 @@ import contextlib
 import functools
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -121,7 +126,7 @@ class StreamWorker:
 
     async def run(self, *, burst: bool = False) -> WorkerStats:
         """Process until `stop()`; with `burst`, until a fetch comes back empty."""
-        writing: asyncio.Task[None] | None = None
+        writing: deque[tuple[asyncio.Task[None], set[str]]] = deque()
         try:
             while not self._stopping.is_set():
                 try:
@@ -135,25 +140,34 @@ class StreamWorker:
                         break
                     continue
                 batch = await self._prepare(messages)
-                if writing is not None:
-                    await writing  # writes in order: this batch after the one before
-                    writing = None
-                if batch is not None:
-                    writing = asyncio.create_task(self._finish(batch))
-            if writing is not None:
-                await writing
-        except asyncio.CancelledError:  # abandoned (the drain timeout): so is the write
-            if writing is not None and not writing.done():
-                writing.cancel()
+                if batch is None:
+                    continue
+                ids = {row.id for r in batch.rounds for row in r.rows}
+                # the writer's room, and results in message order: a batch about an id
+                # still being written waits for that write
+                while writing and (len(writing) >= self._write_concurrency()
+                                   or any(ids & busy for _, busy in writing)):
+                    await writing.popleft()[0]
+                writing.append((asyncio.create_task(self._finish(batch)), ids))
+            while writing:
+                await writing.popleft()[0]
+        except asyncio.CancelledError:  # abandoned (the drain timeout): so are the writes
+            for task, _ in writing:
+                task.cancel()
+            for task, _ in writing:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await writing
+                    await task
             raise
-        except Exception:  # the next batch failed for good: the one before is written
-            if writing is not None and not writing.done():
+        except Exception:  # a batch failed for good: the others are written first
+            for task, _ in writing:
                 with contextlib.suppress(Exception):
-                    await writing
+                    await task
             raise
         return self.stats
+
+    def _write_concurrency(self) -> int:
+        writer = self.pipeline.writer
+        return max(1, writer.concurrency) if writer is not None else 1
 
     async def handle(self, messages: Sequence[Message]) -> None:
         """Score, write and acknowledge one batch (or dead-letter what cannot be)."""
