@@ -10,7 +10,7 @@ noisy machine hits both alike), each repetition on a fresh stream of N messages:
 - end-to-end: `StreamWorker` on the same broker class and batch size: decode the JSON
   envelope, validate against the signature, a scaled LogisticRegression on the 30
   breast-cancer features through the data plane's batcher, an upsert keyed by message
-  id into a PostgreSQL table through `SqlWriter`, then the ack.
+  id into a PostgreSQL table through `SqlWriter` (the table it creates), then the ack.
 
 Both run in this process, so beside wall-clock rates the table gives the CPU time this
 process spent per message (threads included), which depends less on what else the
@@ -217,13 +217,12 @@ class EndToEnd:
         table = f"bench_{uuid.uuid4().hex[:8]}"
         self.tables.append(table)
         engine = create_engine(POSTGRES.replace("postgresql://", "postgresql+psycopg://", 1))
-        with engine.begin() as conn:
-            conn.execute(text(f"CREATE TABLE {table} (id TEXT PRIMARY KEY, "
-                              "predictions BIGINT, probabilities TEXT)"))
         dp = DataPlane(self.registry, self.settings, [ModelConfig(ref="cancer:1")])
         await dp.start(follow=False)
-        writer = build(ComponentConfig(type="sql", url=POSTGRES, table=table), WRITERS,
-                       "bench.writer")
+        # the table the writer makes (`create: true`): the message id as VARCHAR(255)
+        # primary key, predictions BIGINT, probabilities DOUBLE PRECISION[]
+        writer = build(ComponentConfig(type="sql", url=POSTGRES, table=table, create=True),
+                       WRITERS, "bench.writer")
         pipe = Pipeline("bench", "cancer", dp, writer=writer)
         await pipe.start()
         await broker.start()

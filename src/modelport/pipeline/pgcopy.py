@@ -145,13 +145,14 @@ def encode(columns: Sequence[np.ndarray], oids: Sequence[int]) -> bytes | None:
 
     Text columns (text, varchar, json, jsonb) take strings (None is NULL) or a
     multi-dimensional numeric array, one JSON text per row as `columns.cells` makes it."""
-    fields = [_field(values, oid) for values, oid in zip(columns, oids, strict=True)]
-    if any(f is None for f in fields):
-        return None
     n = len(columns[0])
-    count = np.full(n, len(columns), ">i2").view(np.uint8).reshape(n, 2)
-    parts: list[_Field] = [(np.full(n, 2, np.int64), count.ravel()),
-                           *(f for f in fields if f is not None)]
+    count = np.full(n, len(columns), ">i2").view(np.uint8)
+    parts: list[_Field] = [(np.full(n, 2, np.int64), count)]
+    for values, oid in zip(columns, oids, strict=True):
+        fields = _field(values, oid)
+        if fields is None:
+            return None
+        parts += fields
     return HEADER + _interleave(parts, n).tobytes() + TRAILER
 
 
@@ -163,7 +164,8 @@ and all rows' bytes one after the other."""
 TEXTS: dict[int, bytes] = {25: b"", 1043: b"", 114: b"", 3802: b"\x01"}
 
 
-def _field(values: np.ndarray, oid: int) -> _Field | None:
+def _field(values: np.ndarray, oid: int) -> list[_Field] | None:
+    """One column as the fields `_interleave` puts in each row."""
     n = len(values)
     if oid in TEXTS:
         return _text(values, TEXTS[oid])
@@ -186,28 +188,45 @@ def _field(values: np.ndarray, oid: int) -> _Field | None:
         rows = np.empty(n, np.dtype([("l", ">i4"), ("v", element)]))
         rows["l"] = element.itemsize
         rows["v"] = values
-    return np.full(n, rows.dtype.itemsize, np.int64), rows.view(np.uint8).ravel()
+    return [(np.full(n, rows.dtype.itemsize, np.int64), rows.view(np.uint8).ravel())]
 
 
-def _text(values: np.ndarray, prefix: bytes) -> _Field | None:
+def _text(values: np.ndarray, prefix: bytes) -> list[_Field] | None:
+    """A text column as two fields: each value's length (-1 for NULL), then its bytes."""
     if values.ndim > 1 and values.dtype.kind in "biuf":
-        # orjson writes NaN as null: the text is always valid JSON
-        texts: list[bytes | None] = [prefix + orjson.dumps(r) for r in values.tolist()]
+        texts: list[bytes | None] = [prefix + t for t in _json_rows(values)]
     elif values.ndim == 1 and values.dtype.kind == "O":
-        texts = []
-        for v in values.tolist():
-            if v is None:
-                texts.append(None)
-            elif isinstance(v, str):
-                texts.append(prefix + v.encode())
-            else:
+        items = values.tolist()
+        if not all(type(v) is str for v in items):
+            if not all(v is None or isinstance(v, str) for v in items):
                 return None
+            texts = [None if v is None else prefix + v.encode() for v in items]
+        else:
+            texts = [prefix + v.encode() for v in items] if prefix else \
+                [v.encode() for v in items]
     else:
         return None
-    # each value as its length (-1 for NULL) then its bytes
-    data = b"".join(_I32.pack(-1) if t is None else _I32.pack(len(t)) + t for t in texts)
-    sizes = np.fromiter((4 if t is None else 4 + len(t) for t in texts), np.int64, len(texts))
-    return sizes, np.frombuffer(data, np.uint8)
+    n = len(texts)
+    if None in texts:
+        lengths = np.fromiter((-1 if t is None else len(t) for t in texts), np.int64, n)
+        data = b"".join(t for t in texts if t is not None)
+    else:
+        lengths = np.fromiter(map(len, texts), np.int64, n)  # type: ignore[arg-type]
+        data = b"".join(texts)  # type: ignore[arg-type]
+    header = lengths.astype(">i4").view(np.uint8)
+    return [(np.full(n, 4, np.int64), header),
+            (np.maximum(lengths, 0), np.frombuffer(data, np.uint8))]
+
+
+def _json_rows(values: np.ndarray) -> list[bytes]:
+    """Each row's JSON text, as `columns.json_text` writes it (NaN and infinities as
+    null): for a matrix, one orjson call cut at its rows' `],[` (numbers hold none).
+    Narrower floats go row by row, as Python floats, since orjson writes a float32
+    array's values in float32's own shortest form."""
+    if values.ndim != 2 or not len(values) or (values.dtype.kind == "f" and values.itemsize < 8):
+        return [orjson.dumps(r) for r in values.tolist()]
+    whole = orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)
+    return [b"[" + row + b"]" for row in whole[2:-2].split(b"],[")]
 
 
 def _interleave(fields: Sequence[_Field], n: int) -> np.ndarray:
