@@ -32,7 +32,7 @@ Codec = Literal["json", "msgpack"]
 _ENVELOPE = frozenset({"id", "key", "data"})
 
 
-@dataclass
+@dataclass(slots=True)
 class Decoded:
     id: str
     key: Any

@@ -69,7 +69,7 @@ class _Abandoned(Exception):
     """A step given up on because the worker is stopping (its messages come back)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Row:
     id: str
     key: Any
