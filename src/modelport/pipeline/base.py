@@ -85,7 +85,7 @@ class Retriever(Component):
 
 
 class Writer(Component):
-    concurrency: int = 1
+    max_concurrent_writes: int = 1
     """Frames `write` may be called with at once (a stream worker writes that many
     batches side by side, never two about the same key); 1 for a sink that must
     take them one by one."""

@@ -26,7 +26,7 @@ class MemoryRetriever(Retriever):
 
 
 class MemoryWriter(Writer):
-    concurrency = 4  # each frame is stored in one step
+    max_concurrent_writes = 4  # each frame is stored in one step
 
     def __init__(self) -> None:
         self.rows: dict[Key, dict[str, Any]] = {}

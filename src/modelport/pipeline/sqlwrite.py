@@ -83,7 +83,8 @@ class SqlWriter(SqlComponent, Writer):
         await super().start()
         # each frame is its own transaction on a connection of its own; SQLite has one
         # writer at a time, and the others would wait on its lock
-        self.concurrency = 1 if self.engine.dialect.name == "sqlite" else WRITE_CONCURRENCY
+        self.max_concurrent_writes = \
+            1 if self.engine.dialect.name == "sqlite" else WRITE_CONCURRENCY
         with self.errors():
             await asyncio.to_thread(self._existing)
 

@@ -8,10 +8,11 @@ still loading) is retried with backoff, holding the batch: nothing is acknowledg
 was not written.
 
 While batches are written and acknowledged, the next is fetched and scored; a writer
-that takes several frames at once (`Writer.concurrency`: a SQL database, each frame its
-own transaction) writes that many batches side by side. A batch holding an id that a
-batch before it is still writing waits for that write, so the last message about an id
-is the one whose result is kept, as if they ran one at a time. Acknowledgements may
+that takes several frames at once (`Writer.max_concurrent_writes`: a SQL database,
+each frame its own transaction) writes that many batches side by side. A batch
+holding an id that a batch before it is still writing waits for that write, so the
+last message about an id is the one whose result is kept, as if they ran one at a
+time. Acknowledgements may
 then come out of order, which every broker allows (Kafka commits only an unbroken run
 of offsets). The overlap hides the broker's, the model's and the sink's latencies
 behind one another.
@@ -167,7 +168,7 @@ class StreamWorker:
 
     def _write_concurrency(self) -> int:
         writer = self.pipeline.writer
-        return max(1, writer.concurrency) if writer is not None else 1
+        return max(1, writer.max_concurrent_writes) if writer is not None else 1
 
     async def handle(self, messages: Sequence[Message]) -> None:
         """Score, write and acknowledge one batch (or dead-letter what cannot be)."""
