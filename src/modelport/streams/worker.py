@@ -12,10 +12,9 @@ that takes several frames at once (`Writer.max_concurrent_writes`: a SQL databas
 each frame its own transaction) writes that many batches side by side. A batch
 holding an id that a batch before it is still writing waits for that write, so the
 last message about an id is the one whose result is kept, as if they ran one at a
-time. Acknowledgements may
-then come out of order, which every broker allows (Kafka commits only an unbroken run
-of offsets). The overlap hides the broker's, the model's and the sink's latencies
-behind one another.
+time. Acknowledgements may then come out of order, which every broker allows (Kafka
+commits only an unbroken run of offsets). The overlap hides the broker's, the model's
+and the sink's latencies behind one another.
 
 A write that fails for another reason (the sink refuses a value, the model raises) is
 narrowed down by halves to the messages it fails on, which are dead-lettered while the
