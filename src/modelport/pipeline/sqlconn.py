@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +25,9 @@ from modelport.pipeline.retry import redact, unavailable
 from modelport.registry.database import display
 
 CONNECT_TIMEOUT_S = 5
+SQLITE_POOL = min(32, (os.cpu_count() or 1) + 4)
+"""Connections an SQLite file engine keeps: the threads of asyncio's default executor,
+where components run their queries (`asyncio.to_thread`)."""
 _DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg",
             "mysql": "mysql+pymysql", "mariadb": "mariadb+pymysql"}
 
@@ -54,8 +58,11 @@ def _sqlite_engine(url: URL) -> Engine:
     engine = create_engine(
         # worker threads take turns with a connection; sqlite3's own check would refuse
         url, connect_args={"timeout": 30.0, "check_same_thread": False},
-        # an in-memory database lives in its one connection: share it
-        **({"poolclass": StaticPool} if memory else {}),
+        # an in-memory database lives in its one connection: share it. A file keeps a
+        # connection for every thread that may query it at once (asyncio's default
+        # executor): past the pool's size each use opened and closed a connection, and
+        # its WAL pragma, and under concurrent requests that was most uses
+        **({"poolclass": StaticPool} if memory else {"pool_size": SQLITE_POOL}),
     )
     if not memory:
         @event.listens_for(engine, "connect")
