@@ -40,7 +40,8 @@ def entries(cell: Any) -> list[Entry]:
         cell = orjson.loads(cell) if cell else []
     if isinstance(cell, dict):  # a Redis document read whole
         cell = cell.get("history", [])
-    return [list(e) for e in cell]
+    # parsed JSON holds lists already: copying 200 of them on every request is waste
+    return [e if type(e) is list else list(e) for e in cell]
 
 
 def merge(old: Iterable[Entry], new: Iterable[Entry], keep: int = HISTORY_KEEP) -> list[Entry]:
@@ -199,12 +200,19 @@ def shown(frame: Frame) -> Frame:
     items, scores = [], []
     for row in range(n):
         heard = set(played[row])
-        pairs = [(str(i), float(s)) for i, s in zip(frame.columns["items"][row],
-                                                    frame.columns["scores"][row], strict=True)
-                 if i and i not in heard]
-        cut = pairs[: int(ks[row])] if ks[row] is not None else pairs
-        items.append([i for i, _ in cut])
-        scores.append([round(s, 6) for _, s in cut])
+        limit = int(ks[row]) if ks[row] is not None else len(frame.columns["items"][row])
+        kept_items: list[str] = []
+        kept_scores: list[float] = []
+        # walk the ranked list only as far as the k the request wants
+        for item, score in zip(frame.columns["items"][row], frame.columns["scores"][row],
+                               strict=True):
+            if len(kept_items) == limit:
+                break
+            if item and item not in heard:
+                kept_items.append(str(item))
+                kept_scores.append(round(float(score), 6))
+        items.append(kept_items)
+        scores.append(kept_scores)
     columns = {k: v for k, v in frame.columns.items() if k not in ("played", "k")}
     columns["items"], columns["scores"] = items, scores
     return Frame(frame.keys, columns)

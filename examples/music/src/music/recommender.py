@@ -94,7 +94,7 @@ class Recommender:
     async def recommend(self, user: str, k: int) -> Answer:
         found = await self.history.get([user])
         frame = found if len(found) else Frame([user], {"history": [None]})
-        played = [e[1] for e in entries(frame.columns["history"][0])]
+        stored = frame.columns["history"][0]
         impression = new_id()
         frame.columns["k"], frame.columns["impression"] = [k], [impression]
         try:
@@ -107,6 +107,7 @@ class Recommender:
             # the model cannot answer: the nightly batch's list, if there is one
             self.fallbacks += 1
             log.warning("recommendations for %s from the nightly batch: %s", user, exc.message)
+            played = [e[1] for e in entries(stored)]
             return await self._from_batch(user, k, played, impression, exc)
         row = scored.results.take([0]).records()[0]
         return Answer(user, k, "model", int(row["model_version"]), bool(row["cold"]),
