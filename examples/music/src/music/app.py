@@ -9,7 +9,8 @@ readiness probes, metrics, request ids, access log and API-key guard.
 - `nightly`: the nightly batch and the daily report on their cron schedules (modelport's
   scheduler), as a background task.
 
-`music up` runs all four in one process; `music serve ROLE` runs one.
+`music up` runs all four in one process (or in each of `--workers N` processes sharing
+the port, the nightly jobs in one of them); `music serve ROLE` runs one.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import os
 from collections.abc import AsyncIterator, Collection, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import IO, Any, ClassVar, TypeVar
 
 from fastapi import FastAPI
 from modelport import Registry, Settings
@@ -91,10 +92,12 @@ def build_app(system: System, roles: Collection[str] = ROLES, *,
                 app.state.worker = realtime.realtime_worker(system, service.dataplane)
                 running.worker = app.state.worker
                 running.spawn(realtime.run_worker(app.state.worker), "realtime")
-            if "nightly" in roles:
+            if "nightly" in roles and running.hold(system.data_dir / "nightly.lock"):
                 jobs = nightly.scheduler(system, settings, cron=cron,
                                          metrics=service.dataplane.metrics)
                 running.spawn(jobs.run_forever(), "nightly")
+            elif "nightly" in roles:
+                log.info("the nightly jobs run in another process of this system")
             yield
         finally:
             await running.stop()
@@ -112,6 +115,25 @@ class Running:
         self.worker: StreamWorker | None = None
         self.tasks: list[asyncio.Task[Any]] = []
         self.opened: list[Any] = []
+        self.locks: list[IO[bytes]] = []
+
+    def hold(self, path: Path) -> bool:
+        """Take the lock file `path` for as long as the server runs; False when another
+        process holds it. `music up --workers N` runs N copies of the system, and one of
+        them (whichever starts first) runs the nightly jobs."""
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): one process per system there
+            return True
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("ab")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        self.locks.append(handle)  # closing it (or the process ending) releases it
+        return True
 
     async def open(self, component: T) -> T:
         await component.start()
@@ -134,6 +156,8 @@ class Running:
             with contextlib.suppress(Exception):
                 await component.close()
         self.store.close()
+        for handle in self.locks:
+            handle.close()
 
 
 def _report(task: asyncio.Task[Any]) -> None:
@@ -144,12 +168,14 @@ def _report(task: asyncio.Task[Any]) -> None:
 
 @dataclass
 class ServeSpec:
-    """What `music serve ROLE` runs, handed to worker processes as JSON."""
+    """What `music serve ROLE` (or `music up --workers N`) runs, handed to worker
+    processes as JSON."""
 
     system: System
-    role: str
+    roles: list[str]
     events_url: str = ""
     json_logs: bool = True
+    access_log: bool = True
 
     ENV: ClassVar[str] = "MUSIC_SERVE_SPEC"
 
@@ -159,21 +185,24 @@ class ServeSpec:
         fields = {f.name: getattr(self.system, f.name) for f in dataclasses.fields(System)
                   if f.name != "bus"}
         os.environ[self.ENV] = json.dumps({
-            "system": {**fields, "home": str(self.system.home)}, "role": self.role,
-            "events_url": self.events_url, "json_logs": self.json_logs})
+            "system": {**fields, "home": str(self.system.home)}, "roles": self.roles,
+            "events_url": self.events_url, "json_logs": self.json_logs,
+            "access_log": self.access_log})
 
     @classmethod
     def from_env(cls) -> ServeSpec:
         raw = json.loads(os.environ[cls.ENV])
         system = System(**{**raw["system"], "home": Path(raw["system"]["home"])})
-        return cls(system, raw["role"], raw["events_url"], raw["json_logs"])
+        return cls(system, raw["roles"], raw["events_url"], raw["json_logs"],
+                   raw["access_log"])
 
 
 def serve_app(spec: ServeSpec) -> ASGIApp:
-    """The app of one `music serve` role, logging configured."""
-    configure_logging(json=spec.json_logs, access_log=spec.role != "worker")
-    app: ASGIApp = build_app(spec.system, [spec.role], events_url=spec.events_url)
-    return allow_page_origin(app) if spec.role == "events" else app
+    """The app of one `music serve` role (or of every role, for `music up`), logging
+    configured."""
+    configure_logging(json=spec.json_logs, access_log=spec.access_log)
+    app: ASGIApp = build_app(spec.system, spec.roles, events_url=spec.events_url)
+    return allow_page_origin(app) if spec.roles == ["events"] else app
 
 
 def serve_app_from_env() -> ASGIApp:

@@ -85,6 +85,10 @@ def up(
     listens: Annotated[int, typer.Option(min=100, help="Listens to generate.")] = 1_000_000,
     database: Database = None, redis: RedisUrl = None, broker: BrokerUrl = None,
     registry: RegistryUrl = None, prefix: Prefix = "music_",
+    workers: Annotated[int, typer.Option(
+        min=1, help="Processes serving requests, as a Python process computes on one core "
+        "at a time: embedded, each runs the whole system (sharing the SQLite file, the "
+        "nightly jobs in one of them); --full, the recommender's.")] = 1,
 ) -> None:
     """Set everything up (what is missing) and run the whole system."""
     from music.data import Config
@@ -94,9 +98,9 @@ def up(
     run_setup(system, Config(users=users, listens=listens), retrain=retrain)
     url = f"http://{host}:{port}"
     if full:
-        _run_full(system, host, port)
+        _run_full(system, host, port, workers=workers)
         return
-    from music.app import build_app
+    from music.app import ROLES, ServeSpec, build_app
 
     typer.secho(f"\n  music is up: open {url}\n", fg=typer.colors.GREEN, bold=True)
     typer.echo(f"  recommendations  curl '{url}/users/u0042/recommendations?k=10'\n"
@@ -104,7 +108,13 @@ def up(
                "application/json' -d '{\"user\": \"u0042\", \"track\": \"t00001\"}'\n"
                f"  API docs         {url}/docs     metrics {url}/metrics\n"
                "  stop             Ctrl-C\n")
-    run_server(build_app(system), host, port)
+    if workers == 1:
+        run_server(build_app(system), host, port)
+        return
+    # each process runs every service, its events reaching its own realtime worker
+    # over its own in-process bus; histories and listens meet in the shared SQLite file
+    ServeSpec(system, list(ROLES), json_logs=False, access_log=False).export()
+    run_server("music.app:serve_app_from_env", host, port, workers=workers)
 
 
 def run_setup(system: System, config: Any = None, *, retrain: bool = False) -> None:
@@ -155,7 +165,7 @@ def serve(
                                  "--consumer), not --workers")
     system = make_system(home, database, redis, broker, registry, prefix, full=True)
     system.consumer = consumer
-    spec = ServeSpec(system, role, events_url, json_logs)
+    spec = ServeSpec(system, [role], events_url, json_logs, access_log=role != "worker")
     if workers == 1:
         run_server(serve_app(spec), host, port)
     else:
@@ -215,7 +225,7 @@ def run_server(app: Any, host: str, port: int, *, workers: int = 1) -> None:
                 log_level=logging.WARNING, workers=workers, factory=isinstance(app, str))
 
 
-def _run_full(system: System, host: str, port: int) -> None:
+def _run_full(system: System, host: str, port: int, *, workers: int = 1) -> None:
     """One process per service; Ctrl-C stops them all."""
     assert system.db_url is not None
     assert system.redis_url is not None
@@ -227,7 +237,8 @@ def _run_full(system: System, host: str, port: int) -> None:
     music = [sys.executable, "-m", "music"]
     plan = {
         "recommender": [*music, "serve", "recommender", "--port", str(port),
-                        "--events-url", f"http://{host}:{port + 1}", *common],
+                        "--events-url", f"http://{host}:{port + 1}",
+                        "--workers", str(workers), *common],
         "events": [*music, "serve", "events", "--port", str(port + 1), *common],
         "worker": [*music, "serve", "worker", "--port", str(port + 2), *common],
     }
