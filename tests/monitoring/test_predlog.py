@@ -137,6 +137,7 @@ async def test_a_stuck_database_never_slows_recording(url: str) -> None:
 
     def stuck(*args: object) -> None:
         release.wait(10)
+        time.sleep(0.3)  # still writing when stop() comes: it must wait, not lose this
         write(*args)  # type: ignore[arg-type]
 
     plog.store.write = stuck  # type: ignore[method-assign]

@@ -85,6 +85,7 @@ class PredictionLog:
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._flushing: asyncio.Lock | None = None
+        self._stopping = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PredictionLog | None:
@@ -152,22 +153,27 @@ class PredictionLog:
         self._task = asyncio.create_task(self._run(), name="prediction-log-flusher")
 
     async def stop(self) -> None:
-        """Stop the flusher and write what is buffered."""
+        """Stop the flusher and write what is buffered.
+
+        The flusher is let finish a write under way rather than cancelled: its thread
+        would go on writing while the store closes, and those rows would be lost."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            assert self._wake is not None
+            self._stopping = True
+            self._wake.set()
+            await self._task
             self._task = None
         await self.flush()
         await asyncio.to_thread(self.store.close)
 
     async def _run(self) -> None:
         assert self._wake is not None
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.config.flush_interval_s)
             self._wake.clear()
-            await self.flush()
+            if not self._stopping:  # stop() flushes the rest itself
+                await self.flush()
 
     async def flush(self) -> None:
         """Write what accumulated so far (one transaction, in a worker thread)."""
@@ -179,8 +185,8 @@ class PredictionLog:
                 return
             sampled = sum(c.size for c in calls)
             try:
-                # shielded: a stop that cancels the flusher mid-write must not leave
-                # counts both written and put back for the next flush
+                # shielded: a cancelled caller must not leave counts both written and
+                # put back for the next flush
                 await asyncio.shield(asyncio.to_thread(self._write, calls, counts))
             except Exception as exc:
                 log.warning("prediction log write failed (%d sampled rows lost, traffic "
