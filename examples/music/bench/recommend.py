@@ -128,10 +128,11 @@ def measure(url: str, concurrency: int, seconds: float, tool: str) -> dict[str, 
     return asyncio.run(httpx_load(url, concurrency, seconds))
 
 
-def start_server(home: Path, port: int) -> subprocess.Popen[bytes]:
+def start_server(home: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
     music = shutil.which("music") or str(Path(sys.executable).with_name("music"))
     log = (home / "server.log").open("wb")
-    return subprocess.Popen([music, "up", "--home", str(home / ".modelport"), "--port", str(port)],
+    return subprocess.Popen([music, "up", "--home", str(home / ".modelport"), "--port", str(port),
+                             "--workers", str(workers)],
                             cwd=home, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -140,11 +141,14 @@ def main() -> None:
     parser.add_argument("--url", help="a running server (default: start one)")
     parser.add_argument("--home", type=Path, default=Path(".bench-music"),
                         help="where the started server keeps its data (reused between runs)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="processes of the started server (music up --workers)")
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 32])
     parser.add_argument("--tool", choices=["wrk", "httpx"],
                         default="wrk" if shutil.which("wrk") else "httpx")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]  # the machine's own load, before ours adds to it
     server = None
     url = args.url
     if url is None:
@@ -153,7 +157,7 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
         print(f"starting music up in {args.home} (the first run generates, loads and trains: "
               "a few minutes)", flush=True)
-        server = start_server(args.home.resolve(), port)
+        server = start_server(args.home.resolve(), port, args.workers)
     try:
         wait_ready(url, timeout=1800)
         measure(url, 4, 3, args.tool)  # warm-up: connections, caches, the batcher
@@ -162,8 +166,10 @@ def main() -> None:
         if server is not None:
             server.terminate()
             server.wait(timeout=30)
-    print(f"\nGET /users/{{id}}/recommendations?k=10 ({args.tool}, {args.seconds:.0f}s each, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})\n")
+    served = "a running server" if args.url else f"music up --workers {args.workers}"
+    print(f"\nGET /users/{{id}}/recommendations?k=10 ({served}; {args.tool}, "
+          f"{args.seconds:.0f}s each, {os.cpu_count()} CPUs, load average "
+          f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after)\n")
     print(f"{'concurrency':>11} {'requests':>9} {'req/s':>7} {'p50 ms':>7} {'p90 ms':>7} "
           f"{'p99 ms':>7} {'max ms':>7} {'errors':>6}")
     for c, r in rows:
