@@ -218,11 +218,17 @@ def report_cmd(
 
 
 def run_server(app: Any, host: str, port: int, *, workers: int = 1) -> None:
+    """Serve `app` (an ASGI app, or with `workers` > 1 the import string of a factory
+    building it in each process)."""
+    if workers > 1:
+        from music import workers as processes
+
+        raise typer.Exit(processes.run(app, host, port, workers))
     import uvicorn
 
     uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", log_config=None,
                 access_log=False, timeout_graceful_shutdown=math.ceil(10), backlog=2048,
-                log_level=logging.WARNING, workers=workers, factory=isinstance(app, str))
+                log_level=logging.WARNING)
 
 
 def _run_full(system: System, host: str, port: int, *, workers: int = 1) -> None:
