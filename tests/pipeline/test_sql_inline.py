@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
+from modelport.errors import ModelportError
 from modelport.pipeline import sql as sql_module
 from modelport.pipeline.sql import INLINE_KEYS, SqlRetriever
 
@@ -80,3 +81,41 @@ async def test_without_wal_readers_wait_for_writers_so_lookups_go_to_a_thread(
                         lambda *_: (lambda fn: fn))
     assert await lookup(SqlRetriever(url, table="users"), ["u1"]) == ["u1"]
     assert threads == [1]
+
+
+async def test_on_the_event_loop_values_come_back_as_sqlalchemy_reads_them(
+        tmp_path: Path, threads: list[int]) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    with create_engine(url).begin() as conn:
+        conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        # SQLite stores booleans as integers and dates as text: SQLAlchemy converts them
+        conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, score REAL, "
+                          "active BOOLEAN, seen DATETIME, note VARCHAR(10))"))
+        conn.execute(text("INSERT INTO t VALUES (1, 'a', 0.5, 1, '2024-05-01 10:00:00', "
+                          "NULL), (2, 'b', NULL, 0, NULL, 'x')"))
+    for columns in (["name", "score", "note"], ["name", "active", "seen"]):
+        retriever = SqlRetriever(url, table="t", columns=columns)
+        await retriever.start()
+        try:
+            inline = await retriever.get(["2", 1, 3])  # an HTTP caller's "2" for 2
+            reference = retriever._get(["2", 1, 3])  # SQLAlchemy's execution
+        finally:
+            await retriever.close()
+        assert inline.keys == reference.keys == [1, "2"]
+        for name in columns:
+            assert [None if v != v else v for v in inline.columns[name].tolist()] == \
+                [None if v != v else v for v in reference.columns[name].tolist()]
+    assert threads == []
+
+
+async def test_errors_on_the_event_loop_are_translated(tmp_path: Path) -> None:
+    url = database(tmp_path / "db.sqlite")
+    retriever = SqlRetriever(url, table="users")
+    await retriever.start()
+    try:
+        with create_engine(url).begin() as conn:
+            conn.execute(text("DROP TABLE users"))
+        with pytest.raises(ModelportError, match="no such table"):
+            await retriever.get(["u1"])
+    finally:
+        await retriever.close()

@@ -77,6 +77,7 @@ class SqlRetriever(SqlComponent, Retriever):
         self._statement: tuple[Executable, int] | None = None
         self._oids: list[int] | None = None
         self._inline = False  # decided at start: small lookups on the event loop
+        self._raw_sql: dict[int, str] | None = None  # their SELECTs, by number of keys
 
     async def start(self) -> None:
         await super().start()
@@ -84,6 +85,9 @@ class SqlRetriever(SqlComponent, Retriever):
             with self.errors():
                 await asyncio.to_thread(self._reflect)
                 self._inline = await asyncio.to_thread(self._local_index)
+                plain = self._inline and self.engine.dialect.paramstyle == "qmark" \
+                    and self._plain_types()
+                self._raw_sql = {} if plain else None
 
     def _local_index(self) -> bool:
         """True when a lookup is a read of a local SQLite file by an index that never
@@ -119,8 +123,48 @@ class SqlRetriever(SqlComponent, Retriever):
             return Frame([], {})
         with self.errors():
             if self._inline and len(keys) <= INLINE_KEYS:
-                return self._get(list(keys))
+                return self._get_inline(list(keys))
             return await asyncio.to_thread(self._get, list(keys))
+
+    def _get_inline(self, keys: list[Key]) -> Frame:
+        """A lookup on the event loop: when the columns need no type conversion, the
+        SELECT goes straight to the driver's cursor as text compiled once per number of
+        keys, skipping SQLAlchemy's execution (~40 of ~60 µs for one key)."""
+        if self._raw_sql is None:
+            return self._get(keys)
+        values = _coerce(plain_keys(keys), self._reflect().c[self.key].type)
+        if not values:
+            return Frame([], {})
+        sql = self._raw_sql.get(len(values))
+        if sql is None:
+            sql = self._raw_sql[len(values)] = self._raw_select(len(values))
+        with self.engine.connect() as conn:
+            raw: Any = conn.connection.driver_connection
+            with driver_errors(conn, raw):
+                cursor = raw.execute(sql, values)
+                names = [d[0] for d in cursor.description]
+                rows = cursor.fetchall()
+        return self._frame(names, rows, KeyMatch(keys))
+
+    def _raw_select(self, n: int) -> str:
+        table = self._reflect()
+        prep = self.engine.dialect.identifier_preparer
+        names = ", ".join(prep.quote(c.name) for c in [table.c[self.key],
+                                                      *self._columns(table)])
+        return (f"SELECT {names} FROM {prep.format_table(table)} "
+                f"WHERE {prep.quote(self.key)} IN ({', '.join('?' * n)})")
+
+    def _plain_types(self) -> bool:
+        """True when no selected column (nor the key) is converted by SQLAlchemy on its
+        way in or out (a date read back from text, a boolean from an integer): then the
+        driver's own values are the answer."""
+        table = self._reflect()
+        dialect = self.engine.dialect
+        key_type = table.c[self.key].type.dialect_impl(dialect)
+        if key_type.bind_processor(dialect) is not None:
+            return False
+        return all(c.type.dialect_impl(dialect).result_processor(dialect, None) is None
+                   for c in [table.c[self.key], *self._columns(table)])
 
     def _get(self, keys: list[Key]) -> Frame:
         if self.table is not None and len(keys) >= COPY_MIN_ROWS \
