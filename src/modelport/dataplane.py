@@ -20,7 +20,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from modelport.batching import AdaptiveBatcher
 from modelport.errors import ModelNotFound, ModelportError, NotReady, VersionNotFound
@@ -47,7 +47,20 @@ class ModelConfig(BaseModel):
     """Allow artifacts that run code when loaded (pickle, python flavor)."""
     workers: int = Field(0, ge=0)
     """0 runs the model in threads; N runs it in N worker processes (GIL-bound models)."""
+    on_loop: bool = False
+    """Call the model on the event loop rather than in a thread: for models that answer
+    a batch in a fraction of a millisecond (a factor lookup, a small linear model), where
+    handing each batch to a thread and back costs more CPU than the model (~80 µs a
+    request on the music recommender). The loop waits for every batch: leave it off for
+    anything slower."""
     batching: BatchingSettings | None = None
+
+    @model_validator(mode="after")
+    def _one_place_to_run(self) -> ModelConfig:
+        if self.on_loop and self.workers:
+            raise ValueError("a model runs on the event loop (on_loop) or in worker "
+                             "processes (workers), not both")
+        return self
 
     @property
     def served_name(self) -> str:
@@ -186,6 +199,8 @@ class DataPlane:
         name = config.served_name
 
         async def infer(batch: Batch) -> Batch:
+            if config.on_loop:
+                return model.predict_batch(batch)
             if executor is None:
                 return await model.infer(batch)
             loop = asyncio.get_running_loop()

@@ -304,3 +304,33 @@ async def test_models_can_run_in_worker_processes(settings, reg, data) -> None:
     assert [a.json()["predictions"][0] for a in answers] == expected
     assert deployment.batcher.concurrency == 2  # one batch in flight per process
     assert os.getpid() not in pids
+
+
+async def test_a_fast_model_can_run_on_the_event_loop(settings, reg, data) -> None:
+    import threading
+
+    X, _ = data
+    reg.set_alias("cancer", "production", cancer_model(reg, data))
+    expected = reg.load("cancer@production").predict(X[:8]).tolist()
+    dp, http = await _serve(settings, reg, ModelConfig(ref="cancer@production", on_loop=True))
+    model = dp.deployment("cancer").model
+    threads: list[int] = []
+    predict_batch = model.predict_batch
+
+    def spy(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        threads.append(threading.get_ident())
+        return predict_batch(batch)
+
+    model.predict_batch = spy  # type: ignore[method-assign]
+    answers = await asyncio.gather(*(
+        http.post("/models/cancer/predict", json={"instances": X.values[i:i + 1].tolist()})
+        for i in range(8)))
+    await http.aclose()
+    await dp.stop()
+    assert [a.json()["predictions"][0] for a in answers] == expected
+    assert threads and set(threads) == {threading.get_ident()}  # no thread but the loop's
+
+
+def test_on_the_loop_or_in_processes_not_both() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        ModelConfig(ref="m@production", on_loop=True, workers=2)
