@@ -291,6 +291,8 @@ def jsonable(arr: np.ndarray) -> Any:
 
 def _plain(value: Any) -> Any:
     if isinstance(value, list):
+        if all(type(v) is str for v in value):
+            return value  # text, the usual object column: nothing to convert, no call each
         return [_plain(v) for v in value]
     if isinstance(value, np.ndarray):
         return jsonable(value)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
@@ -126,7 +127,10 @@ class LogStore:
 
     def __init__(self, url: str) -> None:
         self.where = display(parse_url(url))
-        self.engine: Engine = make_engine(url)
+        # orjson writes the sampled rows' JSON ~10x faster than json.dumps; a flush
+        # runs in a thread but holds the GIL while it serializes, and the event loop
+        # waited on it (the p99 of a busy server rose by ~5 ms at each flush)
+        self.engine: Engine = make_engine(url, json_serializer=_json_text)
         self.ready = False
 
     def close(self) -> None:
@@ -227,3 +231,8 @@ def _first_line(exc: sa_exc.SQLAlchemyError) -> str:
     orig = getattr(exc, "orig", None)
     text = str(orig if orig is not None else exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _json_text(value: Any) -> str:
+    # NaN and infinities were made null already (datatypes.jsonable), as JSON has neither
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()

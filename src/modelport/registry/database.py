@@ -16,7 +16,7 @@ modelport errors.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,18 +58,21 @@ def display(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, json_serializer: Callable[[Any], str] | None = None) -> Engine:
+    """An engine for modelport's own tables; `json_serializer` writes their JSON
+    columns (default: the standard library's `json.dumps`)."""
     parsed = parse_url(url)
+    options: dict[str, Any] = {"json_serializer": json_serializer} if json_serializer else {}
     try:
         if parsed.get_backend_name() == "sqlite":
-            return _sqlite_engine(parsed)
-        return create_engine(parsed, pool_pre_ping=True)
+            return _sqlite_engine(parsed, **options)
+        return create_engine(parsed, pool_pre_ping=True, **options)
     except (ImportError, sa_exc.ArgumentError, sa_exc.NoSuchModuleError) as exc:
         hint = " (pip install 'modelport[postgres]')" if "postgres" in parsed.drivername else ""
         raise ConfigError(f"registry URL {display(parsed)!r} is not usable{hint}: {exc}") from exc
 
 
-def _sqlite_engine(url: URL) -> Engine:
+def _sqlite_engine(url: URL, **options: Any) -> Engine:
     if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
         Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     memory = url.database in (None, "", ":memory:")
@@ -80,6 +83,7 @@ def _sqlite_engine(url: URL) -> Engine:
         url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
         # an in-memory database lives in its connection: share one across threads
         **({"poolclass": StaticPool} if memory else {}),
+        **options,
     )
 
     @event.listens_for(engine, "connect")
