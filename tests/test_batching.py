@@ -132,3 +132,27 @@ async def test_close_drains_queued_requests() -> None:
     await asyncio.sleep(0)
     await batcher.close(drain=True)
     assert [p.result()["y"].tolist() for p in pending] == [[2.0 * i] for i in range(6)]
+
+
+async def test_waiting_for_company_is_bounded_by_max_delay_in_all() -> None:
+    model = SlowDouble(delay=0.01)
+    batcher = AdaptiveBatcher(model, max_batch_size=64, max_delay_ms=100)
+    await asyncio.gather(*(batcher.submit(rows(i)) for i in range(3)))  # concurrency seen
+    loop = asyncio.get_running_loop()
+
+    later: list[asyncio.Task[Batch]] = []
+
+    async def trickle() -> None:  # a request every 40 ms: each within max_delay of the last
+        for i in range(8):
+            await asyncio.sleep(0.04)
+            later.append(asyncio.create_task(batcher.submit(rows(i))))
+
+    started = loop.time()
+    first = asyncio.create_task(batcher.submit(rows(99)))
+    trickling = asyncio.create_task(trickle())
+    await first
+    # the first request waited max_delay for company, not 40 ms more after each arrival
+    assert loop.time() - started < 0.25
+    await trickling
+    await asyncio.gather(*later)
+    await batcher.close()

@@ -146,13 +146,20 @@ class AdaptiveBatcher:
                 slots.release()
                 return
             items, rows = [first], first.rows
+            deadline: float | None = None
             while rows < self.max_batch_size:
                 if queue.empty():
                     if self._last_size <= 1 or self.max_delay <= 0:
                         break
-                    # others were here last time: give them a moment to arrive
+                    # others were here last time: give them a moment to arrive, once
+                    # (max_delay in all, not again after each arrival: a trickle of
+                    # requests would otherwise hold the batch open for up to a full one)
+                    now = asyncio.get_running_loop().time()
+                    deadline = now + self.max_delay if deadline is None else deadline
+                    if now >= deadline:
+                        break
                     try:
-                        nxt = await asyncio.wait_for(queue.get(), self.max_delay)
+                        nxt = await asyncio.wait_for(queue.get(), deadline - now)
                     except TimeoutError:
                         break
                 else:
