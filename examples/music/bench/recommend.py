@@ -1,17 +1,22 @@
 """Latency of `GET /users/{id}/recommendations?k=10` under concurrent load.
 
-Target: p99 < 20 ms at concurrency 16. The server runs in its own process (`music up`,
-embedded mode, with the reference data: 5,000 users, 20,000 tracks, 1 million
-listens), and the load comes from another: wrk when it is installed (C, so the load
-generator takes little CPU from the server), else an httpx loop. Users are drawn at
-random from the generated ids, 5% of them unknown (cold start); every request runs
-the whole pipeline: history lookup, fold-in and scoring of 20,000 tracks, the catalogue
-join and the impression log.
+Target: p99 < 20 ms at concurrency 16. The server runs in processes of its own
+(`music up --workers 2` by default: embedded mode, with the reference data: 5,000
+users, 20,000 tracks, 1 million listens), and the load comes from another: wrk when it
+is installed (C, so the load generator takes little CPU from the server; `apt-get
+install wrk`), else an httpx loop, which takes a core itself and makes the numbers
+much worse. wrk runs on the same machine as the server and shares its cores. Users are
+drawn at random from the generated ids, 5% of them unknown (cold start); every request
+runs the whole pipeline: history lookup, fold-in and scoring of 20,000 tracks, the
+catalogue join and the impression log.
 
     python examples/music/bench/recommend.py                 # set up and start a server
+    python examples/music/bench/recommend.py --workers 1     # one server process
     python examples/music/bench/recommend.py --url http://127.0.0.1:8000   # a running one
 
-Prints a table: concurrency, requests, throughput, p50/p90/p99/max in ms, errors.
+Prints a table: concurrency, requests, throughput, p50/p90/p99/max in ms, errors, and
+the machine's load average before and after (other work on the machine shows there;
+the results of examples/music/README.md, "Serving latency", were taken at 0.7-1.0).
 """
 
 from __future__ import annotations
