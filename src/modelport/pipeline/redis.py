@@ -39,6 +39,19 @@ _INT = re.compile(r"[-+]?\d+\Z")
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\Z")
 
 
+@contextlib.contextmanager
+def redis_errors(where: str, about: str = "") -> Iterator[None]:
+    """The one place redis-py's exceptions become modelport errors: an outage (the
+    server down or still loading, a connection lost, a timeout) is a `NotReady` naming
+    `where`; any other error names `where` and what it was `about`."""
+    try:
+        yield
+    except (redis_exc.ConnectionError, redis_exc.TimeoutError, OSError) as exc:
+        raise unavailable(where, exc) from exc
+    except redis_exc.RedisError as exc:
+        raise ModelportError(f"{where}{about}: {exc}") from exc
+
+
 class _Redis(Component):
     """The client's lifecycle and error translation shared by reader and writer."""
 
@@ -67,14 +80,8 @@ class _Redis(Component):
     def where(self) -> str:
         return f"Redis {redact(self.url)}"
 
-    @contextlib.contextmanager
-    def errors(self) -> Iterator[None]:
-        try:
-            yield
-        except (redis_exc.ConnectionError, redis_exc.TimeoutError, OSError) as exc:
-            raise unavailable(self.where, exc) from exc
-        except redis_exc.RedisError as exc:
-            raise ModelportError(f"{self.where}: {exc}") from exc
+    def errors(self) -> contextlib.AbstractContextManager[None]:
+        return redis_errors(self.where)
 
     def name(self, key: Key) -> str:
         return f"{self.prefix}{key}"

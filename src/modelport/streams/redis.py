@@ -20,15 +20,15 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 from redis import exceptions as rx
 
-from modelport.errors import ModelportError
-from modelport.pipeline.retry import redact, unavailable
+from modelport.pipeline.redis import redis_errors
+from modelport.pipeline.retry import redact
 from modelport.streams.base import Broker, Message
 
 log = logging.getLogger("modelport.stream.redis")
@@ -94,15 +94,8 @@ class RedisStreamsBroker(Broker):
     def where(self) -> str:
         return f"Redis {redact(self.url)}"
 
-    @contextlib.contextmanager
-    def errors(self) -> Iterator[None]:
-        """The one place redis-py's exceptions become modelport errors."""
-        try:
-            yield
-        except (rx.ConnectionError, rx.TimeoutError, rx.BusyLoadingError) as exc:
-            raise unavailable(self.where, exc) from exc
-        except rx.RedisError as exc:
-            raise ModelportError(f"{self.where}, stream {self.stream!r}: {exc}") from exc
+    def errors(self) -> contextlib.AbstractContextManager[None]:
+        return redis_errors(self.where, f", stream {self.stream!r}")
 
     async def start(self) -> None:
         with self.errors():
