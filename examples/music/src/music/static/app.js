@@ -171,6 +171,9 @@ async function play(item, button) {
       const result = await refresh(true);
       if (!result) return;
       if (result.listens.listens.some((l) => l.id === listen.id)) {
+        // these recommendations were asked for beside that history, perhaps just
+        // before the listen was stored: ask again, now that it is
+        if (!(await refresh(true))) return;
         const ms = Math.round(performance.now() - started);
         $("#rec-note").textContent = `updated ${ms} ms after the play`;
         loadUsers($("#user-search").value.trim());
