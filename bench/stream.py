@@ -211,7 +211,7 @@ class EndToEnd:
         from sqlalchemy import create_engine, text
 
         from modelport.dataplane import DataPlane, ModelConfig
-        from modelport.pipeline import Pipeline
+        from modelport.pipeline import Frame, Pipeline
         from modelport.pipeline.pipeline import WRITERS, ComponentConfig, build
         Counted = counted_worker()
         table = f"bench_{uuid.uuid4().hex[:8]}"
@@ -225,6 +225,11 @@ class EndToEnd:
                        WRITERS, "bench.writer")
         pipe = Pipeline("bench", "cancer", dp, writer=writer)
         await pipe.start()
+        # made before the clock starts, as a deployed stream's table is there before
+        # it starts: one row written, then deleted
+        await pipe.process(Frame.from_records(["warm-up"], self.records[:1]))
+        with engine.begin() as conn:
+            conn.execute(text(f"DELETE FROM {table}"))
         await broker.start()
         gc.freeze()  # as `modelport stream` does once started
         worker = Counted(n, pipe, broker, dead_letter_subject="unused.dlq", batch_size=batch,

@@ -68,6 +68,15 @@ def coerce(values: Any, datatype: str, field: str, *, allow_nan: bool = False) -
     and `null` in float fields (as NaN), `null` in BYTES fields (as None).
     """
     target = to_numpy(datatype)
+    if isinstance(values, np.ndarray) and values.dtype == target and values.size \
+            and datatype != "BYTES":
+        # typed already (a stream's or a batch job's columns): only NaN is left to check
+        return _check_finite(values, field, allow_nan)
+    return _coerce(values, target, datatype, field, allow_nan)
+
+
+def _coerce(values: Any, target: np.dtype[Any], datatype: str, field: str,
+            allow_nan: bool) -> np.ndarray:
     if isinstance(values, np.ndarray):
         arr = values
     else:

@@ -28,6 +28,8 @@ class Model:
         self.record = record
         self.path = path
         self.flavor = get_flavor(record.flavor)(path, record.options, trusted=trusted)
+        self._array_input = False
+        """Whether a model registered with a DataFrame is handed an array (`load`)."""
 
     @property
     def name(self) -> str:
@@ -43,11 +45,14 @@ class Model:
 
     def load(self) -> Model:
         self.flavor.load()
+        sig = self.signature
+        self._array_input = sig.model_input == "dataframe" and sig.numeric_block and \
+            self.flavor.takes_arrays([s.name for s in sig.inputs])
         return self
 
     def predict_batch(self, batch: Batch) -> Batch:
-        raw = self.flavor.predict(self.signature.to_model_input(batch))
-        return self.signature.encode_outputs(raw)
+        x = self.signature.to_model_input(batch, array=self._array_input)
+        return self.signature.encode_outputs(self.flavor.predict(x))
 
     def predict(self, data: Any, *, output: str | None = None) -> np.ndarray:
         """Predict on rows, records, an array or a DataFrame; returns one output."""

@@ -15,6 +15,7 @@ goes; `to_model_input` and `encode_outputs` convert at the model's edge.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -197,21 +198,32 @@ class Signature(BaseModel):
 
     # --- the model's edge -----------------------------------------------------------
 
-    def to_model_input(self, batch: Batch) -> Any:
-        """What the model object is called with: a DataFrame, a table or a tensor."""
-        if self.model_input == "dataframe":
+    def to_model_input(self, batch: Batch, *, array: bool = False) -> Any:
+        """What the model object is called with: a DataFrame, a table or a tensor.
+
+        `array` hands a model that takes a DataFrame the table of its values instead,
+        for a model known to read both alike (`Flavor.takes_arrays`)."""
+        if self.model_input == "dataframe" and not array:
             import pandas as pd
 
             columns = [batch[s.name] for s in self.inputs]
+            names = _column_index(tuple(s.name for s in self.inputs))
             if len({c.dtype for c in columns}) == 1 and all(c.ndim == 1 for c in columns):
                 # one block: the model reads it back as an array without a copy per column
-                return pd.DataFrame(np.column_stack(columns), columns=[s.name for s in self.inputs])
-            return pd.DataFrame(dict(zip([s.name for s in self.inputs], columns, strict=True)))
+                return pd.DataFrame(np.column_stack(columns), columns=names, copy=False)
+            return pd.DataFrame(dict(zip(names, columns, strict=True)))
         if self.layout == "columns":
             return np.column_stack([batch[s.name] for s in self.inputs])
         if len(self.inputs) == 1:
             return batch[self.inputs[0].name]
         return {s.name: batch[s.name] for s in self.inputs}
+
+    @property
+    def numeric_block(self) -> bool:
+        """Whether the inputs are columns of one number type: one array holds them."""
+        kinds = {s.datatype for s in self.inputs}
+        return self.layout == "columns" and len(kinds) == 1 and not any(
+            s.shape for s in self.inputs) and to_numpy(kinds.pop()).kind in "iuf"
 
     def encode_outputs(self, raw: Any) -> Batch:
         """Name the model's raw result by the output specs (or infer names if none)."""
@@ -226,6 +238,16 @@ class Signature(BaseModel):
 
     def describe(self) -> str:
         return ", ".join(spec.describe() for spec in self.inputs)
+
+
+@functools.lru_cache(maxsize=64)
+def _column_index(names: tuple[str, ...]) -> Any:
+    """A DataFrame's column labels, made once per signature: pandas makes a list of
+    strings into an index of its string type each time, which costs more than the
+    DataFrame itself."""
+    import pandas as pd
+
+    return pd.Index(list(names), dtype=object)
 
 
 def name_outputs(raw: Any, names: Sequence[str]) -> Batch:

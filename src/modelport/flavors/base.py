@@ -44,6 +44,12 @@ class Flavor(ABC):
     def predict(self, x: Any) -> Any:
         """Predict on a batch as the model object expects it (array, DataFrame, dict)."""
 
+    def takes_arrays(self, columns: list[str]) -> bool:
+        """Whether the loaded model, registered with a DataFrame of these numeric
+        columns, answers the same for the array of their values in this order. Making
+        and checking a DataFrame costs some models more than the prediction itself."""
+        return False
+
 
 def require(module: str, extra: str) -> Any:
     """Import a flavor's optional dependency, or say which extra installs it.

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from modelport.errors import FlavorError
 from modelport.flavors.base import Flavor, require
@@ -99,6 +102,60 @@ class SklearnFlavor(Flavor):
             x, model = model[:-1].transform(x), model[-1]
         # two calls: argmax(proba) differs from predict for some estimators (SVC)
         return {"predictions": model.predict(x), "probabilities": model.predict_proba(x)}
+
+
+    def takes_arrays(self, columns: list[str]) -> bool:
+        fitted = getattr(self.model, "feature_names_in_", None)
+        if fitted is not None and [str(n) for n in fitted] != columns:
+            return False  # fitted on other columns, or in another order: its check says so
+        if not _reads_arrays_alike(self.model):
+            return False
+        # scikit-learn warns at each call that an array has no column names; the
+        # columns are in the fitted order, checked above, so the warning would be false
+        warnings.filterwarnings("ignore", message="X does not have valid feature names",
+                                category=UserWarning)
+        return True
+
+
+def _reads_arrays_alike(model: Any) -> bool:
+    """Whether `model`, and every estimator it holds (pipeline steps, an ensemble's
+    members, fitted or not), is scikit-learn's own, which turns a DataFrame of numbers
+    into the array of its values before anything else. Not: column selection by name
+    (`sklearn.compose`), user code (`FunctionTransformer`, classes from elsewhere), or
+    categories read from the DataFrame's dtypes (`is_categorical_`)."""
+    seen: set[int] = set()
+    todo = [model]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, list | tuple):
+            todo += obj
+            continue
+        if isinstance(obj, dict):
+            todo += obj.values()
+            continue
+        module = type(obj).__module__
+        ours = module == "sklearn" or module.startswith("sklearn.")
+        if not ours:
+            if hasattr(obj, "fit") or hasattr(obj, "predict") or hasattr(obj, "transform"):
+                return False  # someone else's estimator: how it reads a DataFrame is its own
+            continue
+        if module.startswith("sklearn.compose") or type(obj).__name__ == "FunctionTransformer":
+            return False
+        categorical = getattr(obj, "is_categorical_", None)
+        if categorical is not None and bool(np.any(categorical)):
+            return False
+        todo += [v for v in vars(obj).values() if _may_hold_estimators(v)] \
+            if hasattr(obj, "__dict__") else []
+    return True
+
+
+def _may_hold_estimators(value: Any) -> bool:
+    if isinstance(value, list | tuple | dict):
+        return True
+    return hasattr(value, "__dict__") and not isinstance(value, type)
 
 
 def _is_pipeline(obj: Any) -> bool:
