@@ -121,3 +121,20 @@ def test_text_keys_and_json_text_round_trip_with_nulls_and_unicode(conn) -> None
         ("clé-2", 2, None, "[null,1.0]", {"b": [2]}, {}),  # NaN is null, as `cells` writes
         ("m3", 3, "ünïcode ✓", "[1.0,0.0]", None, "x"),
     ]
+
+
+@pytest.mark.parametrize("lengths", [4, 40], ids=["a-few-lengths", "many-lengths"])
+@pytest.mark.parametrize("alphabet", ["ab", "aé✓"], ids=["ascii", "unicode"])
+def test_rows_with_a_text_field_of_varying_length_round_trip(conn, lengths, alphabet) -> None:
+    name = f"copy_{uuid.uuid4().hex[:8]}"
+    conn.execute(f"CREATE TABLE {name} (score BIGINT, id VARCHAR(255), "
+                 "probs DOUBLE PRECISION[])")
+    rng = np.random.default_rng(lengths)
+    n = 300
+    keys = np.array([f"{i}-" + alphabet[i % len(alphabet)] * int(rng.integers(lengths))
+                     for i in range(n)], dtype=object)
+    probs = rng.random((n, 2))
+    write(conn, name, [np.arange(n), keys, probs])
+    rows = conn.execute(f"SELECT score, id, probs FROM {name} ORDER BY score").fetchall()
+    assert [(s, k) for s, k, _ in rows] == list(zip(range(n), keys.tolist(), strict=True))
+    assert np.array([p for _, _, p in rows]).tolist() == probs.tolist()

@@ -126,3 +126,46 @@ async def test_the_fast_path_writes_and_rejects_exactly_what_the_general_one_doe
         assert row["probabilities"] == pytest.approx(slow_rows[key]["probabilities"])
         assert row.get("key") == slow_rows[key].get("key")
     assert fast_rows["e4"]["key"] == 1
+
+
+def clean_payloads(encode: Any) -> list[bytes]:
+    """Batches of one shape each: envelopes (string, integer and absent ids, keys on
+    some), then bare records."""
+    records = patients(48)
+    out = [encode({"id": f"e{i}", "key": "k" if i % 2 else None, "data": r})
+           for i, r in enumerate(records[:16])]
+    out += [encode({"id": 1000 + i, "data": r}) for i, r in enumerate(records[16:24])]
+    out += [encode({"data": r}) for r in records[24:32]]
+    return out + [encode(r) for r in records[32:]]
+
+
+@pytest.mark.parametrize("codec_name", ["json", "msgpack"])
+async def test_a_batch_read_in_one_go_is_written_as_message_by_message(
+        dataplane, monkeypatch, codec_name) -> None:
+    encode = orjson.dumps if codec_name == "json" else msgspec.msgpack.encode
+    payloads = clean_payloads(encode)
+    whole: list[int] = []
+    decode_all = TypedDecoder.decode_all
+
+    def spy(self: TypedDecoder, messages: list[Message]) -> Any:
+        out = decode_all(self, messages)
+        if out is not None:
+            whole.append(len(messages))
+        return out
+
+    monkeypatch.setattr(TypedDecoder, "decode_all", spy)
+    fast_rows, fast_dead = await run(dataplane, payloads, codec_name)
+    assert sum(whole) >= 32  # the envelopes, and the bare records once the shape is known
+    monkeypatch.setattr(codec.TypedDecoder, "for_signature", classmethod(lambda *a: None))
+    slow_rows, slow_dead = await run(dataplane, payloads, codec_name)
+
+    assert fast_dead == slow_dead == []
+    assert len(fast_rows) == len(payloads)
+    assert fast_rows.keys() == slow_rows.keys()
+    assert {"e1", "e2", "1007"} <= fast_rows.keys()
+    for key, row in fast_rows.items():
+        assert row.keys() == slow_rows[key].keys()
+        assert row["predictions"] == slow_rows[key]["predictions"]
+        assert row["probabilities"] == pytest.approx(slow_rows[key]["probabilities"])
+        assert row.get("key") == slow_rows[key].get("key")
+    assert fast_rows["e1"]["key"] == "k"

@@ -201,20 +201,24 @@ def _text(values: np.ndarray, prefix: bytes) -> list[_Field] | None:
             if not all(v is None or isinstance(v, str) for v in items):
                 return None
             texts = [None if v is None else prefix + v.encode() for v in items]
+        elif not prefix and len(data := "".join(items).encode()) == sum(map(len, items)):
+            # ASCII, as ids mostly are: a character is a byte, one encode for them all
+            return _text_fields(np.fromiter(map(len, items), np.int64, len(items)), data)
         else:
-            texts = [prefix + v.encode() for v in items] if prefix else \
-                [v.encode() for v in items]
+            texts = [prefix + v.encode() for v in items]
     else:
         return None
     n = len(texts)
     if None in texts:
         lengths = np.fromiter((-1 if t is None else len(t) for t in texts), np.int64, n)
-        data = b"".join(t for t in texts if t is not None)
-    else:
-        lengths = np.fromiter(map(len, texts), np.int64, n)  # type: ignore[arg-type]
-        data = b"".join(texts)  # type: ignore[arg-type]
+        return _text_fields(lengths, b"".join(t for t in texts if t is not None))
+    lengths = np.fromiter(map(len, texts), np.int64, n)  # type: ignore[arg-type]
+    return _text_fields(lengths, b"".join(texts))  # type: ignore[arg-type]
+
+
+def _text_fields(lengths: np.ndarray, data: bytes) -> list[_Field]:
     header = lengths.astype(">i4").view(np.uint8)
-    return [(np.full(n, 4, np.int64), header),
+    return [(np.full(len(lengths), 4, np.int64), header),
             (np.maximum(lengths, 0), np.frombuffer(data, np.uint8))]
 
 
@@ -229,13 +233,52 @@ def _json_rows(values: np.ndarray) -> list[bytes]:
     return [b"[" + row + b"]" for row in whole[2:-2].split(b"],[")]
 
 
+LENGTHS_MAX = 32
+"""Rows whose one field of varying size (a text id) takes at most this many sizes are
+put together a size at a time; others are scattered byte by byte."""
+
+
 def _interleave(fields: Sequence[_Field], n: int) -> np.ndarray:
-    """Rows made of each field's bytes in turn: one copy per field, whatever the sizes."""
+    """Rows made of each field's bytes in turn.
+
+    Rows of one size take a reshape per field. When one field varies in size (text ids
+    of a few lengths), the fields before and after it become two blocks of fixed width,
+    and rows are put together one length at a time: a table's rows go in any order."""
     sizes = np.stack([s for s, _ in fields])  # [fields, rows]
     if not n:
         return np.empty(0, np.uint8)
-    if (sizes == sizes[:, :1]).all():  # rows of one size: a reshape per field
+    same = (sizes == sizes[:, :1]).all(axis=1)
+    if same.all():
         return np.concatenate([d.reshape(n, -1) for _, d in fields], axis=1)
+    (varying,) = np.flatnonzero(~same) if (~same).sum() == 1 else (None,)
+    if varying is None:
+        return _scatter(fields, sizes)
+    lengths, data = fields[varying]
+    order = np.argsort(lengths, kind="stable")
+    ordered = lengths[order]
+    cuts = np.flatnonzero(np.diff(ordered)) + 1
+    if len(cuts) >= LENGTHS_MAX:
+        return _scatter(fields, sizes)
+    before = _block([d for _, d in fields[:varying]], n)
+    after = _block([d for _, d in fields[varying + 1:]], n)
+    starts = np.cumsum(lengths) - lengths
+    out = []
+    for rows in np.split(order, cuts):
+        width = int(lengths[rows[0]])
+        middle = data[starts[rows][:, None] + np.arange(width)]
+        out.append(np.concatenate([before[rows], middle, after[rows]], axis=1).reshape(-1))
+    return np.concatenate(out)
+
+
+def _block(datas: Sequence[np.ndarray], n: int) -> np.ndarray:
+    """Fields of one size per row side by side: [rows, their bytes]."""
+    if not datas:
+        return np.empty((n, 0), np.uint8)
+    return np.concatenate([d.reshape(n, -1) for d in datas], axis=1)
+
+
+def _scatter(fields: Sequence[_Field], sizes: np.ndarray) -> np.ndarray:
+    """Rows made of each field's bytes in turn, one copy per field, whatever the sizes."""
     row_sizes = sizes.sum(axis=0)
     row_starts = np.cumsum(row_sizes) - row_sizes
     out = np.empty(int(row_sizes.sum()), np.uint8)

@@ -262,7 +262,10 @@ def _cells(values: Any, col: Column[Any]) -> list[Any]:
 
 
 def _arrays(frame: Frame, names: list[str]) -> list[np.ndarray]:
-    keys = column(plain_keys(frame.keys))  # ints → int64, strings → objects
+    if set(map(type, frame.keys)) == {str}:  # text ids (a stream's): no type to find
+        keys = np.array(frame.keys, dtype=object)
+    else:
+        keys = column(plain_keys(frame.keys))  # ints → int64, strings → objects
     values = [frame.columns[n] for n in names]
     return [keys, *(v if isinstance(v, np.ndarray) else column(list(v)) for v in values)]
 

@@ -132,6 +132,34 @@ class TypedDecoder:
             return message.id, None, self._astuple(body)
         return None
 
+    def decode_all(self, messages: Sequence[Message]
+                   ) -> tuple[list[str], list[Any] | None, np.ndarray] | None:
+        """A batch of one shape in one go: the ids, the keys (None when no message has
+        one) and the table of values; None when a message is not of the shape the
+        last one was, to go message by message."""
+        enveloped = self._enveloped
+        decode = (self._envelope if enveloped else self._record).decode
+        try:
+            bodies = [decode(m.payload) for m in messages]
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return None
+        astuple = self._astuple
+        ids: list[Any]
+        if not enveloped:
+            ids, keys = [m.id for m in messages], None
+            values = [astuple(b) for b in bodies]
+        else:
+            ids = [b.id for b in bodies]
+            if set(map(type, ids)) != {str}:  # the broker's id where absent; integers
+                ids = [m.id if i is msgspec.UNSET else str(i)
+                       for m, i in zip(messages, ids, strict=True)]
+            keys = [b.key for b in bodies]
+            if keys.count(None) == len(keys):
+                keys = None
+            values = [astuple(b.data) for b in bodies]
+        table = self.table(values)
+        return None if table is None else (ids, keys, table)
+
     def table(self, rows: Sequence[tuple[Any, ...]]) -> np.ndarray | None:
         """Decoded values as one array, a row per message and a column per input; None
         when an integer does not fit the array's type (the signature's check says so)."""

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import operator
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -71,20 +72,24 @@ class _Abandoned(Exception):
 
 @dataclass(slots=True)
 class _Row:
+    """A message read one at a time (the general path): its inputs as a record, or as
+    values in the order of `typed.names` when the typed decoder read it."""
+
     id: str
     key: Any
     message: Message
     record: dict[str, Any] | None = None
     values: tuple[Any, ...] | None = None
-    """The model's inputs in the order of `typed.names`, when `typed` read the message."""
     typed: TypedDecoder | None = None
 
 
 @dataclass
 class _Round:
-    """Rows with distinct ids, scored together and then written together."""
+    """Messages with distinct ids, scored together and then written together: the
+    frame's keys are their ids, in message order."""
 
-    rows: list[_Row]
+    messages: list[Message]
+    frame: Frame
     scored: Scored | None = None
     error: Exception | None = None
     """Scoring failed for good: narrowed down to its messages when written."""
@@ -126,7 +131,7 @@ class StreamWorker:
 
     async def run(self, *, burst: bool = False) -> WorkerStats:
         """Process until `stop()`; with `burst`, until a fetch comes back empty."""
-        writing: deque[tuple[asyncio.Task[None], set[str]]] = deque()
+        writing: deque[tuple[asyncio.Task[None], set[Key]]] = deque()
         try:
             while not self._stopping.is_set():
                 try:
@@ -142,7 +147,7 @@ class StreamWorker:
                 batch = await self._prepare(messages)
                 if batch is None:
                     continue
-                ids = {row.id for r in batch.rounds for row in r.rows}
+                ids: set[Key] = set().union(*(r.frame.keys for r in batch.rounds))
                 # the writer's room, and results in message order: a batch about an id
                 # still being written waits for that write
                 while writing and (len(writing) >= self._write_concurrency()
@@ -183,10 +188,10 @@ class StreamWorker:
             signature = await self._retry(self._signature, "model")
             letters, rounds = self._decode(messages, signature)
             for r in rounds:
-                frame = self._frame(r.rows)
                 try:
                     r.scored = await self._retry(
-                        functools.partial(self.pipeline.process, frame, write=False), "score")
+                        functools.partial(self.pipeline.process, r.frame, write=False),
+                        "score")
                 except _Abandoned:
                     raise
                 except Exception as exc:  # narrowed down to its messages when written
@@ -210,15 +215,40 @@ class StreamWorker:
 
     def _decode(self, messages: Sequence[Message], signature: Signature | None
                 ) -> tuple[list[DeadLetter], list[_Round]]:
-        """Dead letters, and the rows to score in rounds of distinct ids.
+        """Dead letters, and the rows to score in rounds of distinct ids."""
+        typed = self._typed(signature)
+        if typed is not None:
+            whole = self._decode_typed(messages, typed)
+            if whole is not None:
+                return [], [whole]
+        return self._decode_each(messages, signature, typed)
+
+    def _decode_typed(self, messages: Sequence[Message], typed: TypedDecoder) -> _Round | None:
+        """The usual batch in one go: first deliveries, each a record the typed decoder
+        reads, no id twice. None sends the batch the message-by-message way."""
+        if max(map(_deliveries, messages), default=1) > 1:
+            return None
+        decoded = typed.decode_all(messages)
+        if decoded is None:
+            return None
+        ids, keys, table = decoded
+        if len(set(ids)) != len(ids):
+            return None
+        frame = Frame(list(ids), {n: table[:, i] for i, n in enumerate(typed.names)})
+        if keys is not None:
+            frame.columns["key"] = keys
+        return _Round(list(messages), frame)
+
+    def _decode_each(self, messages: Sequence[Message], signature: Signature | None,
+                     typed: TypedDecoder | None) -> tuple[list[DeadLetter], list[_Round]]:
+        """Message by message, naming what is wrong with each that cannot be read.
 
         The same id twice in one batch (a producer's retry, say) goes into a later
         round, so that each round upserts one row per id and the batch ends as the
         messages would have one after the other."""
         letters: list[DeadLetter] = []
-        rounds: list[_Round] = []
+        rounds: list[list[_Row]] = []
         seen: dict[str, int] = {}
-        typed = self._typed(signature)
         for message in messages:
             if message.deliveries > 1:
                 self.stats.redeliveries += 1
@@ -243,24 +273,9 @@ class StreamWorker:
             turn = seen.get(row.id, 0)
             seen[row.id] = turn + 1
             if turn == len(rounds):
-                rounds.append(_Round([]))
-            rounds[turn].rows.append(row)
-        return letters, rounds
-
-    def _frame(self, rows: list[_Row]) -> Frame:
-        """The rows as a frame: one array for the inputs when the typed decoder read
-        them all; a `key` column when a message had one."""
-        keys: list[Key] = [row.id for row in rows]
-        typed = rows[0].typed
-        values = [row.values for row in rows if row.values is not None and row.typed is typed]
-        table = typed.table(values) if typed is not None and len(values) == len(rows) else None
-        if typed is not None and table is not None:
-            frame = Frame(keys, {n: table[:, i] for i, n in enumerate(typed.names)})
-        else:
-            frame = Frame.from_records(keys, [_record(row) for row in rows])
-        if any(row.key is not None for row in rows):
-            frame.columns["key"] = [row.key for row in rows]
-        return frame
+                rounds.append([])
+            rounds[turn].append(row)
+        return letters, [_Round([row.message for row in rows], _frame(rows)) for rows in rounds]
 
     # --- stage 2: write, dead-letter, acknowledge -----------------------------------------
 
@@ -271,12 +286,15 @@ class StreamWorker:
                 rejects = await self._write_round(r)
             except _Abandoned:  # stopping during an outage: the rest stay unacknowledged
                 break
+            if not rejects:
+                accepted += r.messages
+                continue
             rejected = {j.key: j.reason for j in rejects}
-            for row in r.rows:
-                if row.id in rejected:
-                    letters.append(DeadLetter(row.message, rejected[row.id]))
+            for ident, message in zip(r.frame.keys, r.messages, strict=True):
+                if ident in rejected:
+                    letters.append(DeadLetter(message, rejected[ident]))
                 else:
-                    accepted.append(row.message)
+                    accepted.append(message)
         # acks and dead letters are never abandoned: what they stand for is written
         if letters:
             await self._retry(lambda: self.broker.dead_letter(letters, self.dead_letter_subject),
@@ -300,25 +318,24 @@ class StreamWorker:
             except Exception as exc:
                 r.error = exc
         assert r.error is not None
-        rejects, written = await self._isolate(r.rows, r.error)
+        rejects, written = await self._isolate(r.frame, r.error)
         if not written:
             raise r.error
         return rejects
 
-    async def _isolate(self, rows: list[_Row], error: Exception) -> tuple[list[Reject], int]:
+    async def _isolate(self, frame: Frame, error: Exception) -> tuple[list[Reject], int]:
         """Narrow a failed round down to its messages by halves, scoring and writing each
         half again: the rejects, with the error each one gave, and the rows written."""
-        if len(rows) == 1:
+        if len(frame) == 1:
             reason = error.message if isinstance(error, ModelportError) else \
                 f"{type(error).__name__}: {error}"
-            return [Reject(rows[0].id, reason)], 0
+            return [Reject(frame.keys[0], reason)], 0
         rejects: list[Reject] = []
         written = 0
-        middle = len(rows) // 2
-        for half in (rows[:middle], rows[middle:]):
-            frame = self._frame(half)
+        middle = len(frame) // 2
+        for half in (frame.take(range(middle)), frame.take(range(middle, len(frame)))):
             try:
-                scored = await self._retry(functools.partial(self.pipeline.process, frame),
+                scored = await self._retry(functools.partial(self.pipeline.process, half),
                                            "write")
             except _Abandoned:
                 raise
@@ -329,9 +346,9 @@ class StreamWorker:
             else:
                 rejects += scored.rejects
                 written += len(half) - len(scored.rejects)
-        if rejects and len(rows) > 1:
+        if rejects and len(frame) > 1:
             log.warning("%d of %d messages could not be processed (%s); dead-lettering them",
-                        len(rejects), len(rows), rejects[0].reason)
+                        len(rejects), len(frame), rejects[0].reason)
         return rejects, written
 
     async def _retry(self, action: Callable[[], Awaitable[T]], what: str, *,
@@ -373,12 +390,31 @@ class StreamWorker:
             self.metrics.stream_batch_seconds.labels(name).observe(seconds)
 
 
+def _frame(rows: list[_Row]) -> Frame:
+    """Rows read one by one as a frame: one array for the inputs when the typed decoder
+    read them all; a `key` column when a message had one."""
+    keys: list[Key] = [row.id for row in rows]
+    typed = rows[0].typed if rows else None
+    values = [row.values for row in rows if row.values is not None and row.typed is typed]
+    table = typed.table(values) if typed is not None and len(values) == len(rows) else None
+    if typed is not None and table is not None:
+        frame = Frame(keys, {n: table[:, i] for i, n in enumerate(typed.names)})
+    else:
+        frame = Frame.from_records(keys, [_record(row) for row in rows])
+    if any(row.key is not None for row in rows):
+        frame.columns["key"] = [row.key for row in rows]
+    return frame
+
+
 def _record(row: _Row) -> dict[str, Any]:
     if row.record is not None:
         return row.record
     if row.typed is None or row.values is None:
         raise AssertionError("a row holds a record or typed values")
     return dict(zip(row.typed.names, row.values, strict=True))
+
+
+_deliveries = operator.attrgetter("deliveries")
 
 
 def as_record(data: Any, signature: Signature | None) -> dict[str, Any]:
