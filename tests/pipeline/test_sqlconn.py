@@ -1,13 +1,17 @@
-"""SQL engines: how SQLite connections are kept for the threads that query them."""
+"""SQL engines: how SQLite connections are kept for the threads that query them, and
+how a server's pooled connections are checked."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import event, text
 
+from modelport.pipeline import sqlconn
 from modelport.pipeline.sqlconn import SQLITE_POOL, make_engine
 
 
@@ -36,3 +40,26 @@ async def test_threads_querying_sqlite_at_once_reuse_their_connections(tmp_path:
         engine.dispose()
     # each thread's connection is opened once and kept, not opened and closed per query
     assert opened == SQLITE_POOL
+
+
+@pytest.mark.postgres
+def test_a_connection_idle_for_a_while_is_checked_and_replaced_when_stale(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlconn, "PING_IDLE_S", 0.2)
+    engine = make_engine(pg_url)
+
+    def backend() -> int:
+        with engine.connect() as conn:
+            return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+    try:
+        first = backend()
+        assert backend() == first  # in steady use: reused as it is
+        admin = make_engine(pg_url)
+        with admin.connect() as conn:  # the server drops it, as a restart would
+            conn.execute(text(f"SELECT pg_terminate_backend({first})"))
+        admin.dispose()
+        time.sleep(0.3)
+        assert backend() != first  # idle past PING_IDLE_S: checked, found gone, replaced
+    finally:
+        engine.dispose()

@@ -250,9 +250,10 @@ def _interleave(fields: Sequence[_Field], n: int) -> np.ndarray:
     same = (sizes == sizes[:, :1]).all(axis=1)
     if same.all():
         return np.concatenate([d.reshape(n, -1) for _, d in fields], axis=1)
-    (varying,) = np.flatnonzero(~same) if (~same).sum() == 1 else (None,)
-    if varying is None:
+    varies = np.flatnonzero(~same)
+    if len(varies) != 1:
         return _scatter(fields, sizes)
+    varying = int(varies[0])
     lengths, data = fields[varying]
     order = np.argsort(lengths, kind="stable")
     ordered = lengths[order]

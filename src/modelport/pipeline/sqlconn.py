@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +26,8 @@ from modelport.pipeline.retry import redact, unavailable
 from modelport.registry.database import display
 
 CONNECT_TIMEOUT_S = 5
+PING_IDLE_S = 1.0
+"""A pooled connection idle this long is checked before it is used again."""
 SQLITE_POOL = min(32, (os.cpu_count() or 1) + 4)
 """Connections an SQLite file engine keeps: the threads of asyncio's default executor,
 where components run their queries (`asyncio.to_thread`)."""
@@ -45,12 +48,37 @@ def make_engine(url: str) -> Engine:
         # a host that drops packets would otherwise hold a request for minutes
         connect_args = {} if "connect_timeout" in parsed.query \
             else {"connect_timeout": CONNECT_TIMEOUT_S}
-        return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+        return _ping_when_idle(create_engine(parsed, connect_args=connect_args))
     except (ImportError, sa_exc.ArgumentError, sa_exc.NoSuchModuleError) as exc:
         extra = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}.get(
             parsed.get_backend_name(), "all")
         raise ConfigError(f"database URL {display(parsed)!r} is not usable (pip install "
                           f"'modelport[{extra}]'): {exc}") from exc
+
+
+def _ping_when_idle(engine: Engine) -> Engine:
+    """Check a pooled connection with a round trip before use, when it has been idle
+    `PING_IDLE_S` or more: one that went stale (a restarted server, a firewall's
+    timeout) is replaced unseen. SQLAlchemy's `pool_pre_ping` checks at every use,
+    which costs a stream's writes and a service's lookups a round trip each; a
+    connection in steady use that breaks fails its query, and the pool then replaces
+    all its connections (the component's caller sees an outage and retries)."""
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "checkin")
+    def _idle(_: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_conn: Any, record: Any, __: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is not None and time.monotonic() - since >= PING_IDLE_S:
+            try:
+                dialect.do_ping(dbapi_conn)
+            except dialect.loaded_dbapi.Error as exc:
+                raise sa_exc.DisconnectionError(str(exc)) from exc  # the pool reconnects
+
+    return engine
 
 
 def _sqlite_engine(url: URL) -> Engine:
