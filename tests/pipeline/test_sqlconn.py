@@ -12,11 +12,16 @@ import pytest
 from sqlalchemy import event, text
 
 from modelport.pipeline import sqlconn
-from modelport.pipeline.sqlconn import SQLITE_POOL, make_engine
+from modelport.pipeline.sqlconn import POOL_SIZE, make_engine
 
 
-async def test_threads_querying_sqlite_at_once_reuse_their_connections(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'users.db'}")
+@pytest.mark.parametrize(
+    "database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def test_threads_querying_at_once_reuse_their_connections(
+        database: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    url = f"sqlite:///{tmp_path / 'users.db'}" if database == "sqlite" \
+        else request.getfixturevalue("pg_url")
+    engine = make_engine(url)
     opened = 0
 
     def count(*_: object) -> None:
@@ -25,7 +30,7 @@ async def test_threads_querying_sqlite_at_once_reuse_their_connections(tmp_path:
 
     event.listen(engine, "connect", count)
     # every query of a round holds its connection until all of them hold one
-    together = threading.Barrier(SQLITE_POOL)
+    together = threading.Barrier(POOL_SIZE)
 
     def query() -> int:
         with engine.connect() as conn:
@@ -35,11 +40,11 @@ async def test_threads_querying_sqlite_at_once_reuse_their_connections(tmp_path:
     try:
         for _ in range(5):  # as many queries at once as the default executor has threads
             assert await asyncio.gather(*(asyncio.to_thread(query)
-                                          for _ in range(SQLITE_POOL))) == [1] * SQLITE_POOL
+                                          for _ in range(POOL_SIZE))) == [1] * POOL_SIZE
     finally:
         engine.dispose()
     # each thread's connection is opened once and kept, not opened and closed per query
-    assert opened == SQLITE_POOL
+    assert opened == POOL_SIZE
 
 
 @pytest.mark.postgres

@@ -28,9 +28,10 @@ from modelport.registry.database import display
 CONNECT_TIMEOUT_S = 5
 PING_IDLE_S = 1.0
 """A pooled connection idle this long is checked before it is used again."""
-SQLITE_POOL = min(32, (os.cpu_count() or 1) + 4)
-"""Connections an SQLite file engine keeps: the threads of asyncio's default executor,
-where components run their queries (`asyncio.to_thread`)."""
+POOL_SIZE = min(32, (os.cpu_count() or 1) + 4)
+"""Connections an engine keeps: as many as asyncio's default executor has threads,
+where components run their queries (`asyncio.to_thread`). With fewer, queries at once
+beyond the pool each opened and closed a connection of their own."""
 _DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg",
             "mysql": "mysql+pymysql", "mariadb": "mariadb+pymysql"}
 
@@ -48,7 +49,8 @@ def make_engine(url: str) -> Engine:
         # a host that drops packets would otherwise hold a request for minutes
         connect_args = {} if "connect_timeout" in parsed.query \
             else {"connect_timeout": CONNECT_TIMEOUT_S}
-        return _ping_when_idle(create_engine(parsed, connect_args=connect_args))
+        return _ping_when_idle(create_engine(parsed, connect_args=connect_args,
+                                             pool_size=POOL_SIZE))
     except (ImportError, sa_exc.ArgumentError, sa_exc.NoSuchModuleError) as exc:
         extra = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}.get(
             parsed.get_backend_name(), "all")
@@ -90,7 +92,7 @@ def _sqlite_engine(url: URL) -> Engine:
         # connection for every thread that may query it at once (asyncio's default
         # executor): past the pool's size each use opened and closed a connection, and
         # its WAL pragma, and under concurrent requests that was most uses
-        **({"poolclass": StaticPool} if memory else {"pool_size": SQLITE_POOL}),
+        **({"poolclass": StaticPool} if memory else {"pool_size": POOL_SIZE}),
     )
     if not memory:
         @event.listens_for(engine, "connect")
