@@ -228,6 +228,24 @@ def test_samples_from_npy_and_json(mp: Run, files: dict[str, Path]) -> None:
     assert records.json()["signature"]["layout"] == "columns"
 
 
+def test_a_signature_written_by_hand(inproc: Run, files: dict[str, Path],
+                                     tmp_path: Path) -> None:
+    declared = tmp_path / "signature.yaml"
+    names = [f"f{i}" for i in range(4)]
+    declared.write_text("layout: columns\ninputs:\n" + "".join(
+        f"  - {{name: {n}, datatype: FP32}}\n" for n in names))
+    result = inproc("models", "register", "plain", str(files["plain"]), "--sample",
+                    str(files["npy"]), "--signature", str(declared), "--json")
+    assert result.code == 0, result.err
+    inputs = result.json()["signature"]["inputs"]
+    assert [(i["name"], i["datatype"]) for i in inputs] == [(n, "FP32") for n in names]
+
+    declared.write_text("layout: columns\ninputs: [{name: a, datatype: FLOAT}]\n")
+    one_line_error(inproc("models", "register", "plain", str(files["plain"]), "--sample",
+                          str(files["npy"]), "--signature", str(declared)), 1,
+                   "signature.yaml: not a signature: inputs.0.datatype")
+
+
 def test_joblib_needs_trusted(mp: Run, files: dict[str, Path], home: Path) -> None:
     refused = mp("models", "register", "iris", str(files["joblib"]), "--sample", str(files["csv"]))
     one_line_error(refused, 1, "--trusted")

@@ -307,11 +307,20 @@ def infer_signature(
     sig.allow_nan = allow_nan
     sig.sample = [{k: _plain(v) for k, v in r.items()} for r in rows]
     if outputs is not None:
-        sig.outputs = [
-            FieldSpec(name=k, datatype=from_numpy(v.dtype), shape=list(v.shape[1:]))
-            for k, v in outputs.items()
-        ]
+        sig.outputs = output_specs(outputs)
     return sig
+
+
+def output_specs(outputs: Batch) -> list[FieldSpec]:
+    """Specs of a model's named outputs, as a batch of them shows them."""
+    return [FieldSpec(name=k, datatype=from_numpy(v.dtype), shape=list(v.shape[1:]))
+            for k, v in outputs.items()]
+
+
+def sample_rows(batch: Batch) -> list[dict[str, Any]]:
+    """The first rows of a decoded batch, as a signature keeps its sample."""
+    n = min(SAMPLE_ROWS, min((len(v) for v in batch.values()), default=0))
+    return [{k: _plain(v) for k, v in r.items()} for r in _rows_of(batch, n)]
 
 
 def _columns_signature(datatypes: Mapping[str, str]) -> Signature:

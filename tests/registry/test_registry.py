@@ -24,7 +24,7 @@ from modelport.errors import (
 from modelport.monitoring.profile import MAX_FEATURES, profile, psi
 from modelport.registry import parse_ref
 from modelport.registry.archive import digest
-from modelport.signature import infer_signature
+from modelport.signature import FieldSpec, Signature, infer_signature
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +72,47 @@ def test_register_records_everything(registry: Registry, classifier: Any) -> Non
     assert first["quantiles"]["0.50"] == pytest.approx(float(np.median(data[:, 0])))
     # what was returned is what was stored
     assert registry.get_version("breast-cancer", 1) == mv
+
+
+def test_a_signature_written_by_hand_is_kept(registry: Registry, classifier: Any) -> None:
+    clf, data = classifier
+    declared = Signature(layout="columns", inputs=[
+        FieldSpec(name=n, datatype="FP32") for n in ("age", "income", "tenure")])
+    mv = registry.register("churn", clf, sample_input=data[:5].tolist(), signature=declared)
+
+    assert [s.describe() for s in mv.signature.inputs] == \
+        ["age: FP32", "income: FP32", "tenure: FP32"]
+    assert [s.describe() for s in mv.signature.outputs] == \
+        ["predictions: INT64", "probabilities: FP64 [2]"]
+    assert len(mv.signature.sample) == 5 and set(mv.signature.sample[0]) == \
+        {"age", "income", "tenure"}
+    model = registry.load("churn:1")
+    records = [dict(zip(("age", "income", "tenure"), row, strict=True)) for row in data[:20]]
+    np.testing.assert_array_equal(model.predict(records),
+                                  clf.predict(data[:20].astype(np.float32)))
+    with pytest.raises(InvalidInput, match="expected FP32"):
+        model.predict([{"age": "old", "income": 1.0, "tenure": 2.0}])
+
+
+def test_a_signature_written_by_hand_must_fit_the_sample_and_the_model(
+        registry: Registry, classifier: Any) -> None:
+    clf, data = classifier
+    two = Signature(layout="columns", inputs=[FieldSpec(name="a", datatype="FP64"),
+                                              FieldSpec(name="b", datatype="FP64")])
+    with pytest.raises(InvalidInput, match="expected rows of 2 values"):
+        registry.register("churn", clf, sample_input=data[:5].tolist(), signature=two)
+    tensor = Signature(layout="tensor", inputs=[FieldSpec(name="x", datatype="FP64",
+                                                          shape=[3])])
+    wrong = tensor.model_copy(update={"outputs": [FieldSpec(name="score", datatype="FP64")]})
+    with pytest.raises(InvalidInput, match="declares outputs score: FP64, the model answers"):
+        registry.register("churn", clf, sample_input=data[:5], signature=wrong)
+    typed = tensor.model_copy(update={"outputs": [
+        FieldSpec(name="predictions", datatype="INT32"),
+        FieldSpec(name="probabilities", datatype="FP64", shape=[2])]})
+    with pytest.raises(InvalidInput, match="declares output predictions: INT32, the model "
+                                           "answers predictions: INT64"):
+        registry.register("churn", clf, sample_input=data[:5], signature=typed)
+    assert registry.list_models() == []  # nothing stored
 
 
 def test_versions_count_per_name(registry: Registry) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 
 from modelport.errors import FlavorError, InvalidInput, ModelportError
 from modelport.flavors import get_flavor
+from modelport.signature import Signature
 
 # A model file's suffix → the flavor that reads it.
 SUFFIX_FLAVORS = {
@@ -53,6 +54,21 @@ def read_model(path: Path, flavor: str | None, *, trusted: bool) -> tuple[Any, s
     if flavor is not None:
         return obj, flavor
     return obj, None if reader == "sklearn" else reader
+
+
+def read_signature(path: Path) -> Signature:
+    """A signature written by hand, in JSON or YAML (`Signature`'s fields)."""
+    import yaml
+    from pydantic import ValidationError
+
+    try:
+        return Signature.model_validate(yaml.safe_load(path.read_text()))
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidInput(f"cannot read {path.name}: {exc}") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "the file"
+        raise InvalidInput(f"{path.name}: not a signature: {where}: {first['msg']}") from exc
 
 
 def read_sample(path: Path) -> Any:

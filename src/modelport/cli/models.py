@@ -15,7 +15,13 @@ import typer
 from rich.table import Table
 
 from modelport.cli.context import CliState, human_size, state, when
-from modelport.cli.files import SAMPLE_SUFFIXES, SUFFIX_FLAVORS, read_model, read_sample
+from modelport.cli.files import (
+    SAMPLE_SUFFIXES,
+    SUFFIX_FLAVORS,
+    read_model,
+    read_sample,
+    read_signature,
+)
 from modelport.registry import ModelVersion
 from modelport.signature import FieldSpec
 
@@ -175,6 +181,10 @@ def register(
                           "code when read, so only for files you trust.")] = False,
     allow_nan: Annotated[bool, typer.Option(
         "--allow-nan", help="Accept NaN/missing values in float inputs.")] = False,
+    signature: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False, readable=True,
+        help="A signature written by hand (JSON or YAML: layout, inputs, outputs), used "
+             "instead of the one inferred from --sample, which must fit it.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Register FILE as the next version of NAME."""
@@ -185,12 +195,13 @@ def register(
     model, register_flavor = read_model(file, flavor, trusted=trusted)
     sample_input = read_sample(sample)
     reference_data = read_sample(reference) if reference is not None else None
+    declared = read_signature(signature) if signature is not None else None
     moves: list[tuple[str, int | None]] = []
     with cli.registry() as reg:
         mv = reg.register(name, model, sample_input=sample_input, flavor=register_flavor,
                           metrics=metrics, params=params, tags=tags,
                           reference_data=reference_data, allow_nan=allow_nan,
-                          trusted=trusted, description=description)
+                          trusted=trusted, description=description, signature=declared)
         for a in alias or []:
             moves.append((a, reg.set_alias(name, a, mv.version)))
         if moves:

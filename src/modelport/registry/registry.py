@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from modelport.datatypes import shape_matches
 from modelport.errors import FlavorError, InvalidInput, InvalidName
 from modelport.flavors import get_flavor, infer_flavor
 from modelport.model import Model
@@ -19,7 +20,13 @@ from modelport.monitoring.profile import profile
 from modelport.registry.artifacts import ArtifactStore, open_store, pack
 from modelport.registry.store import AliasEvent, ModelVersion, Store
 from modelport.settings import Settings
-from modelport.signature import infer_signature
+from modelport.signature import (
+    FieldSpec,
+    Signature,
+    infer_signature,
+    output_specs,
+    sample_rows,
+)
 
 # fullmatch, not match + "$": "$" also matches before a trailing newline
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -76,12 +83,16 @@ class Registry:
         allow_nan: bool = False,
         trusted: bool = False,
         description: str | None = None,
+        signature: Signature | None = None,
     ) -> ModelVersion:
         """Save `model` as the next version of `name`.
 
         The signature is inferred from `sample_input` (a few rows: array, DataFrame or
         records) and the outputs from predicting on it, which also proves the model
-        works before it is stored. The drift profile comes from `reference_data` (the
+        works before it is stored. A `signature` written by hand (input names, types
+        and shapes the sample cannot show, such as FP32 or a variable dimension) is
+        used instead; `sample_input` must then fit it, and outputs it declares must be
+        the ones the model answers. The drift profile comes from `reference_data` (the
         training set, ideally) or else the sample.
         """
         check_name(name)
@@ -91,8 +102,14 @@ class Registry:
                     "tags": jsonable(tags or {}, "tags")}
         flavor_name = flavor or infer_flavor(model)
         flavor_cls = get_flavor(flavor_name)
-        signature = infer_signature(sample_input, allow_nan=allow_nan)
-        sample = signature.decode(sample_input)
+        if signature is None:
+            signature = infer_signature(sample_input, allow_nan=allow_nan)
+            sample = signature.decode(sample_input)
+        else:
+            signature = signature.model_copy(deep=True)
+            signature.allow_nan = signature.allow_nan or allow_nan
+            sample = signature.decode(sample_input)  # names what does not fit
+            signature.sample = signature.sample or sample_rows(sample)
         reference = signature.decode(reference_data) if reference_data is not None else sample
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / "model"
@@ -105,7 +122,7 @@ class Registry:
                 raw = loaded.predict(signature.to_model_input(sample))
             except Exception as exc:
                 raise FlavorError(f"the model fails on its own sample_input: {exc}") from exc
-            signature.outputs = infer_signature(sample_input, signature.encode_outputs(raw)).outputs
+            signature.outputs = _outputs(signature, raw)
             archive = Path(tmp) / "artifact.tar"
             sha256, size = pack(folder, archive)
             self.artifacts.put(archive, sha256)
@@ -216,6 +233,25 @@ class Registry:
             return getpass.getuser()[:ACTOR_MAX]
         except (KeyError, OSError):
             return None
+
+
+def _outputs(signature: Signature, raw: Any) -> list[FieldSpec]:
+    """The outputs the model answered on its sample; those the signature declares, when
+    it declares them and the answer fits them."""
+    answered = output_specs(signature.encode_outputs(raw))
+    if not signature.outputs:
+        return answered
+    got = {s.name: s for s in answered}
+    if sorted(got) != sorted(s.name for s in signature.outputs):
+        declared = "; ".join(s.describe() for s in signature.outputs)
+        raise InvalidInput(f"the signature declares outputs {declared}, the model answers "
+                           + "; ".join(s.describe() for s in answered))
+    for spec in signature.outputs:
+        answer = got[spec.name]
+        if answer.datatype != spec.datatype or not shape_matches(answer.shape, spec.shape):
+            raise InvalidInput(f"the signature declares output {spec.describe()}, the model "
+                               f"answers {answer.describe()}")
+    return signature.outputs
 
 
 def parse_ref(ref: str) -> tuple[str, str | None, int | None]:
