@@ -37,8 +37,15 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def table(url: str) -> Iterator[str]:
+def pg(pg_server_url: str) -> str:
+    """PostgreSQL alone, for what only it does (COPY)."""
+    return pg_server_url
+
+
+@pytest.fixture
+def table(request: pytest.FixtureRequest) -> Iterator[str]:
     """A table name no other test uses, dropped afterwards."""
+    url = request.getfixturevalue("pg" if "pg" in request.fixturenames else "url")
     name = f"mp_{uuid.uuid4().hex[:12]}"
     yield name
     engine = create_engine(url)
@@ -241,6 +248,64 @@ async def test_new_keys_go_straight_in_and_existing_ones_are_upserted(
     rows = dict(execute(url, f"SELECT id, score FROM {table}"))
     assert len(rows) == 5_000 and rows[999] == pytest.approx(999 / 1_999)
     assert rows[1_000] == pytest.approx(10.0) and rows[2_999] == pytest.approx(11.0)
+
+
+async def test_on_postgresql_frames_of_new_keys_are_copied_on_the_event_loop(
+        pg, table, monkeypatch) -> None:
+    threaded: list[int] = []
+    write = SqlWriter._write
+
+    def spy(self: SqlWriter, frame: Frame, names: list[str]) -> None:
+        threaded.append(len(frame))
+        write(self, frame, names)
+
+    monkeypatch.setattr(SqlWriter, "_write", spy)
+    writer = SqlWriter(pg, table, create=True, columns=["score", "probabilities"])
+    await writer.start()
+    await writer.write(scores(500))  # creates the table and learns its types: a thread
+    await writer.write(scores(500, start=500))  # new keys: on the loop
+    await writer.write(scores(10, start=2_000))  # a few rows: one statement, in a thread
+    changed = scores(500, start=250)  # keys there already: refused on the loop, upserted
+    changed.columns["score"] = changed.columns["score"] + 10
+    await writer.write(changed)
+    await writer.close()
+
+    assert threaded == [500, 10, 500]
+    rows = dict(execute(pg, f"SELECT id, score FROM {table}"))
+    assert len(rows) == 1_010
+    assert rows[249] == pytest.approx(249 / 499) and rows[250] == pytest.approx(10.0)
+    assert rows[749] == pytest.approx(11.0) and rows[999] == pytest.approx(1.0)
+    assert rows[2_009] == pytest.approx(1.0)
+
+
+async def test_on_postgresql_a_lost_connection_is_an_outage_and_the_next_write_reconnects(
+        pg, table) -> None:
+    writer = SqlWriter(pg, table, create=True, columns=["score"])
+    await writer.start()
+    await writer.write(scores(100))
+    await writer.write(scores(100, start=100))  # on the loop: its connection is kept
+    execute(pg, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                 "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    with pytest.raises(NotReady, match="unavailable"):
+        await writer.write(scores(100, start=200))
+    await writer.write(scores(100, start=200))  # a connection of its own again
+    await writer.close()
+    assert execute(pg, f"SELECT count(*) FROM {table}") == [(300,)]
+
+
+async def test_on_postgresql_a_value_the_table_refuses_is_named(pg, table) -> None:
+    execute(pg, f"CREATE TABLE {table} (id BIGINT PRIMARY KEY, "
+                 "score DOUBLE PRECISION CHECK (score <= 0.5))")
+    writer = SqlWriter(pg, table, columns=["score"])
+    await writer.start()
+    first = scores(100)
+    first.columns["score"] = first.columns["score"] / 2
+    await writer.write(first)
+    with pytest.raises(ModelportError, match="violates check constraint") as refused:
+        await writer.write(scores(100, start=100))  # on the loop: up to 1.0
+    assert not isinstance(refused.value, NotReady)
+    await writer.close()
+    assert execute(pg, f"SELECT count(*) FROM {table}") == [(100,)]
 
 
 async def test_text_keys_and_json_text_columns_are_upserted_in_bulk(url, table,

@@ -33,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Dialect
 from sqlalchemy.types import ARRAY as AnyArray
 from sqlalchemy.types import TypeEngine
 
@@ -41,6 +42,7 @@ from modelport.errors import ConfigError
 from modelport.pipeline import pgcopy
 from modelport.pipeline.base import Frame, Writer
 from modelport.pipeline.columns import cells, column, dedupe_last, plain_keys
+from modelport.pipeline.pgasync import AsyncCopier
 from modelport.pipeline.sqlconn import SqlComponent, driver_errors
 
 BINARY_MIN_ROWS = 64
@@ -78,6 +80,7 @@ class SqlWriter(SqlComponent, Writer):
         self._table: Table | None = None
         self._oids: dict[str, list[int]] = {}
         self._upserts_left = 0
+        self._copier: AsyncCopier | None = None
 
     async def start(self) -> None:
         await super().start()
@@ -85,8 +88,16 @@ class SqlWriter(SqlComponent, Writer):
         # writer at a time, and the others would wait on its lock
         self.max_concurrent_writes = \
             1 if self.engine.dialect.name == "sqlite" else WRITE_CONCURRENCY
+        if self.engine.dialect.driver == "psycopg":
+            self._copier = AsyncCopier(self.engine.url, WRITE_CONCURRENCY)
         with self.errors():
             await asyncio.to_thread(self._existing)
+
+    async def close(self) -> None:
+        if self._copier is not None:
+            await self._copier.close()
+            self._copier = None
+        await super().close()
 
     def _existing(self) -> Table | None:
         if self._table is None:
@@ -107,8 +118,37 @@ class SqlWriter(SqlComponent, Writer):
             raise ConfigError(f"sql writer: the results have no column(s) {', '.join(absent)} "
                               f"(they have {', '.join(frame.columns)})")
         with self.errors():
-            # converting a large frame takes a while: not on the event loop's thread
-            await asyncio.to_thread(self._write, frame, names)
+            if not await self._copy_on_loop(frame, names):
+                # converting a large frame takes a while: not on the event loop's thread
+                await asyncio.to_thread(self._write, frame, names)
+
+    async def _copy_on_loop(self, frame: Frame, names: list[str]) -> bool:
+        """The common write on PostgreSQL, a frame of new keys that fits binary COPY,
+        straight into the table on the event loop (`pgasync`); False to go the general
+        way: the first frame (the table's column types are not known yet), a frame
+        that does not fit, and the upserts that follow a key already there."""
+        table, copier = self._table, self._copier
+        if copier is None or table is None or len(frame) < BINARY_MIN_ROWS \
+                or self._upserts_left or any(n not in table.c for n in names):
+            return False
+        cols = self._columns(self.engine.dialect, [self.key, *names])
+        oids = self._oids.get(cols)
+        data = pgcopy.encode(_arrays(frame, names), oids) if oids is not None else None
+        if data is None:
+            return False
+        import psycopg
+
+        try:
+            await copier.copy(self._copy_into(table, cols), data)
+        except psycopg.errors.UniqueViolation:
+            self._upserts_left = UPSERT_AFTER_CONFLICT  # rolled back: upsert it instead
+            return False
+        except psycopg.Error as exc:
+            raise sa_exc.DBAPIError.instance(
+                "COPY", None, exc, psycopg.Error, dialect=self.engine.dialect,
+                # a connection lost or refused: an outage, retried by the caller
+                connection_invalidated=isinstance(exc, psycopg.OperationalError)) from exc
+        return True
 
     def _write(self, frame: Frame, names: list[str]) -> None:
         table = self._existing()
@@ -184,7 +224,7 @@ class SqlWriter(SqlComponent, Writer):
     def _binary(self, conn: Connection, table: Table, names: list[str],
                 frame: Frame) -> bytes | None:
         """The frame as binary COPY data for the table's columns, if it fits."""
-        cols = self._columns(conn, [self.key, *names])
+        cols = self._columns(conn.dialect, [self.key, *names])
         if cols not in self._oids:
             target = conn.dialect.identifier_preparer.format_table(table)
             raw: Any = conn.connection.driver_connection
@@ -197,7 +237,7 @@ class SqlWriter(SqlComponent, Writer):
                      frame: Frame, data: bytes | None) -> None:
         """COPY into a staging table, then one INSERT … SELECT … ON CONFLICT. `data` is
         the frame as binary COPY, or None for a text COPY."""
-        cols = self._columns(conn, [self.key, *names])
+        cols = self._columns(conn.dialect, [self.key, *names])
         target = conn.dialect.identifier_preparer.format_table(table)
         raw: Any = conn.connection.driver_connection  # psycopg's own, which has COPY
         with driver_errors(conn, raw), raw.cursor() as cursor:
@@ -218,9 +258,13 @@ class SqlWriter(SqlComponent, Writer):
                            + self._on_conflict([quote(n) for n in [self.key, *names]]))
 
     @staticmethod
-    def _columns(conn: Connection, names: list[str]) -> str:
-        quote = conn.dialect.identifier_preparer.quote
+    def _columns(dialect: Dialect, names: list[str]) -> str:
+        quote = dialect.identifier_preparer.quote
         return ", ".join(quote(n) for n in names)
+
+    def _copy_into(self, table: Table, cols: str) -> str:
+        target = self.engine.dialect.identifier_preparer.format_table(table)
+        return f"COPY {target} ({cols}) FROM STDIN (FORMAT BINARY)"
 
     def _insert(self, conn: Connection, table: Table, names: list[str], data: bytes) -> None:
         """COPY new rows straight into the table: less than half the database's work
@@ -229,12 +273,11 @@ class SqlWriter(SqlComponent, Writer):
         the caller upserts. After that, the next `UPSERT_AFTER_CONFLICT` frames are
         upserted without trying (a job that rescores existing rows fails at its first
         row, but fails every time)."""
-        cols = self._columns(conn, [self.key, *names])
-        target = conn.dialect.identifier_preparer.format_table(table)
+        cols = self._columns(conn.dialect, [self.key, *names])
         raw: Any = conn.connection.driver_connection
         with driver_errors(conn, raw), raw.cursor() as cursor:
             try:
-                with cursor.copy(f"COPY {target} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+                with cursor.copy(self._copy_into(table, cols)) as copy:
                     copy.write(data)
             except conn.dialect.loaded_dbapi.Error as exc:
                 if getattr(exc, "sqlstate", None) == "23505":
