@@ -22,7 +22,7 @@ from modelport.pipeline.sqlconn import CONNECT_TIMEOUT_S
 
 class AsyncCopier:
     """Up to `size` asyncio connections to the database at `url` (kept between frames),
-    each COPY in a transaction of its own. Raises psycopg's errors as they come; a
+    each COPY a transaction of its own. Raises psycopg's errors as they come; a
     connection that fails is closed, not kept."""
 
     def __init__(self, url: URL, size: int) -> None:
@@ -40,8 +40,9 @@ class AsyncCopier:
 
         conn = await self._acquire()
         try:
-            async with conn.transaction(), conn.cursor() as cursor, \
-                    cursor.copy(statement) as copy:
+            # in autocommit, COPY is a transaction of its own: no BEGIN and COMMIT to
+            # wait for, and a refused row leaves nothing written
+            async with conn.cursor() as cursor, cursor.copy(statement) as copy:
                 await copy.write(data)
         except psycopg.Error:
             # rolled back; a refused row (a key already there) leaves it usable
@@ -67,7 +68,7 @@ class AsyncCopier:
             self._idle, self._loop = [], loop
         if self._idle:
             return self._idle.pop()
-        return await psycopg.AsyncConnection.connect(self.conninfo)
+        return await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
 
     def _release(self, conn: Any) -> None:
         from psycopg.pq import TransactionStatus
