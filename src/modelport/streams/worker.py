@@ -30,19 +30,19 @@ import asyncio
 import contextlib
 import functools
 import logging
-import operator
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from modelport.errors import DeadlineExceeded, InvalidInput, ModelportError, NotReady, Overloaded
+from modelport.errors import DeadlineExceeded, ModelportError, NotReady, Overloaded
 from modelport.monitoring.metrics import Metrics
-from modelport.pipeline import Frame, Key, Pipeline, Reject, Scored
+from modelport.pipeline import Frame, Key, Pipeline, Reject
 from modelport.signature import Signature
 from modelport.streams.base import Broker, DeadLetter, Message
-from modelport.streams.codec import Codec, TypedDecoder, decode
+from modelport.streams.codec import Codec, TypedDecoder
+from modelport.streams.rounds import Round, read
 
 log = logging.getLogger("modelport.stream")
 
@@ -70,35 +70,10 @@ class _Abandoned(Exception):
     """A step given up on because the worker is stopping (its messages come back)."""
 
 
-@dataclass(slots=True)
-class _Row:
-    """A message read one at a time (the general path): its inputs as a record, or as
-    values in the order of `typed.names` when the typed decoder read it."""
-
-    id: str
-    key: Any
-    message: Message
-    record: dict[str, Any] | None = None
-    values: tuple[Any, ...] | None = None
-    typed: TypedDecoder | None = None
-
-
-@dataclass
-class _Round:
-    """Messages with distinct ids, scored together and then written together: the
-    frame's keys are their ids, in message order."""
-
-    messages: list[Message]
-    frame: Frame
-    scored: Scored | None = None
-    error: Exception | None = None
-    """Scoring failed for good: narrowed down to its messages when written."""
-
-
 @dataclass
 class _Batch:
     letters: list[DeadLetter]
-    rounds: list[_Round]
+    rounds: list[Round]
     started: float
 
 
@@ -214,68 +189,14 @@ class StreamWorker:
         return self._typed_decoder
 
     def _decode(self, messages: Sequence[Message], signature: Signature | None
-                ) -> tuple[list[DeadLetter], list[_Round]]:
-        """Dead letters, and the rows to score in rounds of distinct ids."""
-        typed = self._typed(signature)
-        if typed is not None:
-            whole = self._decode_typed(messages, typed)
-            if whole is not None:
-                return [], [whole]
-        return self._decode_each(messages, signature, typed)
-
-    def _decode_typed(self, messages: Sequence[Message], typed: TypedDecoder) -> _Round | None:
-        """The usual batch in one go: first deliveries, each a record the typed decoder
-        reads, no id twice. None sends the batch the message-by-message way."""
-        if max(map(_deliveries, messages), default=1) > 1:
-            return None
-        decoded = typed.decode_all(messages)
-        if decoded is None:
-            return None
-        ids, keys, table = decoded
-        if len(set(ids)) != len(ids):
-            return None
-        frame = Frame(list(ids), {n: table[:, i] for i, n in enumerate(typed.names)})
-        if keys is not None:
-            frame.columns["key"] = keys
-        return _Round(list(messages), frame)
-
-    def _decode_each(self, messages: Sequence[Message], signature: Signature | None,
-                     typed: TypedDecoder | None) -> tuple[list[DeadLetter], list[_Round]]:
-        """Message by message, naming what is wrong with each that cannot be read.
-
-        The same id twice in one batch (a producer's retry, say) goes into a later
-        round, so that each round upserts one row per id and the batch ends as the
-        messages would have one after the other."""
-        letters: list[DeadLetter] = []
-        rounds: list[list[_Row]] = []
-        seen: dict[str, int] = {}
-        for message in messages:
-            if message.deliveries > 1:
-                self.stats.redeliveries += 1
-                if self.metrics is not None:
-                    self.metrics.stream_redeliveries.labels(self.pipeline.name).inc()
-            if message.deliveries > self.max_deliveries:
-                letters.append(DeadLetter(message, (
-                    f"delivered {message.deliveries} times without success "
-                    f"(max_deliveries={self.max_deliveries})")))
-                continue
-            fast = typed.decode(message) if typed is not None else None
-            if fast is not None:
-                row = _Row(fast[0], fast[1], message, values=fast[2], typed=typed)
-            else:
-                try:
-                    decoded = decode(message, self.codec)
-                    record = as_record(decoded.data, signature)
-                except InvalidInput as exc:
-                    letters.append(DeadLetter(message, exc.message))
-                    continue
-                row = _Row(decoded.id, decoded.key, message, record=record)
-            turn = seen.get(row.id, 0)
-            seen[row.id] = turn + 1
-            if turn == len(rounds):
-                rounds.append([])
-            rounds[turn].append(row)
-        return letters, [_Round([row.message for row in rows], _frame(rows)) for rows in rounds]
+                ) -> tuple[list[DeadLetter], list[Round]]:
+        letters, rounds, redeliveries = read(messages, signature, self._typed(signature),
+                                             self.codec, self.max_deliveries)
+        if redeliveries:
+            self.stats.redeliveries += redeliveries
+            if self.metrics is not None:
+                self.metrics.stream_redeliveries.labels(self.pipeline.name).inc(redeliveries)
+        return letters, rounds
 
     # --- stage 2: write, dead-letter, acknowledge -----------------------------------------
 
@@ -303,7 +224,7 @@ class StreamWorker:
             await self._retry(lambda: self.broker.ack(accepted), "ack", abandon=False)
         self._account(len(accepted), len(letters), time.perf_counter() - batch.started)
 
-    async def _write_round(self, r: _Round) -> list[Reject]:
+    async def _write_round(self, r: Round) -> list[Reject]:
         """Write a scored round; the rows rejected, by the model's signature or the sink."""
         writer = self.pipeline.writer
         if r.error is None and r.scored is not None:
@@ -388,45 +309,3 @@ class StreamWorker:
             self.metrics.stream_messages.labels(name, "processed").inc(processed)
             self.metrics.stream_messages.labels(name, "dead_lettered").inc(dead)
             self.metrics.stream_batch_seconds.labels(name).observe(seconds)
-
-
-def _frame(rows: list[_Row]) -> Frame:
-    """Rows read one by one as a frame: one array for the inputs when the typed decoder
-    read them all; a `key` column when a message had one."""
-    keys: list[Key] = [row.id for row in rows]
-    typed = rows[0].typed if rows else None
-    values = [row.values for row in rows if row.values is not None and row.typed is typed]
-    table = typed.table(values) if typed is not None and len(values) == len(rows) else None
-    if typed is not None and table is not None:
-        frame = Frame(keys, {n: table[:, i] for i, n in enumerate(typed.names)})
-    else:
-        frame = Frame.from_records(keys, [_record(row) for row in rows])
-    if any(row.key is not None for row in rows):
-        frame.columns["key"] = [row.key for row in rows]
-    return frame
-
-
-def _record(row: _Row) -> dict[str, Any]:
-    if row.record is not None:
-        return row.record
-    if row.typed is None or row.values is None:
-        raise AssertionError("a row holds a record or typed values")
-    return dict(zip(row.typed.names, row.values, strict=True))
-
-
-_deliveries = operator.attrgetter("deliveries")
-
-
-def as_record(data: Any, signature: Signature | None) -> dict[str, Any]:
-    """A message's data as one record of the model's inputs."""
-    if isinstance(data, dict):
-        return data
-    if signature is None:
-        raise InvalidInput("expected a record (a JSON object) of named values")
-    names = [s.name for s in signature.inputs]
-    if signature.layout == "tensor" and len(names) == 1:
-        return {names[0]: data}
-    if not isinstance(data, list) or len(data) != len(names):
-        raise InvalidInput(
-            f"expected a record or a row of {len(names)} values ({', '.join(names)})")
-    return dict(zip(names, data, strict=True))
