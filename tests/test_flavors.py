@@ -17,8 +17,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_iris
-from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestRegressor
+from sklearn.ensemble import (
+    ExtraTreesClassifier,
+    HistGradientBoostingClassifier,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -101,6 +107,41 @@ def test_sklearn_pipeline_on_a_dataframe(
     np.testing.assert_array_equal(
         model.predict(X.head(20).to_numpy().tolist()), pipeline.predict(X.head(20))
     )
+
+
+@pytest.mark.parametrize("make", [
+    lambda: RandomForestClassifier(n_estimators=4, max_depth=3, random_state=0),
+    lambda: ExtraTreesClassifier(n_estimators=3, random_state=0),
+    lambda: CalibratedClassifierCV(LogisticRegression(max_iter=1000), cv=3),
+], ids=["random-forest", "extra-trees", "calibrated"])
+@pytest.mark.parametrize("data", [load_iris, load_breast_cancer], ids=["3-classes", "2-classes"])
+def test_labels_of_an_argmax_classifier_come_from_its_one_pass(
+        reg: Registry, make: Any, data: Any) -> None:
+    X, y = data(return_X_y=True)
+    fitted = make().fit(X, y)
+    model = round_trip(reg, "forest", fitted, X[:5])
+    loaded = model.flavor.model
+
+    def refused(_: Any) -> Any:
+        raise AssertionError("predict() is not needed: the labels are argmax(proba)")
+
+    loaded.predict = refused
+    labels = model.predict(X)
+    np.testing.assert_array_equal(labels, fitted.predict(X))  # ties included: few trees
+    np.testing.assert_array_equal(model.predict(X, output="probabilities"),
+                                  fitted.predict_proba(X))
+
+
+def test_other_classifiers_answer_their_own_predict(reg: Registry) -> None:
+    X, y = load_iris(return_X_y=True)
+    fitted = LogisticRegression(max_iter=1000).fit(X, y)  # labels from its scores
+    model = round_trip(reg, "linear", fitted, X[:5])
+    loaded = model.flavor.model
+    calls: list[int] = []
+    predict = loaded.predict
+    loaded.predict = lambda x: calls.append(len(x)) or predict(x)
+    np.testing.assert_array_equal(model.predict(X), fitted.predict(X))
+    assert calls == [len(X)]
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,16 @@ import numpy as np
 from modelport.errors import FlavorError
 from modelport.flavors.base import Flavor, require
 
+ARGMAX_OF_PROBA = frozenset({
+    "sklearn.ensemble._forest.RandomForestClassifier",
+    "sklearn.ensemble._forest.ExtraTreesClassifier",
+    "sklearn.calibration.CalibratedClassifierCV",
+})
+"""Classifiers whose `predict()` is `classes_[argmax(predict_proba())]`, in
+scikit-learn's own code: their labels come from the probabilities, which they compute
+once instead of twice (a forest walks all its trees for each). Exact classes only: a
+subclass may predict otherwise."""
+
 
 class SklearnFlavor(Flavor):
     """Classifiers answer `predictions` (labels) and `probabilities`; others `predictions`.
@@ -100,8 +110,13 @@ class SklearnFlavor(Flavor):
             # the pipeline's transforms once for both calls, as Pipeline.predict and
             # predict_proba each apply them before its final step
             x, model = model[:-1].transform(x), model[-1]
-        # two calls: argmax(proba) differs from predict for some estimators (SVC)
-        return {"predictions": model.predict(x), "probabilities": model.predict_proba(x)}
+        probabilities = model.predict_proba(x)
+        if _qualname(model) in ARGMAX_OF_PROBA and getattr(model, "n_outputs_", 1) == 1:
+            # its predict() is this very argmax of predict_proba(): one pass, not two
+            labels = model.classes_.take(np.argmax(probabilities, axis=1), axis=0)
+            return {"predictions": labels, "probabilities": probabilities}
+        # two calls: argmax(proba) differs from predict for other estimators (SVC)
+        return {"predictions": model.predict(x), "probabilities": probabilities}
 
 
     def takes_arrays(self, columns: list[str]) -> bool:
@@ -156,6 +171,10 @@ def _may_hold_estimators(value: Any) -> bool:
     if isinstance(value, list | tuple | dict):
         return True
     return hasattr(value, "__dict__") and not isinstance(value, type)
+
+
+def _qualname(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
 def _is_pipeline(obj: Any) -> bool:
