@@ -2,13 +2,14 @@
 
 On PostgreSQL a frame of `BINARY_MIN_ROWS` rows or more whose values fit binary COPY
 (numbers, strings, multi-dimensional outputs as arrays or JSON text; `pgcopy.encode`)
-goes by COPY, made by numpy in a few calls. It is tried straight into the table first:
-a frame of new keys (a first run, new messages) is then written for less than half
-the database's work of an upsert. When a key is already there, the transaction is
-rolled back and the frame is COPY-ed into a temporary staging table and merged with
-one `INSERT … SELECT … ON CONFLICT`. Frames of `COPY_MIN_ROWS` or more that do not fit
-binary COPY (NaN, which is NULL) take a text COPY through the staging table. Smaller
-frames, and other databases, take one `executemany`.
+goes by COPY, made by numpy in a few calls. It is tried straight into the table first
+(on the event loop: `pgasync`): a frame of new keys (a first run, new messages) is
+then written for less than half the database's work of an upsert. When a key is
+already there, the COPY is rolled back and the frame is COPY-ed into a temporary
+staging table and merged with one `INSERT … SELECT … ON CONFLICT`. Frames of
+`COPY_MIN_ROWS` or more that do not fit binary COPY (NaN, which is NULL) take a text
+COPY through the staging table. Smaller frames, and other databases, take one
+`executemany`.
 """
 
 from __future__ import annotations
