@@ -138,3 +138,13 @@ def test_rows_with_a_text_field_of_varying_length_round_trip(conn, lengths, alph
     rows = conn.execute(f"SELECT score, id, probs FROM {name} ORDER BY score").fetchall()
     assert [(s, k) for s, k, _ in rows] == list(zip(range(n), keys.tolist(), strict=True))
     assert np.array([p for _, _, p in rows]).tolist() == probs.tolist()
+
+
+def test_a_text_field_with_nulls_among_fixed_ones_round_trips(conn) -> None:
+    name = f"copy_{uuid.uuid4().hex[:8]}"
+    conn.execute(f"CREATE TABLE {name} (id BIGINT, label TEXT, score DOUBLE PRECISION)")
+    labels = np.array([None, "a", "bb", None, "a", "ccc"] * 20, dtype=object)
+    n = len(labels)
+    write(conn, name, [np.arange(n), labels, np.arange(n) / 7])
+    rows = conn.execute(f"SELECT id, label, score FROM {name} ORDER BY id").fetchall()
+    assert rows == [(i, labels[i], pytest.approx(i / 7)) for i in range(n)]
