@@ -1,11 +1,11 @@
 """The stream worker: a broker as a pipeline's trigger.
 
-Each batch is fetched, decoded and scored through the pipeline (the model's batcher),
-then written, and only then acknowledged. Messages that cannot be decoded or fail
-validation, and messages delivered `max_deliveries` times, go to the dead-letter
-subject with the reason. An outage of a backing service (the sink, the broker, a model
-still loading) is retried with backoff, holding the batch: nothing is acknowledged that
-was not written.
+Each batch is fetched, decoded into rounds of distinct ids (`rounds`) and scored
+through the pipeline (the model's batcher), then written, and only then acknowledged.
+Messages that cannot be decoded or fail validation, and messages delivered
+`max_deliveries` times, go to the dead-letter subject with the reason. An outage of a
+backing service (the sink, the broker, a model still loading) is retried with backoff,
+holding the batch: nothing is acknowledged that was not written.
 
 While batches are written and acknowledged, the next is fetched and scored; a writer
 that takes several frames at once (`Writer.max_concurrent_writes`: a SQL database,
