@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -93,3 +94,21 @@ def test_every_process_serves_the_same_system(
                 break
             assert time.monotonic() < deadline, answers
             time.sleep(0.3)
+
+
+def test_metrics_of_any_process_count_every_process(
+        up: tuple[str, subprocess.Popen[bytes], Path]) -> None:
+    url, _, _ = up
+    loaded = re.compile(r'^modelport_model_loads_total\{[^}]*outcome="loaded"[^}]*\} (\S+)$',
+                        re.MULTILINE)
+    deadline = time.monotonic() + 60
+    while True:
+        counts = []
+        for _ in range(8):  # new connections: both processes answer some of them
+            with httpx.Client(base_url=url, timeout=10) as fresh:
+                counts.append(sum(float(v) for v in loaded.findall(fresh.get("/metrics").text)))
+        # each process loaded the model once: every answer counts both loads
+        if counts == [2.0] * 8:
+            break
+        assert time.monotonic() < deadline, counts
+        time.sleep(0.5)

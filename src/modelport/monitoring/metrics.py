@@ -1,6 +1,16 @@
-"""Prometheus metrics, on a registry of their own per app (tests build many apps)."""
+"""Prometheus metrics, on a registry of their own per app (tests build many apps).
+
+Several processes serving one port (`music up --workers N`) each count their own
+requests, and a scrape reaches one of them. They report together through
+prometheus_client's multiprocess mode: whoever starts them sets
+`PROMETHEUS_MULTIPROC_DIR` to an empty folder before they start (prometheus_client
+reads it when imported), each process writes its values there, and a scrape of any of
+them reads them all: counters and histograms summed, gauges as each one says below.
+"""
 
 from __future__ import annotations
+
+import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -14,6 +24,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         r = self.registry
         self.requests = Counter(
             "modelport_requests_total", "HTTP requests by model, version, route and status",
@@ -25,7 +36,8 @@ class Metrics:
             "modelport_batch_size", "Rows per model call", ["model", "version"],
             buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge(
-            "modelport_queue_depth", "Requests waiting for the model", ["model"], registry=r)
+            "modelport_queue_depth", "Requests waiting for the model", ["model"], registry=r,
+            multiprocess_mode="livesum")
         self.rejections = Counter(
             "modelport_rejections_total", "Requests refused, by reason",
             ["model", "reason"], registry=r)
@@ -34,7 +46,7 @@ class Metrics:
             ["model", "outcome"], registry=r)
         self.served_version = Gauge(
             "modelport_served_version", "Version each served model answers with", ["model"],
-            registry=r)
+            registry=r, multiprocess_mode="livemax")
 
         self.stream_messages = Counter(
             "modelport_stream_messages_total", "Stream messages by pipeline and outcome",
@@ -50,7 +62,7 @@ class Metrics:
             ["pipeline"], registry=r)
         self.stream_lag = Gauge(
             "modelport_stream_lag", "Messages waiting for the consumer group", ["pipeline"],
-            registry=r)
+            registry=r, multiprocess_mode="livemax")
 
         self.job_runs = Counter(
             "modelport_job_runs_total",
@@ -58,7 +70,8 @@ class Metrics:
             ["job", "outcome"], registry=r)
         self.job_last_success = Gauge(
             "modelport_job_last_success_timestamp_seconds",
-            "Unix time the job last finished successfully", ["job"], registry=r)
+            "Unix time the job last finished successfully", ["job"], registry=r,
+            multiprocess_mode="max")
         self.job_duration = Histogram(
             "modelport_job_duration_seconds", "Duration of scheduled job runs", ["job"],
             buckets=JOB_BUCKETS, registry=r)
@@ -72,4 +85,10 @@ class Metrics:
             ["outcome"], registry=r)
 
     def render(self) -> bytes:
+        if self.multiprocess_dir:  # every process's values, not only this one's
+            from prometheus_client import multiprocess
+
+            everyone = CollectorRegistry()
+            multiprocess.MultiProcessCollector(everyone, path=self.multiprocess_dir)
+            return generate_latest(everyone)
         return generate_latest(self.registry)

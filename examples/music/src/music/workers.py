@@ -9,7 +9,7 @@ the kernel spreads new connections over the sockets by a hash of their addresses
 The processes are spawned fresh (not forked: the parent has threads by then) and build
 their app from an import string, as uvicorn's own workers do. When one of them stops,
 the others are stopped too, and SIGINT/SIGTERM stop them all, each draining its
-requests first.
+requests first. Whichever process answers `/metrics` reports them all together.
 """
 
 from __future__ import annotations
@@ -17,8 +17,11 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
+import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from types import FrameType
 
@@ -60,6 +63,10 @@ def run(factory: str, host: str, port: int, workers: int) -> int:
     spawn = multiprocessing.get_context("spawn")
     children = [spawn.Process(target=serve_one, args=(factory, host, port),
                               name=f"music-worker-{i}") for i in range(workers)]
+    # /metrics of any process reports them all (modelport.monitoring.metrics): the
+    # children, spawned fresh, find the folder when they import prometheus_client
+    metrics_dir = tempfile.mkdtemp(prefix="music-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     stopping = False
 
     def stop(signum: int, _: FrameType | None) -> None:
@@ -85,4 +92,6 @@ def run(factory: str, host: str, port: int, workers: int) -> int:
                 child.kill()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0 if stopping else 1
