@@ -118,7 +118,6 @@ class SklearnFlavor(Flavor):
         # two calls: argmax(proba) differs from predict for other estimators (SVC)
         return {"predictions": model.predict(x), "probabilities": probabilities}
 
-
     def takes_arrays(self, columns: list[str]) -> bool:
         fitted = getattr(self.model, "feature_names_in_", None)
         if fitted is not None and [str(n) for n in fitted] != columns:
