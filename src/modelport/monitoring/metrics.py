@@ -89,6 +89,7 @@ class Metrics:
             from prometheus_client import multiprocess
 
             everyone = CollectorRegistry()
-            multiprocess.MultiProcessCollector(everyone, path=self.multiprocess_dir)
+            multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
+                everyone, path=self.multiprocess_dir)
             return generate_latest(everyone)
         return generate_latest(self.registry)
