@@ -104,6 +104,17 @@ async def run(dataplane: DataPlane, payloads: list[bytes], codec_name: Any
     return writer.rows, dead
 
 
+def assert_same_rows(fast: dict[Any, dict[str, Any]], slow: dict[Any, dict[str, Any]]
+                     ) -> None:
+    """The same rows by the two paths: keys, predictions, probabilities, message keys."""
+    assert fast.keys() == slow.keys()
+    for key, row in fast.items():
+        assert row.keys() == slow[key].keys()
+        assert row["predictions"] == slow[key]["predictions"]
+        assert row["probabilities"] == pytest.approx(slow[key]["probabilities"])
+        assert row.get("key") == slow[key].get("key")
+
+
 @pytest.mark.parametrize("codec_name", ["json", "msgpack"])
 async def test_the_fast_path_writes_and_rejects_exactly_what_the_general_one_does(
         dataplane, monkeypatch, codec_name) -> None:
@@ -119,12 +130,7 @@ async def test_the_fast_path_writes_and_rejects_exactly_what_the_general_one_doe
     slow_rows, slow_dead = await run(dataplane, payloads, codec_name)
     assert len(fast_rows) == 36 and len(fast_dead) == 6
     assert fast_dead == slow_dead
-    assert fast_rows.keys() == slow_rows.keys()
-    for key, row in fast_rows.items():
-        assert row.keys() == slow_rows[key].keys()
-        assert row["predictions"] == slow_rows[key]["predictions"]
-        assert row["probabilities"] == pytest.approx(slow_rows[key]["probabilities"])
-        assert row.get("key") == slow_rows[key].get("key")
+    assert_same_rows(fast_rows, slow_rows)
     assert fast_rows["e4"]["key"] == 1
 
 
@@ -161,11 +167,6 @@ async def test_a_batch_read_in_one_go_is_written_as_message_by_message(
 
     assert fast_dead == slow_dead == []
     assert len(fast_rows) == len(payloads)
-    assert fast_rows.keys() == slow_rows.keys()
     assert {"e1", "e2", "1007"} <= fast_rows.keys()
-    for key, row in fast_rows.items():
-        assert row.keys() == slow_rows[key].keys()
-        assert row["predictions"] == slow_rows[key]["predictions"]
-        assert row["probabilities"] == pytest.approx(slow_rows[key]["probabilities"])
-        assert row.get("key") == slow_rows[key].get("key")
+    assert_same_rows(fast_rows, slow_rows)
     assert fast_rows["e1"]["key"] == "k"

@@ -13,7 +13,7 @@ PostgreSQL (`postgresql://`, psycopg 3: the `postgres` extra), MariaDB/MySQL
   one row per key.
 
 The drivers block, so database calls run in a worker thread; the engine's pool
-(`pool_pre_ping`) replaces connections a restart or an outage broke. One exception:
+replaces connections a restart or an outage broke (`sqlconn.make_engine`). One exception:
 a lookup of a few keys (`INLINE_KEYS`) by an indexed key in an SQLite table in WAL mode
 runs on the event loop. It reads a few pages of a local file, which takes microseconds
 and, in WAL mode, never waits for a writer, while handing it to a thread and back
