@@ -144,6 +144,51 @@ def test_other_classifiers_answer_their_own_predict(reg: Registry) -> None:
     assert calls == [len(X)]
 
 
+
+def test_a_pipelines_steps_are_applied_once_for_both_outputs(
+        reg: Registry, cancer: tuple[pd.DataFrame, pd.Series]) -> None:
+    X, y = cancer
+    fitted = Pipeline([("scale", StandardScaler()), ("skip", "passthrough"),
+                       ("none", None), ("clf", LogisticRegression(max_iter=1000))]).fit(X, y)
+    model = round_trip(reg, "steps", fitted, X.head(5))
+    scaler = model.flavor.model.named_steps["scale"]
+    calls: list[int] = []
+    transform = scaler.transform
+    scaler.transform = lambda x: calls.append(len(x)) or transform(x)
+    np.testing.assert_array_equal(model.predict(X), fitted.predict(X))
+    assert calls == [len(X)]  # once, though labels and probabilities both need it
+    np.testing.assert_array_equal(model.predict(X, output="probabilities"),
+                                  fitted.predict_proba(X))
+
+
+def test_scikit_learn_skips_its_nan_check_only_when_the_signature_made_it(
+        reg: Registry) -> None:
+    import sklearn
+
+    X, y = load_iris(return_X_y=True)
+    fitted = LogisticRegression(max_iter=1000).fit(X, y)
+    seen: dict[str, bool] = {}
+
+    def spying(model: Model) -> Model:
+        predict_proba = model.flavor.model.predict_proba
+
+        def spy(x: Any) -> Any:
+            seen[model.name] = sklearn.get_config()["assume_finite"]
+            return predict_proba(x)
+
+        model.flavor.model.predict_proba = spy
+        return model
+
+    strict = spying(round_trip(reg, "strict", fitted, X[:5]))
+    np.testing.assert_array_equal(strict.predict(X), fitted.predict(X))
+    with pytest.raises(InvalidInput, match="rejects NaN/inf"):  # refused before the model
+        strict.predict([[np.nan, 1.0, 1.0, 1.0]])
+    lenient = spying(round_trip(reg, "lenient", fitted, X[:5], allow_nan=True))
+    with pytest.raises(ValueError, match="NaN"):  # scikit-learn's own check still runs
+        lenient.predict([[np.nan, 1.0, 1.0, 1.0]])
+    assert seen == {"strict": True, "lenient": False}
+    assert not sklearn.get_config()["assume_finite"]  # for this call only
+
 @pytest.mark.parametrize(
     "regressor",
     [Ridge(alpha=0.5), RandomForestRegressor(n_estimators=5, max_depth=4, random_state=0)],

@@ -48,9 +48,12 @@ class Model:
         sig = self.signature
         self._array_input = sig.model_input == "dataframe" and sig.numeric_block and \
             self.flavor.takes_arrays([s.name for s in sig.inputs])
+        self.flavor.inputs_finite = not sig.allow_nan
         return self
 
     def predict_batch(self, batch: Batch) -> Batch:
+        """Predict on `batch` as `Signature.validate` returns it (checked: its types,
+        shapes and, unless the signature allows them, no NaN or infinities)."""
         x = self.signature.to_model_input(batch, array=self._array_input)
         return self.signature.encode_outputs(self.flavor.predict(x))
 

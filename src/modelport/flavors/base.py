@@ -25,6 +25,10 @@ class Flavor(ABC):
         self.path = path
         self.options = options
         self.trusted = trusted
+        self.inputs_finite = False
+        """Whether every input `predict` gets has been checked for NaN and infinities
+        (the signature refuses them; `Model.load` says so): a flavor may then skip its
+        library's own check."""
 
     @classmethod
     @abstractmethod

@@ -102,14 +102,28 @@ class SklearnFlavor(Flavor):
             self.model = _read(lambda: sio.load(file, trusted=trusted_types))
 
     def predict(self, x: Any) -> Any:
+        if not self.inputs_finite:
+            return self._predict(x)
+        import sklearn
+
+        # the signature has refused NaN and infinities already: scikit-learn's own check
+        # of every array each estimator is handed would only repeat it
+        with sklearn.config_context(assume_finite=True):
+            return self._predict(x)
+
+    def _predict(self, x: Any) -> Any:
         if not self.options.get("proba"):
             return {"predictions": self.model.predict(x)}
         model = self.model
         steps = getattr(model, "steps", None)
         if _is_pipeline(model) and steps and len(steps) > 1:
             # the pipeline's transforms once for both calls, as Pipeline.predict and
-            # predict_proba each apply them before its final step
-            x, model = model[:-1].transform(x), model[-1]
+            # predict_proba each apply them before its final step (and step by step:
+            # slicing the pipeline makes a new one per call, and routes no parameters)
+            for _, step in steps[:-1]:
+                if step is not None and step != "passthrough":
+                    x = step.transform(x)
+            model = steps[-1][1]
         probabilities = model.predict_proba(x)
         if _qualname(model) in ARGMAX_OF_PROBA and getattr(model, "n_outputs_", 1) == 1:
             # its predict() is this very argmax of predict_proba(): one pass, not two
