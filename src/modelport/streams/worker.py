@@ -7,8 +7,11 @@ Messages that cannot be decoded or fail validation, and messages delivered
 backing service (the sink, the broker, a model still loading) is retried with backoff,
 holding the batch: nothing is acknowledged that was not written.
 
-While batches are written and acknowledged, the next is fetched and scored; a writer
-that takes several frames at once (`Writer.max_concurrent_writes`: a SQL database,
+While batches are written and acknowledged, the next is fetched and scored, and after
+a full batch (more are waiting) the one after it is read while this one is scored,
+so the broker prepares a reply while the worker computes; a batch read ahead is
+finished like the one in flight when stopping. A writer that takes several frames at
+once (`Writer.max_concurrent_writes`: a SQL database,
 each frame its own transaction) writes that many batches side by side. A batch
 holding an id that a batch before it is still writing waits for that write, so the
 last message about an id is the one whose result is kept, as if they ran one at a
@@ -107,31 +110,26 @@ class StreamWorker:
     async def run(self, *, burst: bool = False) -> WorkerStats:
         """Process until `stop()`; with `burst`, until a fetch comes back empty."""
         writing: deque[tuple[asyncio.Task[None], set[Key]]] = deque()
+        fetching: asyncio.Task[Sequence[Message] | None] | None = None
         try:
-            while not self._stopping.is_set():
-                try:
-                    messages = await self._retry(
-                        lambda: self.broker.fetch(self.batch_size, self.fetch_timeout),
-                        "fetch")
-                except _Abandoned:
+            while True:
+                if fetching is None:
+                    if self._stopping.is_set():
+                        break
+                    fetching = asyncio.ensure_future(self._fetch())
+                messages, fetching = await fetching, None
+                if messages is None or (burst and not messages):
                     break
                 if not messages:
-                    if burst:
-                        break
                     continue
+                fetching = await self._read_ahead(messages)
                 batch = await self._prepare(messages)
-                if batch is None:
-                    continue
-                ids: set[Key] = set().union(*(r.frame.keys for r in batch.rounds))
-                # the writer's room, and results in message order: a batch about an id
-                # still being written waits for that write
-                while writing and (len(writing) >= self._write_concurrency()
-                                   or any(ids & busy for _, busy in writing)):
-                    await writing.popleft()[0]
-                writing.append((asyncio.create_task(self._finish(batch)), ids))
+                if batch is not None:
+                    await self._start_writing(batch, writing)
             while writing:
                 await writing.popleft()[0]
         except asyncio.CancelledError:  # abandoned (the drain timeout): so are the writes
+            await _drop(fetching)
             for task, _ in writing:
                 task.cancel()
             for task, _ in writing:
@@ -139,11 +137,41 @@ class StreamWorker:
                     await task
             raise
         except Exception:  # a batch failed for good: the others are written first
+            await _drop(fetching)
             for task, _ in writing:
                 with contextlib.suppress(Exception):
                     await task
             raise
         return self.stats
+
+    async def _fetch(self) -> Sequence[Message] | None:
+        """The next batch; None when abandoned (stopping during an outage)."""
+        try:
+            return await self._retry(
+                lambda: self.broker.fetch(self.batch_size, self.fetch_timeout), "fetch")
+        except _Abandoned:
+            return None
+
+    async def _read_ahead(self, messages: Sequence[Message]
+                          ) -> asyncio.Task[Sequence[Message] | None] | None:
+        """After a full batch (more are waiting), the next fetch, started now: the broker
+        prepares its reply while this batch is scored. Stopping finishes the batch it
+        reads like the one in flight."""
+        if len(messages) < self.batch_size or self._stopping.is_set():
+            return None
+        task = asyncio.ensure_future(self._fetch())
+        await asyncio.sleep(0)  # its request goes out before this batch is decoded
+        return task
+
+    async def _start_writing(self, batch: _Batch,
+                             writing: deque[tuple[asyncio.Task[None], set[Key]]]) -> None:
+        ids: set[Key] = set().union(*(r.frame.keys for r in batch.rounds))
+        # the writer's room, and results in message order: a batch about an id still
+        # being written waits for that write
+        while writing and (len(writing) >= self._write_concurrency()
+                           or any(ids & busy for _, busy in writing)):
+            await writing.popleft()[0]
+        writing.append((asyncio.create_task(self._finish(batch)), ids))
 
     def _write_concurrency(self) -> int:
         writer = self.pipeline.writer
@@ -309,3 +337,12 @@ class StreamWorker:
             self.metrics.stream_messages.labels(name, "processed").inc(processed)
             self.metrics.stream_messages.labels(name, "dead_lettered").inc(dead)
             self.metrics.stream_batch_seconds.labels(name).observe(seconds)
+
+
+async def _drop(task: asyncio.Task[T] | None) -> None:
+    """Cancel a fetch no batch will come from (the messages it read, if any, are not
+    acknowledged and come back), and collect its end."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
