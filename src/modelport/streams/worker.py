@@ -7,17 +7,17 @@ Messages that cannot be decoded or fail validation, and messages delivered
 backing service (the sink, the broker, a model still loading) is retried with backoff,
 holding the batch: nothing is acknowledged that was not written.
 
-While batches are written and acknowledged, the next is fetched and scored, and after
-a full batch (more are waiting) the one after it is read while this one is scored,
-so the broker prepares a reply while the worker computes; a batch read ahead is
-finished like the one in flight when stopping. A writer that takes several frames at
-once (`Writer.max_concurrent_writes`: a SQL database,
-each frame its own transaction) writes that many batches side by side. A batch
-holding an id that a batch before it is still writing waits for that write, so the
-last message about an id is the one whose result is kept, as if they ran one at a
-time. Acknowledgements may then come out of order, which every broker allows (Kafka
-commits only an unbroken run of offsets). The overlap hides the broker's, the model's
-and the sink's latencies behind one another.
+While batches are written and acknowledged, the next is fetched and scored; after a
+full batch (more are waiting) the one after it is read while this one is scored, so
+the broker prepares a reply while the worker computes, and stopping finishes a batch
+read ahead like the one in flight. A writer that takes several frames at once
+(`Writer.max_concurrent_writes`: a SQL database, each frame its own transaction)
+writes that many batches side by side. A batch holding an id that a batch before it
+is still writing waits for that write, so the last message about an id is the one
+whose result is kept, as if they ran one at a time. Acknowledgements may then come
+out of order, which every broker allows (Kafka commits only an unbroken run of
+offsets). The overlap hides the broker's, the model's and the sink's latencies behind
+one another.
 
 A write that fails for another reason (the sink refuses a value, the model raises) is
 narrowed down by halves to the messages it fails on, which are dead-lettered while the
