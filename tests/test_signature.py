@@ -334,3 +334,30 @@ def test_sample_batch_decodes_the_stored_rows(sig: Signature, people: pd.DataFra
     assert batch["city"].tolist() == people["city"].head(5).tolist()
     with pytest.raises(InvalidInput, match="holds no sample rows"):
         Signature(layout="tensor", inputs=sig.inputs).sample_batch()
+
+
+def test_columns_cut_from_one_table_are_checked_as_it() -> None:
+    sig = infer_signature(pd.DataFrame({"a": [1.0], "b": [2.0], "c": [3.0]}))
+    table = np.arange(12.0).reshape(4, 3)
+    columns = {"a": table[:, 0], "b": table[:, 1], "c": table[:, 2]}
+    batch = sig.validate(columns)
+    assert all(batch[n] is columns[n] for n in "abc")  # checked, not copied
+    table[2, 1] = np.nan
+    with pytest.raises(InvalidInput, match=r"column 'b': null/NaN at row 2"):
+        sig.validate(columns)
+
+
+def test_columns_of_a_wider_table_are_checked_each() -> None:
+    # views of one table, but not its columns side by side: what lies between them
+    # (here a NaN the model never sees) must not be checked in their place, nor a NaN
+    # in them missed
+    sig = infer_signature(pd.DataFrame({"a": [1.0], "c": [3.0]}))
+    table = np.arange(12.0).reshape(4, 3)
+    table[3, 2] = np.inf
+    with pytest.raises(InvalidInput, match=r"column 'c': inf at row 3"):
+        sig.validate({"a": table[:, 0], "c": table[:, 2]})
+    table[3, 2], table[0, 1] = 11.0, np.nan
+    assert sig.validate({"a": table[:, 0], "c": table[:, 2]})["c"].tolist() == [2, 5, 8, 11]
+    swapped = infer_signature(pd.DataFrame({"a": [1.0], "b": [2.0]}))
+    batch = swapped.validate({"a": table[1:, 1], "b": table[1:, 0]})  # in another order
+    assert batch["a"].tolist() == [4, 7, 10]
