@@ -30,6 +30,7 @@ from modelport.datatypes import (
     is_missing,
     jsonable,
     shape_matches,
+    table_of,
     to_numpy,
 )
 from modelport.errors import InvalidInput
@@ -172,7 +173,7 @@ class Signature(BaseModel):
         for key in batch:
             if key not in names:
                 raise InvalidInput(f"unknown input {key!r}; this model takes {names}")
-        if self._one_block(batch) is not None:  # checked as one array, in one pass
+        if self._checked_as_one_table(batch):
             return {n: batch[n] for n in names}
         out: Batch = {}
         rows: int | None = None
@@ -220,18 +221,16 @@ class Signature(BaseModel):
             return batch[self.inputs[0].name]
         return {s.name: batch[s.name] for s in self.inputs}
 
-    def _one_block(self, batch: Mapping[str, Any]) -> np.ndarray | None:
-        """The inputs as the one array they were cut from (`_block`), when it is of the
-        signature's one number type and passes its NaN check; None to check column by
-        column, which also names what is wrong."""
+    def _checked_as_one_table(self, batch: Mapping[str, Any]) -> bool:
+        """Whether the inputs are the columns of one array (`table_of`) of the
+        signature's one number type, which passes its NaN check in one pass; False to
+        check column by column, which also names what is wrong."""
         if not self.numeric_block or len(batch) != len(self.inputs):
-            return None
-        block = _block([batch.get(s.name) for s in self.inputs])
-        if block is None or not len(block) or block.dtype != self.inputs[0].dtype:
-            return None
-        if block.dtype.kind == "f" and not self.allow_nan and not np.isfinite(block).all():
-            return None
-        return block
+            return False
+        table = table_of([batch.get(s.name) for s in self.inputs])
+        if table is None or not len(table) or table.dtype != self.inputs[0].dtype:
+            return False
+        return table.dtype.kind != "f" or self.allow_nan or bool(np.isfinite(table).all())
 
     @property
     def numeric_block(self) -> bool:
@@ -263,28 +262,6 @@ def _column_index(names: tuple[str, ...]) -> Any:
     import pandas as pd
 
     return pd.Index(list(names), dtype=object)
-
-
-def _block(columns: Sequence[Any]) -> np.ndarray | None:
-    """The 2-D array whose columns `columns` are, in order (`table[:, i]`: how a
-    stream's records and a request's rows are read), as a view; None for columns made
-    any other way: such columns are checked in one pass rather than one each."""
-    first = columns[0]
-    if type(first) is not np.ndarray or first.ndim != 1 or first.base is None:
-        return None
-    base, dtype, shape, strides = first.base, first.dtype, first.shape, first.strides
-    step = dtype.itemsize
-    if strides[0] < len(columns) * step:
-        return None  # rows that overlap: not a table's
-    start = first.__array_interface__["data"][0]
-    for i, column in enumerate(columns):
-        if type(column) is not np.ndarray or column.base is not base \
-                or column.dtype != dtype or column.shape != shape \
-                or column.strides != strides \
-                or column.__array_interface__["data"][0] != start + i * step:
-            return None
-    return np.lib.stride_tricks.as_strided(
-        first, (shape[0], len(columns)), (strides[0], step), writeable=False)
 
 
 def name_outputs(raw: Any, names: Sequence[str]) -> Batch:
