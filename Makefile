@@ -1,60 +1,72 @@
-# Everything runs from the project's own virtual environment, which this Makefile
-# creates (python3.11 -m venv) and fills (pip install -e '.[dev]'). The stamp file
-# makes later runs skip the install until pyproject.toml changes.
+# Everything runs from the project's own virtual environment, .venv, which uv fills
+# from the committed lock (uv.lock): what passed yesterday installs again today. uv
+# itself lives in .tools (a pinned release from PyPI), so only python3.11 is needed.
+# `make lock` refreshes the lock on purpose; `make lint` fails when it and the
+# pyproject files disagree.
 
 PYTHON ?= python3.11
+UV_VERSION := 0.13.8
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+UV     := .tools/bin/uv
+# uv finds python3.11 on the PATH and never downloads an interpreter of its own
+export UV_PYTHON := $(PYTHON)
+export UV_PYTHON_DOWNLOADS := never
+SYNC   := $(UV) sync --frozen --quiet
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo quickstart test lint clean
+.PHONY: help install demo demo-env quickstart test lint lock clean bench bench-batch test-music test-modelport
 
 help:  ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+$(UV):
+	@echo "make: installing uv $(UV_VERSION) into .tools"
+	@$(PYTHON) -m venv .tools
+	@.tools/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -e '.[dev]'
-	touch $(STAMP)
+install: $(UV)  ## .venv with modelport, the music example and the dev tools, from uv.lock
+	@echo "make: installing modelport, examples/music and the dev tools from uv.lock"
+	@$(SYNC) --all-packages
 
-install: $(STAMP)  ## Create .venv and install modelport with its dev tools
+demo-env: $(UV)
+	@echo "make: installing the music demo from uv.lock (no dev tools)"
+	@# --inexact: a .venv that `make install` filled keeps its dev tools
+	@$(SYNC) --inexact --no-default-groups --package modelport-music
 
-# the reference system (examples/music) installs into the same environment
-MUSIC_STAMP := $(VENV)/.music-installed
-
-$(MUSIC_STAMP): examples/music/pyproject.toml $(STAMP)
-	$(BIN)/python -m pip install -e 'examples/music[web-test]'
-	touch $(MUSIC_STAMP)
-
-demo: $(MUSIC_STAMP)  ## The music recommender on http://127.0.0.1:8000 (music up)
+demo: demo-env  ## The music recommender on http://127.0.0.1:8000 (music up)
 	$(BIN)/music up
 
-quickstart: $(STAMP)  ## Train, register, promote and load one model (modelport quickstart)
+quickstart: demo-env  ## Train, register, promote and load one model (modelport quickstart)
 	$(BIN)/modelport quickstart
 
-lint: $(STAMP)  ## ruff and mypy (strict)
+lint: install  ## The lock matches pyproject.toml, ruff, mypy (strict)
+	$(UV) lock --check --quiet
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 
-test: lint $(MUSIC_STAMP)  ## Lint, then every test: modelport's, then the music example's
+lock: $(UV)  ## Refresh uv.lock to the newest releases the pyproject files allow
+	$(UV) lock --upgrade
+
+# Lint and both suites run, each even when an earlier one failed; the target fails if any did.
+test: install  ## Lint, then every test: modelport's, then the music example's
+	@status=0; \
+	$(MAKE) --no-print-directory lint || status=1; \
+	$(MAKE) --no-print-directory test-modelport || status=1; \
+	$(MAKE) --no-print-directory test-music || status=1; \
+	exit $$status
+
+test-modelport: install  ## modelport's tests
 	$(BIN)/pytest
-	$(MAKE) --no-print-directory test-music
 
-clean:  ## Remove the virtual environment and caches (not ./.modelport)
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+test-music: install  ## The music example (examples/music): ruff, mypy, its tests
+	cd examples/music && ../../$(BIN)/ruff check src tests && ../../$(BIN)/mypy && ../../$(BIN)/pytest
 
-.PHONY: bench
-bench: $(STAMP)  ## Serving benchmark (needs wrk): modelport vs FastAPI vs raw predict
+clean:  ## Remove the virtual environments and caches (not ./.modelport)
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
+
+bench: install  ## Serving benchmark (needs wrk): modelport vs FastAPI vs raw predict
 	$(BIN)/python bench/serving.py
 
-.PHONY: bench-batch
-bench-batch: $(STAMP)  ## Batch benchmark (needs PostgreSQL): modelport batch vs a plain read
+bench-batch: install  ## Batch benchmark (needs PostgreSQL): modelport batch vs a plain read
 	$(BIN)/python bench/batch.py
-
-
-.PHONY: test-music
-test-music: $(MUSIC_STAMP)  ## The music example (examples/music): ruff, mypy, its tests
-	cd examples/music && ../../$(BIN)/ruff check src tests && ../../$(BIN)/mypy && ../../$(BIN)/pytest

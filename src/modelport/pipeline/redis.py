@@ -24,8 +24,8 @@ from typing import Any, Literal
 import orjson
 from redis import exceptions as redis_exc
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from modelport.errors import ConfigError, ModelportError
 from modelport.pipeline.base import Component, Frame, Key, Retriever, Writer
