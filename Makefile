@@ -37,7 +37,9 @@ demo-env: $(UV)
 demo: demo-env  ## The music recommender on http://127.0.0.1:8000 (music up)
 	$(BIN)/music up
 
-quickstart: demo-env  ## Train, register, promote and load one model (modelport quickstart)
+quickstart: $(UV)  ## Train, register, promote and load one model (modelport quickstart)
+	@echo "make: installing modelport with scikit-learn from uv.lock"
+	@$(SYNC) --inexact --no-default-groups --extra sklearn
 	$(BIN)/modelport quickstart
 
 lint: install  ## The lock matches pyproject.toml, ruff, mypy (strict)
