@@ -126,6 +126,20 @@ def test_nan_outputs_are_answered_as_valid_json(settings, reg) -> None:
     assert body["predictions"] == [None, 15.0]
 
 
+def test_unknown_paths_and_methods_answer_in_the_one_error_shape(settings, reg) -> None:
+    toy(reg, "double", toy_models.Doubler())
+    with client(settings, reg, ModelConfig(ref="double")) as c:
+        missing = c.get("/no/such/thing")
+        wrong_method = c.get("/models/double/predict")
+        unknown_model = c.post("/models/nope/predict", json={"instances": [[1, 2, 3]]})
+    assert missing.status_code == 404
+    assert missing.json() == {"error": "not found: GET /no/such/thing"}
+    assert wrong_method.status_code == 405
+    assert wrong_method.json() == {"error": "method not allowed: GET /models/double/predict"}
+    assert wrong_method.headers["allow"] == "POST"
+    assert unknown_model.status_code == 404 and set(unknown_model.json()) == {"error"}
+
+
 def test_body_over_the_limit_gets_413(settings, reg) -> None:
     settings.server = ServerSettings(max_body_bytes=1000)
     toy(reg, "doubler", toy_models.Doubler())

@@ -9,6 +9,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
@@ -24,7 +25,7 @@ from modelport.server import pipelines as pipeline_routes
 from modelport.server.auth import ApiKeyGuard
 from modelport.server.middleware import BodyLimit, RequestContext
 from modelport.server.openapi import openapi_schema
-from modelport.server.responses import handle_error
+from modelport.server.responses import handle_error, handle_http_error
 from modelport.service import start_pipelines
 from modelport.settings import Settings
 
@@ -103,7 +104,8 @@ def create_app(settings: Settings, dataplane: DataPlane, *, follow: bool = True,
                        require_predict_key=settings.server.require_predict_key),
             Middleware(BodyLimit, max_bytes=settings.server.max_body_bytes),
         ],
-        exception_handlers={ModelportError: handle_error, Exception: handle_error},
+        exception_handlers={ModelportError: handle_error, HTTPException: handle_http_error,
+                            Exception: handle_error},
     )
     app.state.dataplane = dataplane
     # an application's own routes are something to serve, models or not

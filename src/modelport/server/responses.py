@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import orjson
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -53,6 +54,16 @@ async def handle_error(request: Request, exc: Exception) -> Response:
         return error_response(exc)
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return JSON({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+
+async def handle_http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such route, a method the route does not take) in
+    the shape of every other error: `{"error": …}`, keeping their headers (`Allow`)."""
+    assert isinstance(exc, HTTPException)
+    where = f"{request.method} {request.url.path}"
+    message = {404: f"not found: {where}",
+               405: f"method not allowed: {where}"}.get(exc.status_code, exc.detail)
+    return JSON({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
 
 async def read_json(request: Request) -> Any:
