@@ -92,3 +92,22 @@ def test_oversized_body_is_refused_before_it_is_sent(server) -> None:
     # and the server keeps serving
     ok = httpx.post(f"{url}/models/slow/predict", json={"instances": [[1, 1, 1]]}, timeout=30)
     assert ok.status_code == 200
+
+
+def test_a_port_in_use_is_one_line_before_anything_says_serving(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with Registry(settings=Settings(home=home)) as reg:
+        reg.register("slow", toy_models.SlowDoubler(), sample_input=np.ones((2, 3)))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "modelport", "serve", "slow:1", "--trusted",
+             "--port", str(port)],
+            env={**os.environ, "MODELPORT_HOME": str(home),
+                 "PYTHONPATH": str(Path(toy_models.__file__).parent)},
+            capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.strip() == f"error: port {port} is in use; pass --port"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pandas as pd
@@ -49,6 +50,20 @@ def test_errors_are_one_line_and_exit_1(tmp_path: Path,
 
     assert run(["train"]) == 2  # usage: one of --interactions or --movielens
     assert "exactly one of --interactions PATH or --movielens" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_a_port_in_use_is_one_line_before_any_setup(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], full: bool) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        # in full mode the events API and the worker take the two ports after it
+        first = port - 1 if full else port
+        args = ["up", "--home", str(tmp_path / "home"), "--port", str(first)]
+        assert run([*args, "--full"] if full else args) == 1
+    assert capsys.readouterr().err == f"error: port {port} is in use; pass --port\n"
+    assert not (tmp_path / "home").exists()  # nothing generated, trained or served
 
 
 @pytest.mark.parametrize(("args", "days", "fraction", "per_user"), [

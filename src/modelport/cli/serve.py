@@ -34,6 +34,7 @@ def serve(
         help="Allow artifacts that run code when loaded (pickle, python models).")] = False,
 ) -> None:
     """Serve models: Open Inference Protocol v2 and a JSON API, with /docs and /metrics."""
+    from modelport.server.run import listen
     from modelport.server.run import serve as run_server
 
     cli = state(ctx)
@@ -50,6 +51,7 @@ def serve(
     server = cli.settings.server.model_copy(update={
         k: v for k, v in {"host": host, "port": port}.items() if v is not None})
     settings = cli.settings.model_copy(update={"server": server})
+    sock = listen(server.host, server.port)
     cli.err.print(f"serving {', '.join(m.ref for m in service.models)} on "
                   f"http://{server.host}:{server.port}  (docs: /docs, metrics: /metrics)")
-    run_server(settings, service)
+    run_server(settings, service, sock)

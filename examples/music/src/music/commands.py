@@ -18,9 +18,11 @@ URLs come from options or the `MUSIC_*` variables their help names.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -91,9 +93,18 @@ def up(
         "nightly jobs in one of them); --full, the recommender's.")] = 1,
 ) -> None:
     """Set everything up (what is missing) and run the whole system."""
+    from modelport.server.run import listen
+
     from music.data import Config
 
     configure_logging(json=False, access_log=False)
+    # a port in use is said at once, not after the setup; the full mode's services
+    # and several workers bind their own sockets, so theirs are only checked here
+    with contextlib.ExitStack() as bound:
+        for p in [port, port + 1, port + 2] if full else [port]:
+            sock = bound.enter_context(listen(host, p))
+        if not full and workers == 1:
+            bound.pop_all()  # served on below
     system = make_system(home, database, redis, broker, registry, prefix, full=full)
     run_setup(system, Config(users=users, listens=listens), retrain=retrain)
     url = f"http://{host}:{port}"
@@ -109,7 +120,7 @@ def up(
                f"  API docs         {url}/docs     metrics {url}/metrics\n"
                "  stop             Ctrl-C\n")
     if workers == 1:
-        run_server(build_app(system), host, port)
+        run_server(build_app(system), host, port, sock=sock)
         return
     # each process runs every service, its events reaching its own realtime worker
     # over its own in-process bus; histories and listens meet in the shared SQLite file
@@ -217,18 +228,25 @@ def report_cmd(
     typer.echo(f"wrote {path}\n{report.summary(path)['text']}")
 
 
-def run_server(app: Any, host: str, port: int, *, workers: int = 1) -> None:
+def run_server(app: Any, host: str, port: int, *, workers: int = 1,
+               sock: socket.socket | None = None) -> None:
     """Serve `app` (an ASGI app, or with `workers` > 1 the import string of a factory
-    building it in each process)."""
+    building it in each process), on `sock` when it is bound already."""
     if workers > 1:
         from music import workers as processes
 
         raise typer.Exit(processes.run(app, host, port, workers))
     import uvicorn
+    from modelport.server.run import listen
 
-    uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", log_config=None,
-                access_log=False, timeout_graceful_shutdown=math.ceil(10), backlog=2048,
-                log_level=logging.WARNING)
+    sock = sock or listen(host, port)
+    server = uvicorn.Server(uvicorn.Config(
+        app, loop="uvloop", http="httptools", log_config=None, access_log=False,
+        timeout_graceful_shutdown=math.ceil(10), backlog=2048, log_level=logging.WARNING))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 def _run_full(system: System, host: str, port: int, *, workers: int = 1) -> None:
