@@ -72,8 +72,7 @@ def test_sigterm_drains_in_flight_requests_then_exits(server) -> None:
         answers = [f.result() for f in futures]
     assert [a.status_code for a in answers] == [200] * 4
     assert sorted(a.json()["predictions"][0] for a in answers) == [0.0, 2.0, 4.0, 6.0]
-    # uvicorn re-raises the signal once it has shut down cleanly (exit by SIGTERM)
-    assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0  # a drained SIGTERM is a clean stop
 
 
 def test_oversized_body_is_refused_before_it_is_sent(server) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import signal
 import socket
 
 import uvicorn
@@ -64,7 +65,21 @@ def serve(settings: Settings, config: ServiceConfig, sock: socket.socket | None 
             timeout_graceful_shutdown=math.ceil(settings.server.request_timeout_s),
             backlog=2048,
         ))
-        server.run(sockets=[sock])
+        run_until_signal(server, sock)
     finally:
         sock.close()
         registry.close()
+
+
+def run_until_signal(server: uvicorn.Server, sock: socket.socket) -> None:
+    """Run `server` on `sock`; a SIGTERM that it drained ends the process with exit 0.
+
+    uvicorn re-raises the signal that stopped it once it has shut down, under the
+    handler it found when it started: a no-op one turns a drained SIGTERM (what
+    Kubernetes, systemd and `docker stop` send) into a clean exit instead of 143,
+    which a supervisor reads as a failure. Ctrl-C stays a KeyboardInterrupt."""
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -237,14 +237,14 @@ def run_server(app: Any, host: str, port: int, *, workers: int = 1,
 
         raise typer.Exit(processes.run(app, host, port, workers))
     import uvicorn
-    from modelport.server.run import listen
+    from modelport.server.run import listen, run_until_signal
 
     sock = sock or listen(host, port)
     server = uvicorn.Server(uvicorn.Config(
         app, loop="uvloop", http="httptools", log_config=None, access_log=False,
         timeout_graceful_shutdown=math.ceil(10), backlog=2048, log_level=logging.WARNING))
     try:
-        server.run(sockets=[sock])
+        run_until_signal(server, sock)
     finally:
         sock.close()
 
