@@ -120,18 +120,29 @@ class DataPlane:
         # prediction log: every trigger's calls pass through predict(), so it is
         # recorded there, once; its background writer lives as long as the data plane
         self.prediction_log = prediction_log
+        self.started = False
 
     # --- lifecycle ------------------------------------------------------------------
 
-    async def start(self, *, follow: bool = True) -> None:
-        """Load every model (failures are recorded, not raised) and start following."""
+    async def start(self, *, follow: bool = True, quiet: bool = False) -> None:
+        """Load every model (failures are recorded, not raised) and start following.
+
+        `quiet`: a failed load is not logged (the caller reports `load_errors()`)."""
+        self.started = True
         if self.prediction_log is not None:
             await self.prediction_log.start(self.metrics)
-        await asyncio.gather(*(self._refresh(ep) for ep in self.endpoints.values()))
+        await asyncio.gather(*(self._refresh(ep, quiet=quiet)
+                               for ep in self.endpoints.values()))
         if follow:
             self._poller = asyncio.create_task(self._follow(), name="registry-poller")
 
+    def load_errors(self) -> list[str]:
+        """What keeps a model from being served now, one line each."""
+        return [ep.error or f"{ep.config.ref}: not loaded" for ep in self.endpoints.values()
+                if not ep.ready]
+
     async def stop(self) -> None:
+        self.started = False
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -163,7 +174,8 @@ class DataPlane:
             if target not in (current, ep.failed_version):
                 await self._refresh(ep, target)
 
-    async def _refresh(self, ep: Endpoint, version: int | None = None) -> None:
+    async def _refresh(self, ep: Endpoint, version: int | None = None, *,
+                       quiet: bool = False) -> None:
         async with self._lock:
             try:
                 record = await asyncio.to_thread(self._record, ep.config.ref, version)
@@ -171,10 +183,11 @@ class DataPlane:
                     return
                 deployment = await self._deploy(ep.config, record)
             except Exception as exc:
-                ep.error = f"{ep.config.ref} (version {version or '?'}): {exc}"
+                ep.error = f"{ep.config.ref}{f' (version {version})' if version else ''}: {exc}"
                 ep.failed_version = version
                 self.metrics.model_loads.labels(ep.config.served_name, "failed").inc()
-                log.error("model load failed, keeping the serving version: %s", ep.error)
+                if not quiet:
+                    log.error("model load failed, keeping the serving version: %s", ep.error)
                 return
             old, ep.current, ep.error, ep.failed_version = ep.current, deployment, None, None
             self.metrics.model_loads.labels(ep.config.served_name, "loaded").inc()

@@ -9,7 +9,7 @@ from typing import Any
 
 from modelport.config import ServiceConfig
 from modelport.dataplane import DataPlane
-from modelport.errors import ModelportError, NotFound
+from modelport.errors import ConfigError, ModelportError, NotFound
 from modelport.monitoring.predlog import PredictionLog
 from modelport.pipeline import Pipeline
 from modelport.registry import Registry
@@ -41,9 +41,28 @@ class Service:
         except KeyError:
             raise NotFound(f"no pipeline named {name!r}") from None
 
-    async def start(self, *, follow: bool = True) -> None:
-        await self.dataplane.start(follow=follow)
-        await start_pipelines(self.pipelines.values())
+    async def start(self, *, follow: bool = True, strict: bool = False) -> None:
+        """Load the models and open the pipelines' connections.
+
+        `strict` is the check of a command at its start: a model that does not exist or
+        load, or a pipeline whose services or tables are not there, raises a
+        `ConfigError` naming it (after stopping what had started). Otherwise each is
+        logged, reported not ready, and retried."""
+        await self.dataplane.start(follow=follow, quiet=strict)
+        if not strict:
+            await start_pipelines(self.pipelines.values())
+            return
+        try:
+            if errors := self.dataplane.load_errors():
+                raise ConfigError(f"model {errors[0]}")
+            for pipeline in self.pipelines.values():
+                try:
+                    await pipeline.start()
+                except ModelportError as exc:
+                    raise ConfigError(f"pipeline {pipeline.name}: {exc.message}") from None
+        except ConfigError:
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
         await self.dataplane.stop()

@@ -110,3 +110,44 @@ def test_a_port_in_use_is_one_line_before_anything_says_serving(tmp_path: Path) 
     assert done.returncode == 1
     assert done.stdout == ""
     assert done.stderr.strip() == f"error: port {port} is in use; pass --port"
+
+
+def test_serve_prints_a_request_that_works_and_refuses_what_it_cannot_serve(
+        tmp_path: Path) -> None:
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.linear_model import LogisticRegression
+
+    home = tmp_path / "home"
+    X, y = load_breast_cancer(return_X_y=True, as_frame=True)
+    with Registry(settings=Settings(home=home)) as reg:
+        reg.register("cancer", LogisticRegression(max_iter=5000).fit(X, y), sample_input=X[:3])
+    env = {**os.environ, "MODELPORT_HOME": str(home)}
+    command = [sys.executable, "-m", "modelport", "serve"]
+
+    absent = subprocess.run([*command, "nope@production", "--port", str(free_port())],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert absent.returncode == 1
+    assert absent.stderr == "error: model nope@production: no model named 'nope'\n"
+
+    port = free_port()
+    proc = subprocess.Popen([*command, "cancer:1", "--port", str(port)], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        # among the log's JSON lines, once the model is loaded, what `serve` says
+        said: list[str] = []
+        while len(said) < 2 and (line := proc.stderr.readline()):
+            if not line.startswith("{"):
+                said.append(line)
+        assert said[0].startswith(f"serving cancer:1 on http://127.0.0.1:{port}")
+        curl = said[1].strip().removeprefix("try: ")
+        assert "'mean radius'" not in curl and '"mean radius":17.99' in curl
+        done = subprocess.run(curl + " -sS -w '\\n%{http_code}'", shell=True,
+                              capture_output=True, text=True, timeout=30)
+        body, status = done.stdout.rsplit("\n", 1)
+        assert status == "200", body
+        assert httpx.get(f"http://127.0.0.1:{port}/").text.count("mean radius") >= 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        proc.stderr.close()  # type: ignore[union-attr]

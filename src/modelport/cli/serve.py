@@ -34,8 +34,10 @@ def serve(
         help="Allow artifacts that run code when loaded (pickle, python models).")] = False,
 ) -> None:
     """Serve models: Open Inference Protocol v2 and a JSON API, with /docs and /metrics."""
+    from modelport.server.example import curl_command
     from modelport.server.run import listen
     from modelport.server.run import serve as run_server
+    from modelport.service import Service
 
     cli = state(ctx)
     service = load_config(config, environment()) if config else ServiceConfig()
@@ -52,6 +54,14 @@ def serve(
         k: v for k, v in {"host": host, "port": port}.items() if v is not None})
     settings = cli.settings.model_copy(update={"server": server})
     sock = listen(server.host, server.port)
-    cli.err.print(f"serving {', '.join(m.ref for m in service.models)} on "
-                  f"http://{server.host}:{server.port}  (docs: /docs, metrics: /metrics)")
-    run_server(settings, service, sock)
+    url = f"http://{server.host}:{server.port}"
+
+    def ready(started: Service) -> None:
+        cli.err.print(f"serving {', '.join(m.ref for m in service.models)} on {url}  "
+                      "(docs: /docs, metrics: /metrics)", soft_wrap=True)
+        for name, endpoint in started.dataplane.endpoints.items():
+            if endpoint.current is not None:
+                cli.err.print(f"  try: {curl_command(url, name, endpoint.current.model.signature)}",
+                              soft_wrap=True, markup=False, highlight=False)
+
+    run_server(settings, service, sock, on_ready=ready)

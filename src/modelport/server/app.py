@@ -55,8 +55,9 @@ def create_app(settings: Settings, dataplane: DataPlane, *, follow: bool = True,
 
     @contextlib.asynccontextmanager
     async def serve(app: FastAPI) -> AsyncIterator[None]:
-        await dataplane.start(follow=follow)
-        await start_pipelines(app.state.pipelines.values())
+        if not dataplane.started:  # `modelport serve` starts (and checks) it before
+            await dataplane.start(follow=follow)
+            await start_pipelines(app.state.pipelines.values())
         # Models, their libraries and the app are loaded for good: move them out of the
         # collector's sight, or every full collection rescans ~200k objects and stalls
         # the loop (the p99 at high concurrency halves without it).

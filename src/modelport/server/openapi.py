@@ -15,6 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.routing import Route
 
 from modelport.dataplane import DataPlane
+from modelport.server.example import example_body
 from modelport.signature import FieldSpec, Signature
 
 _JSON_TYPES = {"BOOL": "boolean", "BYTES": "string", "FP16": "number", "FP32": "number",
@@ -74,14 +75,14 @@ def openapi_schema(app: FastAPI, dataplane: DataPlane) -> dict[str, Any]:
         if ep.current is None:
             continue
         sig = ep.current.model.signature
-        example: dict[str, Any] = {"records": sig.sample[:2]} if sig.sample else {}
+        example = example_body(sig, rows=2)
         paths[f"/models/{name}/predict"] = {"post": {
             "summary": f"Predict with {name} (version {ep.current.version})",
             "description": "Inputs: " + sig.describe(),
             "tags": ["models"],
             "operationId": f"predict_{name}",
             "requestBody": {"required": True, "content": {"application/json": {
-                "schema": request_schema(sig), **({"example": example} if example else {})}}},
+                "schema": request_schema(sig), "example": example}}},
             "responses": {
                 "200": {"description": "predictions",
                         "content": {"application/json": {"schema": response_schema(sig)}}},

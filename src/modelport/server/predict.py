@@ -10,6 +10,7 @@ from starlette.responses import HTMLResponse, Response
 
 from modelport.datatypes import jsonable
 from modelport.errors import InvalidInput
+from modelport.server.example import curl_command
 from modelport.server.responses import JSON, read_json
 from modelport.server.state import dataplane
 
@@ -57,14 +58,20 @@ async def index(request: Request) -> Response:
         f"<td><a href='/v2/models/{html.escape(name)}'>metadata</a></td></tr>"
         for name, info in detail.items()
     )
+    base = str(request.base_url).rstrip("/")
+    tries = "".join(
+        f"<p>Try {html.escape(name)}:</p><pre>"
+        f"{html.escape(curl_command(base, name, ep.current.model.signature))}</pre>"
+        for name, ep in dp.endpoints.items() if ep.current is not None)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>modelport</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2rem;color:#222}}
-table{{border-collapse:collapse}}td,th{{padding:.4rem .8rem;border-bottom:1px solid #ddd;
+table{{border-collapse:collapse}}
+pre{{white-space:pre-wrap;background:#f5f5f5;padding:.6rem}}
+td,th{{padding:.4rem .8rem;border-bottom:1px solid #ddd;
 text-align:left}}</style></head><body><h1>modelport</h1>
 <p>Server {'ready' if ready else 'not ready'}. Interactive API docs: <a href="/docs">/docs</a>
 · <a href="/metrics">/metrics</a> · <a href="/v2">/v2</a></p>
 <table><tr><th>model</th><th>follows</th><th>version</th><th>status</th><th></th></tr>
 {rows}</table>
-<p>Try: <code>curl -X POST localhost:PORT/models/NAME/predict -H 'content-type: application/json'
--d '{{"instances": [[...]]}}'</code></p></body></html>"""
+{tries}</body></html>"""
     return HTMLResponse(page)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import logging
 import math
 import signal
 import socket
+from collections.abc import Callable, Iterator
 
 import uvicorn
+import uvloop
 
 from modelport.config import ServiceConfig
 from modelport.errors import ConfigError
@@ -19,11 +23,13 @@ from modelport.service import Service
 from modelport.settings import Settings
 
 log = logging.getLogger("modelport.server")
+BACKLOG = 2048
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """A socket bound to `host:port`, for the server to accept on: taken before anything
-    says the server is up, so a port in use is one line, not uvicorn's traceback."""
+    """A socket listening on `host:port`, for the server to accept on: taken before
+    anything says the server is up, so a port in use is one line, not uvicorn's
+    traceback."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
@@ -39,40 +45,58 @@ def listen(host: str, port: int) -> socket.socket:
         if exc.errno == errno.EADDRINUSE:
             raise ConfigError(f"port {port} is in use; pass --port") from None
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    # listening from now: a client that connects once the ready line is out waits in
+    # the backlog until the server accepts, instead of being refused
+    sock.listen(BACKLOG)
     sock.set_inheritable(True)
     return sock
 
 
-def serve(settings: Settings, config: ServiceConfig, sock: socket.socket | None = None) -> None:
-    """Serve `config.models` until SIGINT/SIGTERM; then drain in-flight requests.
+def serve(settings: Settings, config: ServiceConfig, sock: socket.socket | None = None, *,
+          on_ready: Callable[[Service], None] | None = None) -> None:
+    """Serve `config` until SIGINT/SIGTERM; then drain in-flight requests.
 
-    `sock` is the listening socket (from `listen`); by default one on the settings'
-    host and port."""
+    The service starts before the server accepts a connection: a model that does not
+    exist or load, or a pipeline whose tables or services are not there, is a
+    `ConfigError` and nothing is served. `on_ready(service)` runs once it has started
+    (`modelport serve` prints its address and a request to try). `sock` is the
+    listening socket (from `listen`); by default one on the settings' host and port."""
     sock = sock or listen(settings.server.host, settings.server.port)
     configure_logging(json=settings.server.log_json, access_log=settings.server.access_log)
-    registry = Registry(settings=settings)
-    service = Service(settings, config, registry)
-    app = create_app(settings, service.dataplane, pipelines=service.pipelines)
-    log.info("serving %s on http://%s:%s", ", ".join(m.ref for m in service.config.models),
-             settings.server.host, settings.server.port)
     try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(_serve(settings, config, sock, on_ready))
+    finally:
+        sock.close()
+
+
+async def _serve(settings: Settings, config: ServiceConfig, sock: socket.socket,
+                 on_ready: Callable[[Service], None] | None) -> None:
+    with Registry(settings=settings) as registry:
+        service = Service(settings, config, registry)
+        await service.start(strict=True)
+        app = create_app(settings, service.dataplane, pipelines=service.pipelines)
+        log.info("serving %s on http://%s:%s", ", ".join(m.ref for m in config.models),
+                 settings.server.host, settings.server.port)
+        if on_ready is not None:
+            on_ready(service)
         server = uvicorn.Server(uvicorn.Config(
             app,
-            loop="uvloop",
             http="httptools",
             log_config=None,
             access_log=False,  # our RequestContext middleware writes the access log
             timeout_graceful_shutdown=math.ceil(settings.server.request_timeout_s),
-            backlog=2048,
+            backlog=BACKLOG,
         ))
-        run_until_signal(server, sock)
-    finally:
-        sock.close()
-        registry.close()
+        # the app's lifespan stops the service once the server has drained
+        with sigterm_exits_cleanly():
+            await server.serve(sockets=[sock])
 
 
-def run_until_signal(server: uvicorn.Server, sock: socket.socket) -> None:
-    """Run `server` on `sock`; a SIGTERM that it drained ends the process with exit 0.
+@contextlib.contextmanager
+def sigterm_exits_cleanly() -> Iterator[None]:
+    """Around a uvicorn server's run: a SIGTERM that it drained ends the process with
+    exit 0.
 
     uvicorn re-raises the signal that stopped it once it has shut down, under the
     handler it found when it started: a no-op one turns a drained SIGTERM (what
@@ -80,6 +104,6 @@ def run_until_signal(server: uvicorn.Server, sock: socket.socket) -> None:
     which a supervisor reads as a failure. Ctrl-C stays a KeyboardInterrupt."""
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        server.run(sockets=[sock])
+        yield
     finally:
         signal.signal(signal.SIGTERM, previous)
