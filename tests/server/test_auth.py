@@ -30,7 +30,8 @@ from modelport.server.auth import ApiKeyGuard, presented_key, required_scope
     ("/metrics\n", True, "predict"),  # not the open route: fail closed
     ("/", True, None),
     ("/docs", True, None),
-    ("/redoc", True, None),
+    ("/docs/assets/swagger-ui.css", True, None),
+    ("/redoc", True, "predict"),  # gone: no longer open
     ("/openapi.json", True, None),
     ("/metrics", True, None),
     ("/v2", True, None),

@@ -20,7 +20,7 @@ from modelport.dataplane import DataPlane
 from modelport.errors import ModelportError
 from modelport.pipeline import Pipeline
 from modelport.security import KeyStore
-from modelport.server import admin, predict, v2
+from modelport.server import admin, docs, predict, v2
 from modelport.server import pipelines as pipeline_routes
 from modelport.server.auth import ApiKeyGuard
 from modelport.server.middleware import BodyLimit, RequestContext
@@ -89,10 +89,13 @@ def create_app(settings: Settings, dataplane: DataPlane, *, follow: bool = True,
         *v2.routes,
         *admin.routes,
         *pipeline_routes.routes,
+        *docs.routes(),
     ]
     app = FastAPI(
         title="modelport",
         version=__version__,
+        docs_url=None,  # served from packaged assets instead of a CDN (server.docs)
+        redoc_url=None,
         # FastAPI's telemetry hooks read the environment on every request; we export
         # our own metrics and logs
         telemetry={"tracing": False, "metrics": False, "logs": False},

@@ -8,8 +8,9 @@ tests and nothing else:
 - with `require_predict_key`, every other path needs `predict`, except the open ones
   below. Deny by default: a route added later (`/pipelines/…`, v2 inference, model
   metadata) is protected without anyone remembering to list it here;
-- open always: `/`, `/docs`, `/redoc`, `/openapi.json`, `/metrics`, `/v2` (server
-  metadata) and `/v2/health/…` (probes carry no keys).
+- open always: `/`, `/docs`, `/openapi.json`, `/metrics`, `/v2` (server
+  metadata), `/v2/health/…` (probes carry no keys) and `/docs/assets/…` (the docs' own
+  scripts and styles).
 
 A key is sent as `Authorization: Bearer <key>` or `X-API-Key: <key>`. The name of the
 key that passed is put in the request state as `api_key`, for the audit trail.
@@ -27,9 +28,9 @@ from modelport.errors import Forbidden, Unauthorized
 from modelport.security import KeyStore
 from modelport.server.responses import error_response
 
-OPEN = frozenset({"/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
+OPEN = frozenset({"/", "/docs", "/docs/oauth2-redirect", "/openapi.json",
                   "/metrics", "/v2"})
-OPEN_PREFIXES = ("/v2/health/",)
+OPEN_PREFIXES = ("/v2/health/", "/docs/assets/")
 ADMIN_PREFIX = "/admin"
 
 
