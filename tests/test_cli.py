@@ -166,6 +166,30 @@ def test_help_of_every_command(inproc: Run, args: list[str]) -> None:
     assert f"modelport {' '.join(args)}" in result.out
 
 
+def test_help_texts_are_whole_sentences(mp: Run) -> None:
+    """The command lists show each command's first paragraph, as written: no sentence
+    is cut where its docstring's source line ended."""
+    todo = [cli.command()]
+    while todo:
+        command = todo.pop()
+        first = (command.help or "").partition("\n\n")[0]
+        assert first.strip() and "\n" not in first, (command.name, first)
+        todo.extend(getattr(command, "commands", {}).values())
+    listed = mp("--help").out  # COLUMNS is wide here: no wrapping of its own
+    assert "through a pipeline, in resumable chunks." in listed
+
+
+def test_shell_completion_script(mp: Run) -> None:
+    shown = mp("--show-completion", "bash")
+    assert shown.code == 0, shown.err
+    assert "_modelport_completion" in shown.out and "complete " in shown.out
+    listed = subprocess.run(
+        [sys.executable, "-m", "modelport"], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "_MODELPORT_COMPLETE": "complete_bash",
+             "COMP_WORDS": "modelport mo", "COMP_CWORD": "1"})
+    assert "models" in listed.stdout.split()
+
+
 def test_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "modelport"
     if not script.exists():
@@ -269,7 +293,7 @@ def test_alias_rollback_history(mp: Run, inproc: Run, seeded: Path) -> None:
     assert "1 → 2" in moved.out
     assert inproc("models", "alias", "iris", "production", "3").code == 0
 
-    back = mp("models", "rollback", "iris", "production")
+    back = mp("models", "rollback", "iris", "production", "--reason", "latency up")
     assert back.code == 0, back.err
     assert "3 → 2" in back.out
     with registry(seeded) as reg:
@@ -279,7 +303,7 @@ def test_alias_rollback_history(mp: Run, inproc: Run, seeded: Path) -> None:
     events = mp("models", "history", "iris", "--alias", "production", "--json").json()
     assert [(e["kind"], e["from_version"], e["to_version"]) for e in events] == [
         ("set", None, 1), ("set", 1, 2), ("set", 2, 3), ("rollback", 3, 2)]
-    assert events[1]["reason"] == "better"
+    assert events[1]["reason"] == "better" and events[3]["reason"] == "latency up"
     assert len(inproc("models", "history", "iris", "--json").json()) == 5
     assert "rollback" in inproc("models", "history", "iris").out
 

@@ -18,7 +18,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -34,7 +34,7 @@ app = typer.Typer(
     help="Put trained machine-learning models into production as microservices.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion
 )
 app.add_typer(models.app, name="models")
 app.add_typer(keys.app, name="keys")
@@ -97,13 +97,28 @@ def _command_name() -> str:
     return "modelport"
 
 
+def command() -> Any:
+    """The `modelport` command, its help texts whole: a docstring's first paragraph is
+    one sentence or two, and the command lists show it as written, so the line breaks
+    of the source would cut it mid-sentence ("in resumable / chunks.")."""
+    root = typer.main.get_command(app)
+    todo = [root]
+    while todo:
+        cmd = todo.pop()
+        if cmd.help:
+            first, sep, rest = cmd.help.strip().partition("\n\n")
+            cmd.help = " ".join(first.split()) + sep + rest
+        todo.extend(getattr(cmd, "commands", {}).values())  # a group's
+    return root
+
+
 def run(argv: Sequence[str] | None, settings: Settings) -> int:
     """Run the command line `argv` with `settings`; returns the exit code."""
-    command = typer.main.get_command(app)
+    command_ = command()
     err = CliState(settings=settings)
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        result = command.main(args=args, prog_name="modelport", standalone_mode=False,
+        result = command_.main(args=args, prog_name="modelport", standalone_mode=False,
                               obj=settings)
     except TyperException as exc:  # bad usage (exit 2), or a Click error of another kind
         message = exc.format_message()

@@ -241,12 +241,17 @@ def set_alias(
 
 
 @app.command()
-def rollback(ctx: typer.Context, name: Name, alias: Alias) -> None:
+def rollback(
+    ctx: typer.Context,
+    name: Name,
+    alias: Alias,
+    reason: Annotated[str | None, typer.Option(help="Recorded in the alias history.")] = None,
+) -> None:
     """Move ALIAS back to the version it pointed at before its last move."""
     cli = state(ctx)
     with cli.registry() as reg:
         current = reg.resolve(f"{name}@{alias}").version
-        mv = reg.rollback(name, alias)
+        mv = reg.rollback(name, alias, reason=reason)
     cli.out.print(f"{name}@{alias}: {current} → {mv.version} (rolled back)", highlight=False)
 
 
