@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field, model_validator
 
 from modelport.batching import AdaptiveBatcher
-from modelport.errors import ModelNotFound, ModelportError, NotReady, VersionNotFound
+from modelport.errors import (
+    ModelNotFound,
+    ModelOutputError,
+    ModelportError,
+    NotReady,
+    VersionNotFound,
+)
 from modelport.model import Model
 from modelport.monitoring.metrics import Metrics
 from modelport.registry import ModelVersion, Registry, parse_ref
@@ -211,13 +217,20 @@ class DataPlane:
         batching = config.batching or self.settings.batching
         name = config.served_name
 
-        async def infer(batch: Batch) -> Batch:
+        async def run(batch: Batch) -> Batch:
             if config.on_loop:
                 return model.predict_batch(batch)
             if executor is None:
                 return await model.infer(batch)
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(executor, _worker_predict, batch)
+
+        async def infer(batch: Batch) -> Batch:
+            try:
+                return await run(batch)
+            except ModelOutputError:
+                self.metrics.output_row_errors.labels(name, str(record.version)).inc()
+                raise
 
         def on_batch(rows: int, seconds: float) -> None:
             self.metrics.batch_size.labels(name, str(record.version)).observe(rows)

@@ -15,6 +15,7 @@ The hierarchy::
     │   ├── IntegrityError         500  the artifact's sha256 does not match the registry
     │   └── UnsafeArtifact         400  path traversal, absolute paths, links in an archive
     ├── FlavorError                400  no flavor fits an object, or a flavor cannot load
+    ├── ModelOutputError           500  a model answered a batch with the wrong number of rows
     ├── Unauthorized               401
     ├── Forbidden                  403
     ├── PayloadTooLarge            413
@@ -90,6 +91,13 @@ class UnsafeArtifact(ArtifactError):
 
 class FlavorError(ModelportError):
     status_code = 400
+
+
+class ModelOutputError(ModelportError):
+    """A model answered a batch of N rows with another number of rows: nothing of that
+    answer can be matched to a caller, so no caller gets any of it."""
+
+    status_code = 500
 
 
 class Unauthorized(ModelportError):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modelport.flavors import get_flavor
-from modelport.signature import Batch, Signature
+from modelport.signature import Batch, Signature, check_output_rows, rows_of
 
 if TYPE_CHECKING:
     from modelport.registry.store import ModelVersion
@@ -55,7 +55,8 @@ class Model:
         """Predict on `batch` as `Signature.validate` returns it (checked: its types,
         shapes and, unless the signature allows them, no NaN or infinities)."""
         x = self.signature.to_model_input(batch, array=self._array_input)
-        return self.signature.encode_outputs(self.flavor.predict(x))
+        return check_output_rows(self.signature.encode_outputs(self.flavor.predict(x)),
+                                 rows_of(batch), f"{self.name}:{self.version}")
 
     def predict(self, data: Any, *, output: str | None = None) -> np.ndarray:
         """Predict on rows, records, an array or a DataFrame; returns one output."""

@@ -33,7 +33,7 @@ from modelport.datatypes import (
     table_of,
     to_numpy,
 )
-from modelport.errors import InvalidInput
+from modelport.errors import InvalidInput, ModelOutputError
 
 Batch = dict[str, np.ndarray]
 SAMPLE_ROWS = 5
@@ -262,6 +262,22 @@ def _column_index(names: tuple[str, ...]) -> Any:
     import pandas as pd
 
     return pd.Index(list(names), dtype=object)
+
+
+def rows_of(batch: Batch) -> int:
+    return len(next(iter(batch.values()))) if batch else 0
+
+
+def check_output_rows(outputs: Batch, rows: int, model: str) -> Batch:
+    """`outputs`, when each has one row per input row; else a `ModelOutputError` naming
+    `model` and the counts (a batch is shared by callers: a row short or extra would
+    hand each of them someone else's answer)."""
+    for name, values in outputs.items():
+        if len(values) != rows:
+            raise ModelOutputError(
+                f"model {model} answered {len(values)} rows of {name!r} for a batch of "
+                f"{rows} rows; no answer from it is used")
+    return outputs
 
 
 def name_outputs(raw: Any, names: Sequence[str]) -> Batch:

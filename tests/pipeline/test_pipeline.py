@@ -15,7 +15,7 @@ from modelport.errors import ConfigError
 from modelport.pipeline import Frame, MemoryRetriever, MemoryWriter, Pipeline
 from modelport.server import create_app
 from modelport.service import Service
-from small_models import cancer
+from small_models import DropsFirstRow, cancer
 
 
 @pytest.fixture
@@ -99,3 +99,20 @@ def test_config_errors_name_the_file_and_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"models\[0\].ref: \$\{MISSING\} is not set"):
         load_config(path, {})
     assert isinstance(ServiceConfig(), ServiceConfig)
+
+
+async def test_rows_a_model_answers_wrongly_are_rejected_not_written(settings, reg) -> None:
+    reg.register("drops", DropsFirstRow(), sample_input=np.ones((1, 3)))
+    dp = DataPlane(reg, settings, [ModelConfig(ref="drops:1", trusted=True)])
+    await dp.start(follow=False)
+    writer = MemoryWriter()
+    pipe = Pipeline("score", "drops", dp, writer=writer)
+    frame = Frame([7, 8, 9], {"input": np.asarray([[1.0, 2, 3], [4, 5, 6], [7, 8, 9]])})
+    try:
+        scored = await pipe.process(frame)
+    finally:
+        await dp.stop()
+    assert writer.rows == {}
+    assert [r.key for r in scored.rejects] == [7, 8, 9]
+    assert scored.rejects[0].reason == ("model drops:1 answered 2 rows of 'predictions' for a "
+                                        "batch of 3 rows; no answer from it is used")

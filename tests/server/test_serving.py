@@ -21,8 +21,10 @@ from starlette.testclient import TestClient
 
 from modelport import Registry, Settings
 from modelport.dataplane import DataPlane, ModelConfig
+from modelport.errors import FlavorError
 from modelport.server import create_app
 from modelport.settings import BatchingSettings, ServerSettings
+from small_models import DropsFirstRow
 
 
 @pytest.fixture(scope="module")
@@ -348,3 +350,35 @@ async def test_a_fast_model_can_run_on_the_event_loop(settings, reg, data) -> No
 def test_on_the_loop_or_in_processes_not_both() -> None:
     with pytest.raises(ValueError, match="not both"):
         ModelConfig(ref="m@production", on_loop=True, workers=2)
+
+
+async def test_a_model_answering_the_wrong_rows_fails_its_callers_never_mixes_them(
+        settings, reg) -> None:
+    settings.batching = BatchingSettings(max_batch_size=64, max_delay_ms=5)
+    reg.register("drops", DropsFirstRow(), sample_input=np.ones((1, 3)))
+    dp, http = await _serve(settings, reg, ModelConfig(ref="drops:1", trusted=True))
+    try:
+        three = await http.post("/models/drops/predict",
+                                json={"instances": [[10, 0, 0], [11, 0, 0], [12, 0, 0]]})
+        answers = await asyncio.gather(*(
+            http.post("/models/drops/predict", json={"instances": [[i, 0, 0]]})
+            for i in range(32)))
+        metrics = (await http.get("/metrics")).text
+    finally:
+        await http.aclose()
+        await dp.stop()
+    assert three.status_code == 500
+    assert three.json() == {"error": "model drops:1 answered 2 rows of 'predictions' for a "
+                                     "batch of 3 rows; no answer from it is used"}
+    for i, answer in enumerate(answers):
+        if answer.status_code == 200:  # a batch of one: its own answer, right
+            assert answer.json()["predictions"] == [2.0 * i]
+        else:
+            assert answer.status_code == 500 and "answered" in answer.json()["error"]
+    assert any(a.status_code == 500 for a in answers)  # the batches of several failed
+    assert 'modelport_model_output_row_errors_total{model="drops",version="1"}' in metrics
+
+
+def test_registration_refuses_a_model_answering_the_wrong_rows_for_its_sample(reg) -> None:
+    with pytest.raises(FlavorError, match="answered 4 rows of 'predictions' for a batch of 5"):
+        reg.register("drops", DropsFirstRow(), sample_input=np.ones((5, 3)))

@@ -44,6 +44,10 @@ class Metrics:
         self.model_loads = Counter(
             "modelport_model_loads_total", "Model version loads by outcome (loaded, failed)",
             ["model", "outcome"], registry=r)
+        self.output_row_errors = Counter(
+            "modelport_model_output_row_errors_total",
+            "Model calls whose answer had another number of rows than the batch",
+            ["model", "version"], registry=r)
         self.served_version = Gauge(
             "modelport_served_version", "Version each served model answers with", ["model"],
             registry=r, multiprocess_mode="livemax")

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from modelport.dataplane import DataPlane
 from modelport.datatypes import jsonable
-from modelport.errors import ConfigError, InvalidInput
+from modelport.errors import ConfigError, InvalidInput, ModelOutputError
 from modelport.pipeline.base import Frame, Key, Retriever, Writer
 from modelport.streams.config import StreamConfig
 
@@ -190,7 +190,12 @@ class Pipeline:
             if not good:
                 return Scored(Frame([], {}), rejects)
             batch = signature.validate({k: _rows(v, good) for k, v in inputs.items()})
-        outputs = await self.dataplane.predict(deployment, batch, source=f"pipeline:{self.name}")
+        try:
+            outputs = await self.dataplane.predict(deployment, batch,
+                                                   source=f"pipeline:{self.name}")
+        except ModelOutputError as exc:  # nothing of that answer fits a row: reject all
+            keys = list(frame.keys) if not rejects else [frame.keys[i] for i in good]
+            return Scored(Frame([], {}), rejects + [Reject(k, exc.message) for k in keys])
         if self.outputs:
             outputs = {k: outputs[k] for k in self.outputs}
         # columns the model does not take (ids, timestamps, a routing key) ride along

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from modelport.datatypes import shape_matches
-from modelport.errors import FlavorError, InvalidInput, InvalidName
+from modelport.errors import FlavorError, InvalidInput, InvalidName, ModelOutputError
 from modelport.flavors import get_flavor, infer_flavor
 from modelport.model import Model
 from modelport.monitoring.profile import profile
@@ -23,8 +23,10 @@ from modelport.settings import Settings
 from modelport.signature import (
     FieldSpec,
     Signature,
+    check_output_rows,
     infer_signature,
     output_specs,
+    rows_of,
     sample_rows,
 )
 
@@ -123,6 +125,10 @@ class Registry:
             except Exception as exc:
                 raise FlavorError(f"the model fails on its own sample_input: {exc}") from exc
             signature.outputs = _outputs(signature, raw)
+            try:
+                check_output_rows(signature.encode_outputs(raw), rows_of(sample), name)
+            except ModelOutputError as exc:
+                raise FlavorError(f"the model fails on its own sample_input: {exc}") from None
             archive = Path(tmp) / "artifact.tar"
             sha256, size = pack(folder, archive)
             self.artifacts.put(archive, sha256)
