@@ -92,18 +92,34 @@ class Deployment:
             self.executor.shutdown(wait=False, cancel_futures=True)
 
 
+RETRY_FIRST_S, RETRY_MAX_S = 1.0, 60.0
+"""A version that failed to load is tried again after 1 s, 2 s, 4 s, … up to a minute."""
+
+
 @dataclass
 class Endpoint:
-    """A served name: the deployment answering for it now, and what went wrong last."""
+    """A served name: the deployment answering for it now, and what is wrong now."""
 
     config: ModelConfig
     current: Deployment | None = None
     error: str | None = None
     failed_version: int | None = None
+    failures: int = 0
+    retry_at: float = 0.0
+    """Loop time before which a failed version is not tried again (unless forced)."""
 
     @property
     def ready(self) -> bool:
         return self.current is not None
+
+    def failed(self, version: int | None, error: str, now: float) -> None:
+        self.error, self.failed_version = error, version
+        self.failures += 1
+        self.retry_at = now + min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (self.failures - 1))
+
+    def settled(self) -> None:
+        """Nothing is wrong now: what failed before is no longer what is asked."""
+        self.error, self.failed_version, self.failures, self.retry_at = None, None, 0, 0.0
 
 
 class DataPlane:
@@ -166,9 +182,11 @@ class DataPlane:
             except Exception:
                 log.exception("registry poll failed; serving what is loaded")
 
-    async def refresh(self) -> None:
-        """Check the registry once; redeploy every endpoint whose alias moved."""
+    async def refresh(self, *, force: bool = False) -> None:
+        """Check the registry once; redeploy every endpoint whose alias moved, and try a
+        version that failed to load again once its backoff is over (at once: `force`)."""
         aliases = await asyncio.to_thread(self.registry.store.alias_map)
+        now = asyncio.get_running_loop().time()
         for ep in self.endpoints.values():
             name, alias, version = parse_ref(ep.config.ref)
             target = aliases.get((name, alias)) if alias else version
@@ -177,25 +195,32 @@ class DataPlane:
                     ep.error = f"alias {name}@{alias} does not exist"
                 continue
             current = ep.current.version if ep.current else None
-            if target not in (current, ep.failed_version):
+            if target == current:
+                ep.settled()  # e.g. the alias moved back from a version that failed
+            elif force or target != ep.failed_version or now >= ep.retry_at:
                 await self._refresh(ep, target)
 
     async def _refresh(self, ep: Endpoint, version: int | None = None, *,
                        quiet: bool = False) -> None:
         async with self._lock:
+            record: ModelVersion | None = None
             try:
                 record = await asyncio.to_thread(self._record, ep.config.ref, version)
                 if ep.current is not None and ep.current.version == record.version:
                     return
                 deployment = await self._deploy(ep.config, record)
             except Exception as exc:
-                ep.error = f"{ep.config.ref}{f' (version {version})' if version else ''}: {exc}"
-                ep.failed_version = version
+                version = record.version if record is not None else version
+                now = asyncio.get_running_loop().time()
+                ep.failed(version, f"{ep.config.ref}"
+                          f"{f' (version {version})' if version else ''}: {exc}", now)
                 self.metrics.model_loads.labels(ep.config.served_name, "failed").inc()
                 if not quiet:
-                    log.error("model load failed, keeping the serving version: %s", ep.error)
+                    log.error("model load failed, keeping the serving version: %s "
+                              "(trying again in %gs)", ep.error, ep.retry_at - now)
                 return
-            old, ep.current, ep.error, ep.failed_version = ep.current, deployment, None, None
+            old, ep.current = ep.current, deployment
+            ep.settled()
             self.metrics.model_loads.labels(ep.config.served_name, "loaded").inc()
             self.metrics.served_version.labels(ep.config.served_name).set(record.version)
             log.info("serving %s as %s (was %s)", record.ref, ep.config.served_name,

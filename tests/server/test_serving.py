@@ -253,6 +253,41 @@ async def test_a_version_that_fails_to_load_leaves_the_old_one_serving(settings,
     assert 'modelport_model_loads_total{model="m",outcome="failed"} 1.0' in metrics
 
 
+async def test_a_failed_load_is_retried_with_backoff_and_at_once_when_asked(
+        settings, reg, monkeypatch) -> None:
+    toy(reg, "m", toy_models.Doubler())
+    toy(reg, "m", toy_models.BreaksOnLoad())
+    toy(reg, "m", toy_models.BreaksOnLoad())
+    monkeypatch.setenv("TOY_BROKEN", "1")
+    reg.set_alias("m", "production", 1)
+    dp, http = await _serve(settings, reg, ModelConfig(ref="m@production", trusted=True))
+
+    def loads(outcome: str) -> float:
+        return dp.metrics.model_loads.labels("m", outcome)._value.get()
+
+    try:
+        reg.set_alias("m", "production", 2)
+        await dp.refresh()
+        await dp.refresh()  # within the backoff: not tried again
+        assert loads("failed") == 1 and dp.endpoints["m"].current.version == 1
+        monkeypatch.delenv("TOY_BROKEN")  # the weights are back
+        await dp.refresh(force=True)  # what POST /admin/refresh does
+        assert dp.endpoints["m"].current.version == 2
+        assert "error" not in (await http.get("/v2/health/ready")).json()["models"]["m"]
+
+        monkeypatch.setenv("TOY_BROKEN", "1")
+        reg.set_alias("m", "production", 3)
+        await dp.refresh()
+        assert "weights are corrupt" in dp.readiness()[1]["m"]["error"]
+        reg.set_alias("m", "production", 2)  # moved back to what is served
+        await dp.refresh()
+        assert dp.readiness() == (True, {"m": {"ready": True, "version": 2,
+                                               "ref": "m@production"}})
+    finally:
+        await http.aclose()
+        await dp.stop()
+
+
 async def test_readiness_needs_every_model_and_liveness_needs_nothing(settings, reg) -> None:
     toy(reg, "here", toy_models.Doubler())
     dp, http = await _serve(settings, reg, ModelConfig(ref="here:1", trusted=True),

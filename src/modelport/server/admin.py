@@ -89,7 +89,7 @@ async def served(request: Request) -> Response:
 async def refresh(request: Request) -> Response:
     """Check the registry now; answers what is served afterwards (with any load error)."""
     dp = dataplane(request)
-    await dp.refresh()
+    await dp.refresh(force=True)
     ready, detail = dp.readiness()
     return JSON({"ready": ready, "models": detail})
 
