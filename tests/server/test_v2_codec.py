@@ -219,6 +219,18 @@ def test_json_response_holds_flat_data_and_null_for_nan() -> None:
         {"name": "label", "datatype": "BYTES", "shape": [1], "data": ["yes"]}]}
 
 
+def test_a_missing_text_value_is_null_in_json_and_empty_in_binary() -> None:
+    """None, and the NaN pandas puts in text columns, are one missing value: null in
+    JSON, as the JSON API answers it; in the binary form, which has no null, an element
+    of length 0."""
+    labels = np.array(["yes", None, np.nan], dtype=object)
+    entry, blob = codec.encode_output("label", labels, binary=False)
+    assert entry["data"] == ["yes", None, None] and blob is None
+    _, blob = codec.encode_output("label", labels, binary=True)
+    assert blob is not None
+    assert deserialize_bytes_tensor(blob).tolist() == [b"yes", b"", b""]
+
+
 def test_binary_response_follows_its_json_in_output_order() -> None:
     req = one_input()
     req.id = "abc"

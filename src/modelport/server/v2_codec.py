@@ -272,14 +272,23 @@ def decode_bytes(buf: memoryview | bytes, where: str = "BYTES tensor") -> np.nda
 
 
 def encode_bytes(arr: np.ndarray) -> bytes:
-    """A BYTES tensor as length-prefixed elements (text as UTF-8)."""
+    """A BYTES tensor as length-prefixed elements (text as UTF-8).
+
+    The binary form has no null (Triton's layout: a 4-byte length, then the bytes): a
+    missing value (None, or the NaN pandas puts in text columns) is an element of
+    length 0, as an empty string is; the JSON form says null."""
     parts: list[bytes] = []
     if arr.dtype.kind in "Mm":
         arr = arr.astype(str)
     for value in arr.reshape(-1).tolist():
-        raw = value if isinstance(value, bytes) else str(value).encode()
+        raw = value if isinstance(value, bytes) else b"" if _missing(value) else \
+            str(value).encode()
         parts += (_LENGTH.pack(len(raw)), raw)
     return b"".join(parts)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
 
 
 def _reshaped(arr: np.ndarray, shape: Sequence[int], where: str) -> np.ndarray:
@@ -365,7 +374,7 @@ def _texts(arr: np.ndarray) -> list[Any]:
     """A BYTES tensor's elements as JSON strings (bytes decoded, dates in ISO 8601)."""
     if arr.dtype.kind in "UMm":
         return list(arr.astype(str).reshape(-1).tolist())
-    return [v if isinstance(v, str) or v is None else
+    return [v if isinstance(v, str) else None if _missing(v) else
             v.decode("utf-8", errors="backslashreplace") if isinstance(v, bytes) else str(v)
             for v in arr.reshape(-1).tolist()]
 
