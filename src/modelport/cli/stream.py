@@ -139,9 +139,12 @@ class StreamRun:
 
             server, _ = start_http_server(metrics_port, metrics_host,
                                           registry=self.service.dataplane.metrics.registry)
-        status = asyncio.create_task(self._status())
+        status: asyncio.Task[None] | None = None
         try:
             await self._start()
+            # after the start: the first lag query finds the consumer ready (a Kafka
+            # consumer asked for lag while it joins its group leaks a member)
+            status = asyncio.create_task(self._status())
             stats = await self.worker.run(burst=burst)
             await self._update_lag()  # for the last status line and the gauge
         except asyncio.CancelledError:
@@ -154,13 +157,18 @@ class StreamRun:
             return 1
         finally:
             self._cleaning = True
-            status.cancel()
+            if status is not None:
+                status.cancel()
             await self._stop()
             if server is not None:
                 server.shutdown()
         self._print_status(final=True)
         log.info("stopped: %d processed, %d dead-lettered in %d batches", stats.processed,
                  stats.dead_lettered, stats.batches)
+        if burst and stats.abandoned:  # the stream is not drained: say so to the caller
+            log.error("%d messages were left unacknowledged by a backing service that "
+                      "stayed down; they will be delivered again", stats.abandoned)
+            return 1
         return 0
 
     def _abandon(self) -> None:
@@ -170,11 +178,14 @@ class StreamRun:
             self._main.cancel()
 
     async def _start(self) -> None:
+        """The check at start: the broker answers, the model loads, the pipeline's
+        tables and services are there; else a `ConfigError` naming what is not (an
+        outage later is retried with backoff)."""
         try:
             await self.worker.broker.start()
-        except ModelportError as exc:  # a broker down now: fetches retry with backoff
-            log.error("%s", exc.message)
-        await self.service.start(follow=True)
+        except ModelportError as exc:
+            raise ConfigError(f"stream {self.where}: {exc.message}") from None
+        await self.service.start(follow=True, strict=True)
         # what start-up loaded (libraries, the model) lives as long as the process: out
         # of the collector's way, a full collection no longer scans it every few seconds
         # (100-300 ms pauses per 20,000 messages, measured with bench/stream.py)

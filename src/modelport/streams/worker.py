@@ -60,6 +60,8 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 class WorkerStats:
     processed: int = 0
     dead_lettered: int = 0
+    abandoned: int = 0
+    """Messages left unacknowledged by a stop during an outage (they come back)."""
     redeliveries: int = 0
     batches: int = 0
     last_batch_s: float = 0.0
@@ -200,6 +202,7 @@ class StreamWorker:
                 except Exception as exc:  # narrowed down to its messages when written
                     r.error = exc
         except _Abandoned:  # stopping during an outage: nothing acknowledged, all return
+            self.stats.abandoned += len(messages)
             return None
         return _Batch(letters, rounds, started)
 
@@ -230,10 +233,11 @@ class StreamWorker:
 
     async def _finish(self, batch: _Batch) -> None:
         letters, accepted = list(batch.letters), []
-        for r in batch.rounds:
+        for i, r in enumerate(batch.rounds):
             try:
                 rejects = await self._write_round(r)
             except _Abandoned:  # stopping during an outage: the rest stay unacknowledged
+                self.stats.abandoned += sum(len(left.messages) for left in batch.rounds[i:])
                 break
             if not rejects:
                 accepted += r.messages
@@ -248,6 +252,9 @@ class StreamWorker:
         if letters:
             await self._retry(lambda: self.broker.dead_letter(letters, self.dead_letter_subject),
                               "dead-letter", abandon=False)
+            log.warning("dead-lettered %d of %d messages to %s (%s)", len(letters),
+                        sum(len(r.messages) for r in batch.rounds) + len(batch.letters),
+                        self.dead_letter_subject, letters[0].reason)
         if accepted:
             await self._retry(lambda: self.broker.ack(accepted), "ack", abandon=False)
         self._account(len(accepted), len(letters), time.perf_counter() - batch.started)
@@ -295,9 +302,6 @@ class StreamWorker:
             else:
                 rejects += scored.rejects
                 written += len(half) - len(scored.rejects)
-        if rejects and len(frame) > 1:
-            log.warning("%d of %d messages could not be processed (%s); dead-lettering them",
-                        len(rejects), len(frame), rejects[0].reason)
         return rejects, written
 
     async def _retry(self, action: Callable[[], Awaitable[T]], what: str, *,
