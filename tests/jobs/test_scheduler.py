@@ -113,6 +113,20 @@ def test_bad_cron_expressions_and_duplicate_names_are_config_errors() -> None:
         scheduler.add("x", "0 4 * * *", job)
 
 
+def test_the_next_three_fire_times_show_what_an_expression_means() -> None:
+    async def job() -> None:
+        return None
+
+    scheduler = Scheduler(clock=lambda: datetime(2026, 1, 1, 12, 0, 5, tzinfo=UTC))
+    every_30_s = scheduler.add("a", "* * * * * */30", job)  # seconds are the 6th field
+    assert [t.strftime("%H:%M:%S") for t in every_30_s.upcoming()] == [
+        "12:00:30", "12:01:00", "12:01:30"]
+    # the first field is minutes: fires every second of minutes :00 and :30
+    misread = scheduler.add("b", "*/30 * * * * *", job)
+    assert [t.strftime("%H:%M:%S") for t in misread.upcoming()] == [
+        "12:00:06", "12:00:07", "12:00:08"]
+
+
 async def test_a_real_every_second_schedule_runs_repeatedly() -> None:
     times: list[float] = []
 
@@ -225,5 +239,23 @@ def test_modelport_schedule_runs_jobs_serves_metrics_and_stops_on_sigterm(
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err
+    assert "nightly: '* * * * * */2' (UTC), next at " in err
     assert '"msg": "job nightly finished' in err.replace('":"', '": "')  # JSON log lines
     assert query(url, "SELECT count(*), count(DISTINCT id) FROM results") == [(300, 300)]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (("cancer@production", "cancer@nope"), "error: model cancer@nope: "),
+    (("table: results", "table: absent"), "error: pipeline nightly: SQL database sqlite:"),
+])
+def test_what_cannot_run_is_said_at_start_not_at_the_first_fire_time(
+        tmp_path: Path, change: tuple[str, str], message: str) -> None:
+    url = sqlite_db(tmp_path)
+    home = tmp_path / "home"
+    register(home)
+    config = scheduled_config(tmp_path, url, "0 2 * * *")
+    config.write_text(config.read_text().replace(*change))
+    proc = start(home, url, "schedule", "-c", str(config))
+    _, err = proc.communicate(timeout=60)
+    said = [line for line in err.splitlines() if not line.startswith("{")]
+    assert proc.returncode == 1 and said[-1].startswith(message), err

@@ -90,7 +90,8 @@ def batch(
 
 
 async def _run(service: Service, job: BatchJob, progress: RichReporter) -> BatchResult:
-    await service.start(follow=False)  # a batch pins the versions it started with
+    # a batch pins the versions it started with; what cannot run is said before a row
+    await service.start(follow=False, strict=True)
     try:
         with progress:
             return await job.run()

@@ -48,6 +48,11 @@ def schedule(
         service = Service(cli.settings, service_config, reg)
         scheduler = Scheduler(metrics=service.dataplane.metrics)
         names = add_pipeline_batches(scheduler, service)
+        for name in names:
+            job = scheduler.jobs[name]
+            cli.err.print(f"{name}: {job.cron!r} (UTC), next at " + ", ".join(
+                t.isoformat(timespec="seconds") for t in job.upcoming()), highlight=False,
+                soft_wrap=True)
         asyncio.run(_run(service, scheduler, names, metrics_port, metrics_host, grace))
 
 
@@ -63,8 +68,9 @@ async def _run(service: Service, scheduler: Scheduler, names: list[str],
 
         server, _ = start_http_server(metrics_port, metrics_host,
                                       registry=service.dataplane.metrics.registry)
-    # versions are refreshed at the start of each run, not followed mid-run
-    await service.start(follow=False)
+    # versions are refreshed at the start of each run, not followed mid-run; what
+    # cannot run (a model, a table) is said now, not at the first fire time
+    await service.start(follow=False, strict=True)
     log.info("scheduling %s", ", ".join(
         f"{n} ({scheduler.jobs[n].cron}, next {scheduler.jobs[n].next_at.isoformat()})"
         for n in names))

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from croniter import croniter
 
@@ -54,6 +54,11 @@ class ScheduledJob:
     @property
     def running(self) -> bool:
         return self.task is not None and not self.task.done()
+
+    def upcoming(self, n: int = 3) -> list[datetime]:
+        """The next `n` fire times: what a person checks a cron expression by."""
+        times = croniter(self.cron, self.next_at - timedelta(microseconds=1))
+        return [times.get_next(datetime) for _ in range(n)]
 
 
 class Scheduler:
