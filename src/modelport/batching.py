@@ -80,6 +80,13 @@ class AdaptiveBatcher:
     def depth(self) -> int:
         return self._queue.qsize() if self._queue else 0
 
+    @property
+    def full(self) -> bool:
+        return self._queue is not None and self._queue.full()
+
+    def full_message(self) -> str:
+        return f"model queue is full ({self.max_queue} requests waiting); retry shortly"
+
     def start(self) -> None:
         if self._queue is None:
             self._queue = asyncio.Queue(self.max_queue)
@@ -99,10 +106,7 @@ class AdaptiveBatcher:
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
-            raise Overloaded(
-                f"model queue is full ({self.max_queue} requests waiting); retry shortly",
-                retry_after=1.0,
-            ) from None
+            raise Overloaded(self.full_message(), retry_after=1.0) from None
         if timeout is None:
             return await item.future
         # A timer that fails the item's own future, rather than wait_for(shield(…)),

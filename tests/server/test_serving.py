@@ -24,7 +24,7 @@ from modelport.dataplane import DataPlane, ModelConfig
 from modelport.errors import FlavorError
 from modelport.server import create_app
 from modelport.settings import BatchingSettings, ServerSettings
-from small_models import DropsFirstRow
+from small_models import DropsFirstRow, Gated
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +195,52 @@ async def test_full_queue_gets_a_fast_503_with_retry_after(slow_server) -> None:
     assert 'modelport_rejections_total{model="slow",reason="queue_full"}' in metrics
     # accepted requests are answered, none dropped or failed: at least the queue's worth
     assert set(statuses) == {200, 503} and statuses.count(200) >= 2
+
+
+async def test_a_full_queue_refuses_before_reading_the_body(settings, reg) -> None:
+    settings.batching = BatchingSettings(max_batch_size=1, max_queue=2)
+    reg.register("gated", Gated(), sample_input=np.ones((1, 3)))
+    dp = DataPlane(reg, settings, [ModelConfig(ref="gated:1", trusted=True)])
+    app = create_app(settings, dp, follow=False)
+    await dp.start(follow=False)
+    model = type(dp.endpoints["gated"].current.model.flavor.model)
+    gate, entered = model.gate, model.entered
+    gate.clear()
+    entered.clear()  # the smoke test's call
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://mp")
+    batcher = dp.endpoints["gated"].current.batcher
+
+    def ask(i: int) -> asyncio.Task[httpx.Response]:
+        return asyncio.create_task(http.post("/models/gated/predict",
+                                             json={"instances": [[i, 0, 0]]}))
+
+    admitted = [ask(0)]
+    assert await asyncio.to_thread(entered.wait, 30)  # in the model, held at the gate
+    admitted += [ask(1), ask(2)]
+    while not batcher.full:
+        await asyncio.sleep(0)
+    read: list[str] = []
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        read.append("body")
+        return {"type": "http.request", "body": b'{"instances": [[1, 1, 1]]}'}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/models/gated/predict",
+             "raw_path": b"/models/gated/predict", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json")], "http_version": "1.1",
+             "scheme": "http", "server": ("mp", 80), "client": ("127.0.0.1", 1)}
+    await app(scope, receive, send)
+    gate.set()
+    answers = await asyncio.gather(*admitted)
+    await http.aclose()
+    await dp.stop()
+    assert read == []  # refused from the queue's state alone
+    assert sent[0]["status"] == 503
+    assert [a.json()["predictions"] for a in answers] == [[0.0], [2.0], [4.0]]
 
 
 async def test_request_past_its_deadline_gets_504(slow_server) -> None:

@@ -23,7 +23,7 @@ from modelport.security import KeyStore
 from modelport.server import admin, docs, predict, v2
 from modelport.server import pipelines as pipeline_routes
 from modelport.server.auth import ApiKeyGuard
-from modelport.server.middleware import BodyLimit, RequestContext
+from modelport.server.middleware import Admission, BodyLimit, RequestContext
 from modelport.server.openapi import openapi_schema
 from modelport.server.responses import handle_error, handle_http_error
 from modelport.service import start_pipelines
@@ -106,6 +106,8 @@ def create_app(settings: Settings, dataplane: DataPlane, *, follow: bool = True,
             # inside RequestContext, so refusals get a request id and an access log line
             Middleware(ApiKeyGuard, keys=keys,
                        require_predict_key=settings.server.require_predict_key),
+            # after the key check, before anything reads the body
+            Middleware(Admission, dataplane=dataplane),
             Middleware(BodyLimit, max_bytes=settings.server.max_body_bytes),
         ],
         exception_handlers={ModelportError: handle_error, HTTPException: handle_http_error,
