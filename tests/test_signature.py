@@ -191,7 +191,7 @@ def test_wrong_type_in_rows_and_dataframes(sig: Signature, people: pd.DataFrame)
 def test_missing_column(sig: Signature) -> None:
     with pytest.raises(InvalidInput, match="row 0: missing field 'member'"):
         sig.decode([{"age": 1.0, "city": "x", "visits": 1}])
-    with pytest.raises(InvalidInput, match=r"missing input 'member' \(member: BOOL\)"):
+    with pytest.raises(InvalidInput, match=r"missing field 'member' \(member: BOOL\)"):
         sig.decode({"age": [1.0], "city": ["x"], "visits": [1]})
 
 

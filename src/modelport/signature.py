@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any, Literal
 
 import numpy as np
@@ -122,9 +123,9 @@ class Signature(BaseModel):
                 raise InvalidInput(
                     f"row {i}: unknown field {sorted(unknown)[0]!r}; expected {sorted(names)}"
                 )
-            missing = names - set(record)
+            missing = missing_field(names, record)
             if missing:
-                raise InvalidInput(f"row {i}: missing field {sorted(missing)[0]!r}")
+                raise InvalidInput(f"row {i}: {missing}")
         return self.validate({s.name: [r[s.name] for r in records] for s in self.inputs})
 
     def _from_rows(self, rows: Any) -> Batch:
@@ -179,7 +180,7 @@ class Signature(BaseModel):
         rows: int | None = None
         for spec in self.inputs:
             if spec.name not in batch:
-                raise InvalidInput(f"missing input {spec.name!r} ({spec.describe()})")
+                raise InvalidInput(f"{missing_field({spec.name}, batch)} ({spec.describe()})")
             where = f"{'column' if self.layout == 'columns' else 'input'} {spec.name!r}"
             arr = coerce(batch[spec.name], spec.datatype, where, allow_nan=self.allow_nan)
             if arr.ndim == 0:
@@ -253,6 +254,10 @@ class Signature(BaseModel):
     def describe(self) -> str:
         return ", ".join(spec.describe() for spec in self.inputs)
 
+    @property
+    def input_names(self) -> frozenset[str]:
+        return frozenset(spec.name for spec in self.inputs)
+
 
 @functools.lru_cache(maxsize=64)
 def _column_index(names: tuple[str, ...]) -> Any:
@@ -266,6 +271,15 @@ def _column_index(names: tuple[str, ...]) -> Any:
 
 def rows_of(batch: Batch) -> int:
     return len(next(iter(batch.values()))) if batch else 0
+
+
+def missing_field(names: AbstractSet[str], record: Mapping[str, Any]) -> str | None:
+    """What to say when `record` lacks one of `names`, else None: the one wording for
+    a field absent, whichever trigger sent the record (a field sent as null is not
+    missing: the signature's check says whether null is allowed)."""
+    if record.keys() >= names:  # the usual case, compared in C
+        return None
+    return f"missing field {min(names - record.keys())!r}"
 
 
 def check_output_rows(outputs: Batch, rows: int, model: str) -> Batch:

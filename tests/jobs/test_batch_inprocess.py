@@ -141,6 +141,104 @@ async def test_a_crash_mid_run_resumes_after_the_last_checkpoint(tmp_path: Path)
     assert all(written[k]["predictions"] == expected[k - 1] for k in written)
 
 
+async def test_a_changed_job_does_not_resume_the_old_ones_checkpoint(tmp_path: Path) -> None:
+    """Killed after 300 of 1,000 rows written to `results_a`, the job is run again
+    writing to `results_b`: resuming would leave `results_b` without the first 300."""
+    X, _ = cancer()
+    records = pd.DataFrame(features(1000), columns=X.columns).to_dict(orient="records")
+    patients = {i + 1: r for i, r in enumerate(records)}
+    url = sqlite_keys(tmp_path, 1000)
+    keys = "SELECT id FROM wanted"
+
+    async def run(table: str, *, crash_on: int = 0, fresh: bool = False) -> Any:
+        settings, config = service_for(
+            tmp_path, url, writer=f"{{type: sql, url: '${{DB}}', table: {table}}}")
+        if not query(url, f"SELECT count(*) FROM sqlite_master WHERE name = '{table}'")[0][0]:
+            make_results(url, table)
+        with Registry(settings=settings) as reg:
+            service = Service(settings, config, reg)
+            pipe = service.pipeline("score")
+            pipe.retriever = MemoryRetriever(patients)
+            writer, write, writes = pipe.writer, pipe.writer.write, []  # type: ignore[union-attr]
+
+            async def crashing(frame: Frame) -> None:
+                await write(frame)
+                writes.append(len(frame))
+                if len(writes) == crash_on:
+                    raise RuntimeError("killed")
+
+            writer.write = crashing  # type: ignore[method-assign,union-attr]
+            await service.start(follow=False)
+            try:
+                return await BatchJob(service, "score", KeyQuery(url, keys),
+                                      BatchOptions(chunk_size=100, fresh=fresh)).run()
+            finally:
+                await service.stop()
+
+    with pytest.raises(RuntimeError, match="killed"):
+        await run("results_a", crash_on=4)
+    with pytest.raises(ConfigError, match=r"unfinished run of another definition \(writer: "
+                       r".*results_a.* → .*results_b.*--fresh"):
+        await run("results_b")
+    assert query(url, "SELECT count(*) FROM results_b") == [(0,)]
+    result = await run("results_b", fresh=True)
+    assert (result.resumed_after, result.read, result.written) == (0, 1000, 1000)
+    assert query(url, "SELECT count(DISTINCT id), min(id), max(id) FROM results_b") \
+        == [(1000, 1, 1000)]
+    # the same definition resumes, as before
+    with pytest.raises(RuntimeError, match="killed"):
+        await run("results_c", crash_on=2)
+    result = await run("results_c")
+    assert (result.resumed_after, result.read) == (100, 900)
+
+
+@pytest.mark.parametrize("mapped", [False, True])
+async def test_an_array_model_is_scored_from_its_feature_columns(tmp_path: Path,
+                                                                 mapped: bool) -> None:
+    """A model registered with an array (`input: FP64 [30]`) scores a table of its 30
+    feature columns: in the model's order, or in any order with extra columns when
+    `features:` maps them."""
+    X, clf = cancer()
+    data = features(300)
+    table = pd.DataFrame(data, columns=X.columns)
+    table.insert(0, "id", np.arange(1, 301))
+    if mapped:  # another column order, and a column that is no feature rides along
+        table = table[["id", *reversed(X.columns)]].assign(region="north")
+    url = f"sqlite:///{tmp_path / 'features.db'}"
+    engine = sa.create_engine(url)
+    table.to_sql("patients", engine, index=False)
+    engine.dispose()
+    settings = Settings(home=tmp_path / "home")
+    with Registry(settings=settings) as reg:
+        mv = reg.register("bc", clf, sample_input=X.to_numpy()[:5])
+        reg.set_alias("bc", "production", mv.version)
+    assert [s.describe() for s in mv.signature.inputs] == ["input: FP64 [30]"]
+    listed = ", ".join(f"'{c}'" for c in X.columns)
+    path = tmp_path / "modelport.yaml"
+    path.write_text(f"""
+pipelines:
+  - name: score
+    model: bc@production
+    writer: {{type: memory}}
+    outputs: [predictions]
+{f"    features: {{input: [{listed}]}}" if mapped else ""}
+""")
+    config = load_config(path, {})
+    with Registry(settings=settings) as reg:
+        service = Service(settings, config, reg)
+        await service.start(follow=False)
+        try:
+            result = await BatchJob(service, "score", KeyQuery(url, "SELECT * FROM patients"),
+                                    BatchOptions(chunk_size=100, dry_run=False)).run()
+            rows = service.pipeline("score").writer.rows  # type: ignore[union-attr]
+        finally:
+            await service.stop()
+    assert (result.read, result.written, result.rejected) == (300, 300, 0)
+    expected = clf.predict(pd.DataFrame(data, columns=X.columns))
+    assert [rows[k]["predictions"] for k in range(1, 301)] == expected.tolist()
+    assert set(rows[1]) == ({"predictions", "region"} if mapped else {"predictions"})
+
+
 @pytest.mark.parametrize("suffix", [".parquet", ".csv"])
 async def test_input_files_resume_by_row_offset(tmp_path: Path, suffix: str) -> None:
     X, clf = cancer()

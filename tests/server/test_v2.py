@@ -247,7 +247,7 @@ def test_tensor_that_does_not_fit_is_a_400_naming_the_input(client: TestClient, 
     ([{"name": "mean radius", "shape": [1, 2], "datatype": "FP64", "data": [1.0, 2.0]}],
      "input 'mean radius': a column takes shape [N] or [N, 1], got [1, 2]"),
     ([{"name": "mean radius", "shape": [1], "datatype": "FP64", "data": [1.0]}],
-     "missing input 'mean texture'"),
+     "missing field 'mean texture'"),
     ([{"name": "mean radius", "shape": [1], "datatype": "FP64", "data": ["big"]}],
      "input 'mean radius': expected FP64, got string 'big' at row 0"),
 ])

@@ -10,9 +10,9 @@ import orjson
 import pytest
 from stream_helpers import cancer, cancer_dataplane
 
-from modelport import Settings
-from modelport.dataplane import DataPlane
-from modelport.errors import ModelportError, NotReady
+from modelport import Registry, Settings
+from modelport.dataplane import DataPlane, ModelConfig
+from modelport.errors import InvalidInput, ModelportError, NotReady
 from modelport.pipeline import Frame, MemoryWriter, Pipeline
 from modelport.streams.base import Message
 from modelport.streams.memory import MemoryBroker, MemoryBus
@@ -199,6 +199,37 @@ async def test_a_record_missing_a_field_rejects_only_itself_even_first(dataplane
     assert set(writer.rows) == {f"p{i}" for i in range(10)}
     [dead] = [orjson.loads(m) for m in bus.messages("dlq")]
     assert "'mean radius'" in dead["reason"] and stats.dead_lettered == 1
+
+
+@pytest.mark.parametrize("neighbours", [0, 3])
+async def test_an_empty_record_is_a_missing_field_as_http_says(settings, neighbours) -> None:
+    """`"data": {}` names the field it lacks in the words HTTP uses (not as a null),
+    alone in its batch or beside records that have every field."""
+    X, clf = cancer()
+    reg = Registry(settings=settings)
+    reg.register("array", clf, sample_input=X.to_numpy()[:5])  # type: ignore[union-attr]
+    dp = DataPlane(reg, settings, [ModelConfig(ref="array:1")])
+    await dp.start(follow=False)
+    try:
+        with pytest.raises(InvalidInput) as http:
+            dp.deployment("array").model.signature.decode([{}])  # what HTTP answers
+        bus = MemoryBus()
+        bus.append("patients", orjson.dumps({"id": "empty", "data": {}}))
+        for i in range(neighbours):
+            bus.append("patients", orjson.dumps({"id": f"p{i}", "data": {
+                "input": X.to_numpy()[i].tolist()}}))  # type: ignore[union-attr]
+        writer = MemoryWriter()
+        worker = StreamWorker(Pipeline("score", "array", dp, writer=writer),
+                              MemoryBroker(bus, "patients"), dead_letter_subject="dlq",
+                              fetch_timeout=0.05)
+        await worker.run(burst=True)
+    finally:
+        await dp.stop()
+        reg.close()
+    [dead] = [orjson.loads(m) for m in bus.messages("dlq")]
+    assert http.value.message == "row 0: missing field 'input'"
+    assert dead["reason"] == "missing field 'input'"
+    assert set(writer.rows) == {f"p{i}" for i in range(neighbours)}
 
 
 async def test_the_same_id_twice_in_one_batch_is_written_once_and_both_acked(dataplane) -> None:

@@ -27,6 +27,7 @@ from typing import Any, Protocol, TypeVar
 import sqlalchemy as sa
 
 from modelport.errors import ConfigError
+from modelport.jobs.definition import definition
 from modelport.jobs.sources import (
     Chunk,
     FileRows,
@@ -136,7 +137,8 @@ class BatchJob:
             if not opts.dry_run:
                 state = await asyncio.to_thread(self._state)
                 cp = await asyncio.to_thread(state.open, self.job_id, pipe.name, described,
-                                             fresh=opts.fresh)
+                                             fresh=opts.fresh,
+                                             definition=definition(self.service, pipe.name))
                 result.rejects_to = state.describe_rejects()
                 result.resumed_after = cp.read
                 if cp.read:

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from modelport.errors import ConfigError
+from modelport.jobs.definition import differences
 from modelport.jobs.sources import sql_error
 from modelport.pipeline import Key
 from modelport.pipeline.sqlconn import make_engine
@@ -47,6 +48,9 @@ class Checkpoint:
     written: int = 0
     rejected: int = 0
     rejects_offset: int = 0
+    definition: str = ""
+    """The job's definition (`modelport.jobs.definition`): a run of another one does
+    not resume this checkpoint."""
 
 
 @dataclass
@@ -116,6 +120,7 @@ class JobState:
             sa.Column("rows_written", sa.BigInteger, nullable=False),
             sa.Column("rows_rejected", sa.BigInteger, nullable=False),
             sa.Column("rejects_offset", sa.BigInteger, nullable=False),
+            sa.Column("definition", sa.Text),
             sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
             sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         )
@@ -141,10 +146,13 @@ class JobState:
             return f"table {self.rejects.fullname}"
         return "nowhere"
 
-    def open(self, job_id: str, pipeline: str, source: str, *, fresh: bool) -> Checkpoint:
-        """The job's checkpoint to continue from, or a new run's (after a finished one)."""
+    def open(self, job_id: str, pipeline: str, source: str, *, fresh: bool,
+             definition: str = "") -> Checkpoint:
+        """The job's checkpoint to continue from, or a new run's (after a finished one);
+        a ConfigError when the unfinished run was of another source or definition."""
         try:
             self.meta.create_all(self.engine)
+            self._add_definition_column()
             with self.engine.begin() as conn:
                 row = conn.execute(sa.select(self.checkpoints).where(
                     self.checkpoints.c.job_id == job_id).with_for_update()).mappings().first()
@@ -155,16 +163,27 @@ class JobState:
                             f"job {job_id!r} has an unfinished run of pipeline "
                             f"{row['pipeline']!r} over {row['source']}; resume it with the "
                             "same source, or start over with --fresh")
+                    _same_definition(job_id, row["definition"], definition)
                     cp = _checkpoint(row)
+                    cp.definition = cp.definition or definition  # one stored before them
                 else:
                     cp = Checkpoint(job_id, pipeline, source,
-                                    run=row["run"] + 1 if row is not None else 1)
+                                    run=row["run"] + 1 if row is not None else 1,
+                                    definition=definition)
                     self._save(conn, cp, insert=row is None, started=True)
         except SQLAlchemyError as exc:
             raise sql_error(f"batch checkpoints in {self._where()}", exc) from exc
         if self.rejects_file is not None:
             self.rejects_file.resume(cp.rejects_offset)
         return cp
+
+    def _add_definition_column(self) -> None:
+        """Checkpoint tables made before definitions were stored get the column (their
+        rows have none, and resume as they did)."""
+        names = {c["name"] for c in sa.inspect(self.engine).get_columns(CHECKPOINTS)}
+        if "definition" not in names:
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql(f"ALTER TABLE {CHECKPOINTS} ADD COLUMN definition TEXT")
 
     def commit(self, cp: Checkpoint, rejects: list[RejectRow]) -> None:
         """Record a chunk as done (its results are already written), with its rejects."""
@@ -214,7 +233,8 @@ class JobState:
             "chunks": cp.chunks,
             "last_key": None if cp.last_key is None else _json(cp.last_key),
             "rows_read": cp.read, "rows_written": cp.written, "rows_rejected": cp.rejected,
-            "rejects_offset": cp.rejects_offset, "updated_at": now}
+            "rejects_offset": cp.rejects_offset, "definition": cp.definition or None,
+            "updated_at": now}
         if started:
             values["started_at"] = now
         t = self.checkpoints
@@ -230,4 +250,14 @@ def _checkpoint(row: Any) -> Checkpoint:
         status=row["status"], chunks=row["chunks"],
         last_key=None if row["last_key"] is None else orjson.loads(row["last_key"]),
         read=row["rows_read"], written=row["rows_written"], rejected=row["rows_rejected"],
-        rejects_offset=row["rejects_offset"])
+        rejects_offset=row["rejects_offset"], definition=row["definition"] or "")
+
+
+def _same_definition(job_id: str, stored: str | None, now: str) -> None:
+    if not stored or not now or stored == now:
+        return
+    raise ConfigError(
+        f"job {job_id!r} has an unfinished run of another definition "
+        f"({'; '.join(differences(stored, now))}): its checkpoint would leave this run's "
+        "output without the rows already done; run the job as it was to resume it, or "
+        "start over with --fresh")

@@ -22,6 +22,7 @@ from modelport.dataplane import DataPlane
 from modelport.datatypes import jsonable
 from modelport.errors import ConfigError, InvalidInput, ModelOutputError
 from modelport.pipeline.base import Frame, Key, Retriever, Writer
+from modelport.signature import Signature
 from modelport.streams.config import StreamConfig
 
 log = logging.getLogger("modelport.pipeline")
@@ -74,6 +75,10 @@ class PipelineConfig(BaseModel):
     version_column: str | None = None
     """Add a column of this name holding the version of the model that scored each row
     (score tables and logs that must say which version produced a row)."""
+    features: dict[str, list[str]] | None = None
+    """For a model that takes an array (`input: FP64 [30]`): the columns that make up
+    each row's array, in order, by input name. Without it, such a model's one input is
+    made of all the rows' columns, in their order, when they are exactly as many."""
     schedule: str | None = None
     """Cron expression: `modelport schedule` runs this pipeline's batch job then."""
     keys: str | None = None
@@ -104,7 +109,8 @@ class Pipeline:
                  retriever: Retriever | None = None, writer: Writer | None = None,
                  pre: Step | None = None, post: Step | None = None,
                  outputs: Sequence[str] | None = None,
-                 version_column: str | None = None) -> None:
+                 version_column: str | None = None,
+                 features: dict[str, list[str]] | None = None) -> None:
         self.name = name
         # the served name in the data plane; None for a pipeline that only moves data
         # (a stream folded into a store): its frames go from `pre` to the writer as they are
@@ -116,6 +122,7 @@ class Pipeline:
         self.post = post
         self.outputs = list(outputs) if outputs else None
         self.version_column = version_column
+        self.features = features or {}
 
     @classmethod
     def from_config(cls, config: PipelineConfig, dataplane: DataPlane, *,
@@ -130,6 +137,7 @@ class Pipeline:
             post=import_object(config.post, f"{config.name}.post") if config.post else None,
             outputs=config.outputs,
             version_column=config.version_column,
+            features=config.features,
         )
 
     @property
@@ -178,8 +186,7 @@ class Pipeline:
             return Scored(frame)
         deployment = self.dataplane.deployment(self.model)
         signature = deployment.model.signature
-        inputs = {s.name: frame.columns[s.name] for s in signature.inputs
-                  if s.name in frame.columns}
+        inputs, consumed = self._inputs(frame, signature)
         good = list(range(len(frame)))
         rejects: list[Reject] = []
         try:
@@ -200,13 +207,35 @@ class Pipeline:
             outputs = {k: outputs[k] for k in self.outputs}
         # columns the model does not take (ids, timestamps, a routing key) ride along
         extra = {k: v if not rejects else _rows(v, good) for k, v in frame.columns.items()
-                 if k not in inputs and k not in outputs}
+                 if k not in consumed and k not in outputs}
         keys = list(frame.keys) if not rejects else [frame.keys[i] for i in good]
         if self.version_column:
             # read off the deployment that answered, not the one serving now: an alias
             # may have moved while the batch was in the model
             extra[self.version_column] = np.full(len(keys), deployment.version, np.int64)
         return Scored(Frame(keys, {**extra, **outputs}), rejects)
+
+    def _inputs(self, frame: Frame, signature: Signature) -> tuple[dict[str, Any], set[str]]:
+        """The model's inputs from the frame's columns, and the columns they used: an
+        input by its name, or an array input made of its feature columns (`features`,
+        else every column when they are as many as its width), stacked in one copy."""
+        inputs = {s.name: frame.columns[s.name] for s in signature.inputs
+                  if s.name in frame.columns}
+        consumed = set(inputs)
+        spec = signature.inputs[0]
+        if inputs or len(signature.inputs) != 1 or len(spec.shape) != 1:
+            return inputs, consumed
+        names = self.features.get(spec.name)
+        if names is None and len(frame.columns) != spec.shape[0]:
+            return inputs, consumed  # the signature's check says the input is missing
+        names = list(frame.columns) if names is None else names
+        absent = [n for n in names if n not in frame.columns]
+        if absent:
+            raise ConfigError(f"pipeline {self.name!r}: features of input {spec.name!r}: the "
+                              f"rows have no column(s) {', '.join(map(repr, absent[:5]))}")
+        columns = [frame.columns[n] for n in names]
+        inputs[spec.name] = np.column_stack(columns) if columns else np.empty((len(frame), 0))
+        return inputs, set(names)
 
 
 def _split_rejects(frame: Frame, inputs: dict[str, Any], validate: Callable[..., Any]

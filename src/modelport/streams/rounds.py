@@ -17,7 +17,7 @@ from typing import Any
 
 from modelport.errors import InvalidInput
 from modelport.pipeline import Frame, Key, Scored
-from modelport.signature import Signature
+from modelport.signature import Signature, missing_field
 from modelport.streams.base import DeadLetter, Message
 from modelport.streams.codec import Codec, TypedDecoder, decode
 
@@ -139,8 +139,12 @@ _deliveries = operator.attrgetter("deliveries")
 
 
 def as_record(data: Any, signature: Signature | None) -> dict[str, Any]:
-    """A message's data as one record of the model's inputs."""
+    """A message's data as one record of the model's inputs (a record lacking one is
+    refused here, as HTTP refuses it: a missing field, not a null one)."""
     if isinstance(data, dict):
+        missing = missing_field(signature.input_names, data) if signature else None
+        if missing:
+            raise InvalidInput(missing)
         return data
     if signature is None:
         raise InvalidInput("expected a record (a JSON object) of named values")
