@@ -78,6 +78,17 @@ def scores(n: int, start: int = 0) -> Frame:
     })
 
 
+async def test_frames_written_side_by_side_create_the_table_once(url, table) -> None:
+    """A batch job writes its first chunks at once: the one table is created once."""
+    import asyncio
+
+    writer = SqlWriter(url, table, create=True)
+    await writer.start()
+    await asyncio.gather(*(writer.write(scores(100, start=100 * i)) for i in range(3)))
+    await writer.close()
+    assert execute(url, f"SELECT COUNT(*), COUNT(DISTINCT id) FROM {table}") == [(300, 300)]
+
+
 async def test_upsert_creates_the_table_then_reads_many_keys_in_one_query(url, table) -> None:
     writer = SqlWriter(url, table, create=True)
     await writer.start()

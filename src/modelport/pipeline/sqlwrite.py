@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -82,6 +83,7 @@ class SqlWriter(SqlComponent, Writer):
         self._oids: dict[str, list[int]] = {}
         self._upserts_left = 0
         self._copier: AsyncCopier | None = None
+        self._creating = threading.Lock()
 
     async def start(self) -> None:
         await super().start()
@@ -183,6 +185,13 @@ class SqlWriter(SqlComponent, Writer):
             self._copy_upsert(conn, table, names, frame, data)
 
     def _create(self, frame: Frame, names: list[str]) -> Table:
+        # the first frames may be written side by side (threads): one creates the table
+        with self._creating:
+            if self._table is not None:
+                return self._table
+            return self._create_table(frame, names)
+
+    def _create_table(self, frame: Frame, names: list[str]) -> Table:
         keys = plain_keys(frame.keys)
         key_type: TypeEngine[Any] = BigInteger() if all(
             isinstance(k, int) and not isinstance(k, bool) for k in keys) else String(255)
