@@ -9,22 +9,15 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError
 from aiokafka.structs import ConsumerRecord
-from stream_helpers import cancer_dataplane, patients
 
-from modelport import Settings
-from modelport.dataplane import DataPlane
-from modelport.errors import ConfigError
-from modelport.pipeline import MemoryWriter, Pipeline
+from modelport.errors import ConfigError, ModelportError
 from modelport.streams import broker_class
 from modelport.streams.kafka import KafkaBroker
-from modelport.streams.worker import StreamWorker
 
-KAFKA = os.environ.get("MODELPORT_TEST_KAFKA")
 TP0, TP1 = TopicPartition("t", 0), TopicPartition("t", 1)
 
 
@@ -93,55 +86,71 @@ def test_the_broker_is_found_by_name() -> None:
     assert broker_class("kafka") is KafkaBroker
 
 
-# --- against a real Kafka ------------------------------------------------------------
-
-needs_kafka = pytest.mark.skipif(
-    KAFKA is None, reason="no Kafka broker here: set MODELPORT_TEST_KAFKA=host:9092 to run")
+# --- against a real broker: tansu, or MODELPORT_TEST_KAFKA --------------------------
+# (the contract every broker keeps, the worker's included, is test_broker_contract.py)
 
 
 @pytest.fixture
-async def topic() -> AsyncIterator[str]:
-    assert KAFKA is not None
+async def topic(kafka: str) -> AsyncIterator[str]:
+    """A 3-partition topic of its own, and `<topic>.dlq`; deleted afterwards."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     name = f"mp-test-{uuid.uuid4().hex[:10]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
     await admin.start()
-    await admin.create_topics([NewTopic(name, num_partitions=2, replication_factor=1),
+    await admin.create_topics([NewTopic(name, num_partitions=3, replication_factor=1),
                                NewTopic(f"{name}.dlq", 1, 1)])
     yield name
     await admin.delete_topics([name, f"{name}.dlq"])
     await admin.close()
 
 
-@pytest.fixture
-async def dataplane(settings: Settings) -> AsyncIterator[DataPlane]:
-    async with cancer_dataplane(settings) as dp:
-        yield dp
+async def members(kafka: str, group: str) -> int:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+    await admin.start()
+    try:
+        [described] = await admin.describe_consumer_groups([group])
+        return len(described.groups[0][5])  # (error, group, state, type, protocol, members)
+    finally:
+        await admin.close()
 
 
-@needs_kafka
-async def test_the_worker_scores_commits_and_dead_letters_through_kafka(
-        topic: str, dataplane: DataPlane) -> None:
-    assert KAFKA is not None
-    producer = KafkaBroker(KAFKA, topic, "unused")
-    good = [orjson.dumps({"id": f"p{i}", "data": r}) for i, r in enumerate(patients(40))]
-    await producer.publish(topic, [*good[:20], b"{oops", *good[20:]])
-    await producer.close()
-    writer = MemoryWriter()
-    broker = KafkaBroker(KAFKA, topic, "scorers")
-    worker = StreamWorker(Pipeline("score", "cancer", dataplane, writer=writer), broker,
-                          dead_letter_subject=f"{topic}.dlq", batch_size=16, fetch_timeout=1)
-    # not burst: joining a new group takes seconds, and early fetches come back empty
-    task = asyncio.create_task(worker.run())
-    for _ in range(600):
-        if len(writer.rows) == 40 and worker.stats.dead_lettered == 1:
+async def test_asking_for_lag_while_the_consumer_joins_leaks_no_group_member(
+        kafka: str, topic: str) -> None:
+    broker = KafkaBroker(kafka, topic, "scorers")
+    assert await broker.lag() is None and broker._consumer is None  # asking starts nothing
+    # the status loop asks for lag while the consumer starts: still one consumer
+    await asyncio.gather(broker.start(), broker.lag(), broker.lag())
+    consumer = broker._consumer
+    assert consumer is not None
+    for _ in range(600):  # joining takes a few seconds; bounded, not timed
+        if len(consumer.assignment()) == 3:
             break
-        await asyncio.sleep(0.1)
-    worker.stop()
-    stats = await asyncio.wait_for(task, 10)
-    assert set(writer.rows) == {f"p{i}" for i in range(40)} and stats.dead_lettered == 1
-    assert await broker.lag() == 0  # every offset committed
+        await asyncio.sleep(0.05)
+    assert len(consumer.assignment()) == 3  # every partition is this member's
+    assert await members(kafka, "scorers") == 1
+    await broker.close()
+
+
+async def test_producer_options_are_settable(kafka: str, topic: str) -> None:
+    broker = KafkaBroker(kafka, topic, "g", acks=1, enable_idempotence=False, linger_ms=1)
+    assert broker._producer_options == {"acks": 1, "enable_idempotence": False,
+                                        "linger_ms": 1}
+    await broker.publish(f"{topic}.dlq", [b"x"], keys=["k"])  # not a TypeError
+    await broker.close()
+    assert KafkaBroker(kafka, topic, "g")._producer_options == {
+        "acks": "all", "enable_idempotence": False}
+
+
+@pytest.mark.skipif(os.environ.get("MODELPORT_TEST_KAFKA") is not None,
+                    reason="Apache Kafka has idempotent producers; tansu lacks them")
+async def test_a_failed_publish_names_the_topic_written_to(kafka: str, topic: str) -> None:
+    # tansu answers InitProducerId with an error: a publish that cannot be made
+    broker = KafkaBroker(kafka, topic, "g", enable_idempotence=True)
+    with pytest.raises(ModelportError, match=rf"topic '{topic}\.dlq'"):
+        await broker.publish(f"{topic}.dlq", [b"x"], keys=["k"])
     await broker.close()
 
 
@@ -149,6 +158,7 @@ def test_client_options_go_to_the_client_that_takes_them() -> None:
     broker = KafkaBroker("k:9092", "t", "g", fetch_max_wait_ms=100, linger_ms=5,
                          security_protocol="SSL")
     assert broker._consumer_options == {"fetch_max_wait_ms": 100, "security_protocol": "SSL"}
-    assert broker._producer_options == {"linger_ms": 5, "security_protocol": "SSL"}
+    assert broker._producer_options == {"acks": "all", "enable_idempotence": False,
+                                        "linger_ms": 5, "security_protocol": "SSL"}
     with pytest.raises(ConfigError, match=r"unknown option.*lingr_ms"):
         KafkaBroker("k:9092", "t", "g", lingr_ms=5)

@@ -7,18 +7,13 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import nats
-import orjson
 import pytest
 from nats.js import JetStreamContext
-from stream_helpers import cancer_dataplane, nats_cleanup, nats_url, patients, unique_name
+from stream_helpers import nats_cleanup, nats_url, unique_name
 
-from modelport import Settings
-from modelport.dataplane import DataPlane
 from modelport.errors import ConfigError, NotReady
-from modelport.pipeline import MemoryWriter, Pipeline
 from modelport.streams import broker_class
 from modelport.streams.nats import JetStreamBroker, check_max_deliver
-from modelport.streams.worker import StreamWorker
 
 
 @pytest.fixture
@@ -151,29 +146,3 @@ async def test_an_unreachable_server_is_an_outage() -> None:
 
 async def test_the_broker_is_found_by_name() -> None:
     assert broker_class("nats") is JetStreamBroker
-
-
-@pytest.fixture
-async def dataplane(settings: Settings) -> AsyncIterator[DataPlane]:
-    async with cancer_dataplane(settings) as dp:
-        yield dp
-
-
-async def test_the_worker_scores_and_dead_letters_through_jetstream(
-        url: str, subject: str, js: JetStreamContext, dataplane: DataPlane) -> None:
-    b = broker(url, subject, max_deliver=3)
-    await b.fetch(1, 0.05)
-    good = [orjson.dumps({"id": f"p{i}", "data": r}) for i, r in enumerate(patients(30))]
-    await add(js, subject, [*good[:15], b"{oops", *good[15:]])
-    writer = MemoryWriter()
-    worker = StreamWorker(Pipeline("score", "cancer", dataplane, writer=writer), b,
-                          dead_letter_subject=f"{subject}.dlq", batch_size=8,
-                          fetch_timeout=0.2, max_deliveries=2)
-    stats = await worker.run(burst=True)
-    assert set(writer.rows) == {f"p{i}" for i in range(30)} and stats.processed == 30
-    dead = await js.get_msg(f"{subject}_dlq", 1)
-    letter = orjson.loads(dead.data)
-    assert letter["payload"] == "{oops" and "not valid json" in letter["reason"]
-    assert letter["id"] == "16"  # its stream sequence
-    assert await lag_becomes(b, 0)
-    await b.close()

@@ -8,15 +8,11 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from stream_helpers import cancer_dataplane, patients, redis_cleanup, redis_url, unique_name
+from stream_helpers import redis_cleanup, redis_url, unique_name
 
-from modelport import Settings
-from modelport.dataplane import DataPlane
 from modelport.errors import NotReady
-from modelport.pipeline import MemoryWriter, Pipeline
 from modelport.streams import broker_class
 from modelport.streams.redis import RedisStreamsBroker
-from modelport.streams.worker import StreamWorker
 
 
 @pytest.fixture
@@ -168,31 +164,6 @@ async def test_an_unreachable_redis_is_an_outage() -> None:
 
 async def test_the_broker_is_found_by_name() -> None:
     assert broker_class("redis") is RedisStreamsBroker
-
-
-@pytest.fixture
-async def dataplane(settings: Settings) -> AsyncIterator[DataPlane]:
-    async with cancer_dataplane(settings) as dp:
-        yield dp
-
-
-async def test_the_worker_scores_and_dead_letters_through_redis(
-        url: str, stream: str, client: aioredis.Redis, dataplane: DataPlane) -> None:
-    good = [orjson.dumps({"id": f"p{i}", "data": r}) for i, r in enumerate(patients(30))]
-    await add(client, stream, [*good[:15], b"{oops", *good[15:]])
-    writer = MemoryWriter()
-    b = broker(url, stream, "w")
-    worker = StreamWorker(Pipeline("score", "cancer", dataplane, writer=writer), b,
-                          dead_letter_subject=f"{stream}.dlq", batch_size=8,
-                          fetch_timeout=0.05)
-    stats = await worker.run(burst=True)
-    assert set(writer.rows) == {f"p{i}" for i in range(30)} and stats.processed == 30
-    [(_, dead)] = await client.xrange(f"{stream}.dlq")
-    letter = orjson.loads(dead[b"payload"])
-    assert letter["payload"] == "{oops" and "not valid json" in letter["reason"]
-    assert dead[b"key"] == letter["id"].encode()  # the dead message's entry id
-    assert await b.lag() == 0
-    await b.close()
 
 
 async def test_pending_entries_trimmed_from_the_stream_leave_the_pel(
