@@ -91,9 +91,13 @@ class Broker:
     """Messages a worker process holds unacknowledged (None: the broker cannot tell
     per worker, and tells how many all workers hold)."""
     closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+    kills: int = KILLS
 
 
-@pytest.fixture(params=["redis", "nats"])
+@pytest.fixture(params=["redis", "nats", pytest.param("kafka", marks=pytest.mark.skipif(
+    os.environ.get("MODELPORT_TEST_KAFKA_CRASH") != "1",
+    reason="on tansu this run stalls after the second kill (both workers consume, none "
+           "progresses; issue 16, open): MODELPORT_TEST_KAFKA_CRASH=1 runs it"))])
 async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
     name = f"mpcrash{os.urandom(5).hex()}"
     if request.param == "redis":
@@ -104,6 +108,11 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
             yield b
             for close in b.closers:
                 await close()
+    elif request.param == "kafka":
+        b = await _kafka(request.getfixturevalue("kafka"), name)
+        yield b
+        for close in b.closers:
+            await close()
     else:
         url = nats_url()
         async with nats_cleanup(url) as streams:
@@ -182,6 +191,56 @@ async def _nats(url: str, name: str) -> Broker:
     yaml = (f"broker: {{type: nats, url: '{url}', stream: {name}, subject: {name}.in, "
             f"durable: scorers, ack_wait: 2}}\n      dead_letter: {name}.dlq")
     return Broker("nats", yaml, publish, dead_letters, unacked, held_by, [nc.close])
+
+
+async def _kafka(bootstrap: str, name: str) -> Broker:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(name, 3, 1), NewTopic(f"{name}.dlq", 1, 1)])
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    partitions = [TopicPartition(name, p) for p in range(3)]
+
+    async def publish(payloads: list[bytes]) -> None:
+        futures = [await producer.send(name, p, key=b"%d" % i) for i, p in enumerate(payloads)]
+        await asyncio.gather(*futures)
+
+    async def dead_letters() -> list[dict[str, Any]]:
+        # from the beginning until nothing more comes: tansu's "latest" offset reads low
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            dlq = TopicPartition(f"{name}.dlq", 0)
+            consumer.assign([dlq])
+            await consumer.seek_to_beginning(dlq)
+            letters: list[dict[str, Any]] = []
+            while batch := await consumer.getmany(timeout_ms=1000):
+                letters += [orjson.loads(r.value) for rs in batch.values() for r in rs]
+            return letters
+        finally:
+            await consumer.stop()
+
+    async def unacked() -> int:
+        # the group's committed offsets against what was published (all of it, at once)
+        offsets = await admin.list_consumer_group_offsets("scorers", partitions=partitions)
+        return MESSAGES - sum(max(m.offset, 0) for m in offsets.values())
+
+    async def held_by(pid: int) -> int | None:
+        # Kafka does not say which member holds what: the group's uncommitted, then
+        return -await unacked()
+
+    async def drop() -> None:
+        await producer.stop()
+        with contextlib.suppress(Exception):
+            await admin.delete_topics([name, f"{name}.dlq"])
+        await admin.close()
+
+    yaml = (f"broker: {{type: kafka, bootstrap_servers: '{bootstrap}', topic: {name}, "
+            f"group_id: scorers, session_timeout_ms: 6000}}\n      dead_letter: {name}.dlq")
+    return Broker("kafka", yaml, publish, dead_letters, unacked, held_by, [drop], kills=3)
 
 
 class Workers:
@@ -273,7 +332,7 @@ async def test_killed_workers_lose_nothing_and_duplicate_nothing(
     try:
         # the two workers in turn, each time both consume (one is always at work) and
         # the victim holds messages it has not acknowledged: mid-batch
-        for k in range(KILLS):
+        for k in range(broker.kills):
             await wait_for(lambda n=(k + 1) * 1000: row_count(pg_url) >= n, 120, workers)
             await wait_for(lambda: all(map(workers.consuming, workers.live)), 120, workers)
             victim = workers.live[k % 2]
