@@ -178,14 +178,15 @@ class StreamRun:
             self._main.cancel()
 
     async def _start(self) -> None:
-        """The check at start: the broker answers, the model loads, the pipeline's
-        tables and services are there; else a `ConfigError` naming what is not (an
-        outage later is retried with backoff)."""
+        """The check at start: the model loads, the pipeline's tables and services are
+        there, the broker answers; else a `ConfigError` naming what is not (an outage
+        later is retried with backoff). The broker comes last: a consumer that joins its
+        group holds partitions, which nobody reads while a model is still loading."""
+        await self.service.start(follow=True, strict=True)
         try:
             await self.worker.broker.start()
         except ModelportError as exc:
             raise ConfigError(f"stream {self.where}: {exc.message}") from None
-        await self.service.start(follow=True, strict=True)
         # what start-up loaded (libraries, the model) lives as long as the process: out
         # of the collector's way, a full collection no longer scans it every few seconds
         # (100-300 ms pauses per 20,000 messages, measured with bench/stream.py)

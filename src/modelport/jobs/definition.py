@@ -68,7 +68,11 @@ def _component(config: PipelineConfig | None, which: str,
 
 
 def _name(step: Any) -> str | None:
-    return None if step is None else f"{step.__module__}:{step.__qualname__}"
+    """A pre/post step by name: a function's, or a callable object's class."""
+    if step is None:
+        return None
+    named = step if hasattr(step, "__qualname__") else type(step)
+    return f"{named.__module__}:{named.__qualname__}"
 
 
 def _redacted(value: Any) -> Any:
