@@ -7,7 +7,7 @@ separate processes, as on Kubernetes. The tests then, in order:
 1. post listens and see the next recommendations change within a second;
 2. SIGKILL the realtime worker while listens keep coming, restart it, and find every
    listen in the histories, once;
-3. train a worse model and see the gate refuse it (production does not move);
+3. train a worse model and see the gate not promote it (production does not move);
 4. force that model into production and roll it back, under steady traffic: the
    recommender follows both moves and no request fails.
 """
@@ -237,15 +237,16 @@ def test_2_killing_the_worker_loses_no_listen(stack: Stack) -> None:
         assert len(ids) == len(set(ids)), "a listen was folded twice"
 
 
-def test_3_the_gate_refuses_a_worse_model(stack: Stack) -> None:
+def test_3_the_gate_does_not_promote_a_worse_model(stack: Stack) -> None:
     data = bootstrap.ensure_data(stack.system, SMALL, say=quiet)
     with Registry(settings=stack.system.settings()) as registry:
         decision = bootstrap.train_and_gate(registry, data, params=WORSE, say=quiet)
         assert not decision.promoted, decision.reason
         assert registry.get_alias(MODEL, ALIAS) == 1
         refused = registry.get_version(MODEL, decision.version)
-    assert refused.tags["gate"] == "refused"
-    assert "<=" in decision.reason
+    # 60 users: too few to decide on (test_gate.py has the refusal on evidence)
+    assert refused.tags["gate"] == "undecided"
+    assert decision.reason.startswith("not decided: ")
     answer = httpx.get(f"{stack.url('recommender')}/users/{users(stack, 1)[0]}"
                        "/recommendations").json()
     assert answer["model"]["version"] == 1
