@@ -294,3 +294,62 @@ def test_4_promote_and_roll_back_under_traffic_without_a_failed_request(stack: S
     assert statuses == {200}, f"failed requests: {[s for s in seen if s[0] != 200][:5]}"
     assert {1, latest} <= versions
     assert len(seen) > 50
+
+
+def three_free_ports() -> int:
+    """A port p with p, p + 1 and p + 2 free: `music up --full` takes all three."""
+    import socket
+
+    for _ in range(50):
+        first = free_port()
+        with contextlib.ExitStack() as bound:
+            try:
+                for port in (first + 1, first + 2):
+                    bound.enter_context(socket.create_server(("127.0.0.1", port)))
+            except OSError:
+                continue
+        return first
+    raise AssertionError("no three consecutive free ports")
+
+
+def children_of(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@pytest.mark.timeout(600)
+def test_5_sigterm_stops_music_up_full_and_every_child(stack: Stack) -> None:
+    s = stack.system
+    assert s.db_url is not None and s.redis_url is not None and s.broker_url is not None
+    stack.stop()  # the last test: its services are not needed, and they share the CPU
+    port = three_free_ports()
+    command = [sys.executable, "-m", "music", "up", "--full", "--port", str(port),
+               "--home", str(s.home), "--database", s.db_url, "--registry", s.db_url,
+               "--redis", s.redis_url, "--broker", s.broker_url, "--prefix", s.prefix]
+    log = stack.logs / "up-full.log"
+    with log.open("wb") as out:
+        up = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    children: list[int] = []
+    try:
+        deadline = time.monotonic() + 2 * START_TIMEOUT_S  # three processes start at once
+        for p in (port, port + 1, port + 2):  # the recommender, events, the worker
+            while True:
+                assert up.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, "not up: " + log.read_text()[-3000:]
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"http://127.0.0.1:{p}/v2/health/ready",
+                                 timeout=2).status_code == 200:
+                        break
+                time.sleep(0.3)
+        children.extend(children_of(up.pid))
+        assert len(children) == 3
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(timeout=60) == 0, log.read_text()[-3000:]
+        # every child was waited for (reaped): none is left running, with parent 1 or not
+        assert [c for c in children if Path(f"/proc/{c}").exists()] == []
+    finally:  # leave nothing running, whatever failed
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+        if up.poll() is None:
+            up.kill()
+            up.wait()
