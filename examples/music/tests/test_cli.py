@@ -27,13 +27,16 @@ def test_generate_then_train_registers_and_promotes(
             "--factors", "16", "--regularization", "1", "--alpha", "5", "--iterations", "8"]
     assert run(args) == 0
     out = capsys.readouterr().out
-    assert "popularity" in out and "recall@10" in out
+    assert "popularity" in out and "recall@10" in out and "95% interval" in out
     assert "registered music-recommender:1 (music-recommender-popularity:1); promoted" in out
     with Registry(settings=Settings(home=home)) as registry:
         version = registry.resolve("music-recommender@production")
     assert version.params["factors"] == 16 and version.params["alpha"] == 5.0
     assert version.tags["dataset"] == "listens.parquet"
     assert version.tags["items"] == 1000  # the catalogue, heard or not
+    assert version.tags["split"] == "per-user time split: last 20% of each user's events"
+    low, high = version.metrics["recall@10_low"], version.metrics["recall@10_high"]
+    assert f"[{low:.4f}, {high:.4f}]" in out and version.metrics["users"] > 100
 
 
 def test_errors_are_one_line_and_exit_1(tmp_path: Path,

@@ -180,14 +180,16 @@ def load_table(path: Path) -> pd.DataFrame:
 
 
 def _table(rows: list[Candidate], k: int) -> None:
-    typer.echo(f"{'model':<26} {'recall@' + str(k):>10} {'NDCG@' + str(k):>9} "
-               f"{'coverage':>9} {'train s':>8} {'cpu s':>7}  params")
+    recall = f"recall@{k}"
+    typer.echo(f"{'model':<26} {recall:>10} {'95% interval':>17} {'NDCG@' + str(k):>9} "
+               f"{'coverage':>9} {'users':>6} {'train s':>8} {'cpu s':>7}  params")
     for row in rows:
         m = row.metrics
         params = " ".join(f"{key}={value:g}" for key, value in row.params.items())
-        typer.echo(f"{row.label:<26} {m[f'recall@{k}']:>10.4f} {m[f'ndcg@{k}']:>9.4f} "
-                   f"{m[f'coverage@{k}']:>9.2%} {row.train_seconds:>8.1f} "
-                   f"{row.train_cpu_seconds:>7.1f}  {params}")
+        interval = f"[{m[recall + '_low']:.4f}, {m[recall + '_high']:.4f}]"
+        typer.echo(f"{row.label:<26} {m[recall]:>10.4f} {interval:>17} "
+                   f"{m[f'ndcg@{k}']:>9.4f} {m[f'coverage@{k}']:>9.2%} {m['users']:>6,} "
+                   f"{row.train_seconds:>8.1f} {row.train_cpu_seconds:>7.1f}  {params}")
 
 
 def run(argv: Sequence[str] | None = None) -> int:
