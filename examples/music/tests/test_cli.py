@@ -27,13 +27,16 @@ def test_generate_then_train_registers_and_promotes(
             "--factors", "16", "--regularization", "1", "--alpha", "5", "--iterations", "8"]
     assert run(args) == 0
     out = capsys.readouterr().out
-    assert "popularity" in out and "recall@10" in out
+    assert "popularity" in out and "recall@10" in out and "95% interval" in out
     assert "registered music-recommender:1 (music-recommender-popularity:1); promoted" in out
     with Registry(settings=Settings(home=home)) as registry:
         version = registry.resolve("music-recommender@production")
     assert version.params["factors"] == 16 and version.params["alpha"] == 5.0
     assert version.tags["dataset"] == "listens.parquet"
     assert version.tags["items"] == 1000  # the catalogue, heard or not
+    assert version.tags["split"] == "per-user time split: last 20% of each user's events"
+    low, high = version.metrics["recall@10_low"], version.metrics["recall@10_high"]
+    assert f"[{low:.4f}, {high:.4f}]" in out and version.metrics["users"] > 100
 
 
 def test_errors_are_one_line_and_exit_1(tmp_path: Path,
@@ -67,24 +70,24 @@ def test_a_port_in_use_is_one_line_before_any_setup(
 
 
 @pytest.mark.parametrize(("args", "days", "fraction", "per_user"), [
-    ({}, 14.0, 0.2, False),                                   # listens: the last 14 days
-    ({"movielens": True}, None, 0.2, True),                   # MovieLens: per user
-    ({"test_fraction": 0.1}, None, 0.1, False),               # a global share
-    ({"test_days": 30.0}, 30.0, 0.2, False),
-    ({"per_user": True, "test_fraction": 0.3}, None, 0.3, True),
+    ({}, None, 0.2, True),                                    # the last 20% of each user's
+    ({"test_fraction": 0.1}, None, 0.1, True),
+    ({"global_cut": True}, None, 0.2, False),                 # a global share
+    ({"test_days": 30.0}, 30.0, 0.2, False),                  # a global cut by days
+    ({"global_cut": True, "test_fraction": 0.3}, None, 0.3, False),
 ])
 def test_split_options(args: dict[str, object], days: float | None, fraction: float,
                        per_user: bool) -> None:
     from music.cli import _config
 
-    given: dict[str, object] = {"movielens": False, "test_days": None,
-                                "test_fraction": None, "per_user": False, **args}
-    config = _config("d", given["movielens"], given["test_days"],  # type: ignore[arg-type]
-                     given["test_fraction"], given["per_user"], 50, 0)  # type: ignore[arg-type]
+    given: dict[str, object] = {"test_days": None, "test_fraction": None,
+                                "global_cut": False, **args}
+    config = _config("d", given["test_days"], given["test_fraction"],  # type: ignore[arg-type]
+                     given["global_cut"], 50, 0)  # type: ignore[arg-type]
     assert (config.test_days, config.test_fraction, config.per_user) == (days, fraction,
                                                                          per_user)
 
 
 def test_test_days_with_a_fraction_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(["evaluate", "--movielens", "--test-days", "7", "--per-user"]) == 2
+    assert run(["evaluate", "--movielens", "--test-days", "7", "--global-cut"]) == 2
     assert "--test-days is a global cut" in capsys.readouterr().err

@@ -7,7 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from music.metrics import coverage_at_k, evaluate, ndcg_at_k, recall_at_k
+from music.metrics import (
+    bootstrap_interval,
+    coverage_at_k,
+    evaluate,
+    ndcg_at_k,
+    paired_interval,
+    recall_at_k,
+)
 from music.split import HoldOut
 
 
@@ -57,5 +64,32 @@ def test_evaluate_averages_over_users_through_predict() -> None:
                       histories=np.full((2, 3), "", dtype=object),
                       relevant=[{"b"}, {"x", "y"}], dropped_new_items=0)
     metrics = evaluate(predict, holdout, catalog_size=8, k=2)
-    assert metrics == {"recall@2": 0.5, "ndcg@2": pytest.approx(0.5 / math.log2(3)),
+    ndcg = 0.5 / math.log2(3)  # users: 1 / log2 3 and 0
+    assert metrics == {"recall@2": 0.5, "recall@2_low": 0.0, "recall@2_high": 1.0,
+                       "ndcg@2": pytest.approx(ndcg), "ndcg@2_low": 0.0,
+                       "ndcg@2_high": pytest.approx(2 * ndcg),
                        "coverage@2": 0.5, "users": 2}
+
+
+def test_bootstrap_intervals_cover_the_mean_and_narrow_with_more_users() -> None:
+    rng = np.random.default_rng(1)
+    few, many = rng.random(50), rng.random(5000)
+    for values in (few, many):
+        low, high = bootstrap_interval(values)
+        assert low < values.mean() < high
+    # the width of a mean's interval shrinks as 1 / sqrt(users): 10 times here
+    width = (np.subtract(*bootstrap_interval(few)[::-1]),
+             np.subtract(*bootstrap_interval(many)[::-1]))
+    assert 5 < width[0] / width[1] < 20
+    assert bootstrap_interval(np.full(10, 0.3)) == pytest.approx((0.3, 0.3))
+
+
+def test_paired_interval_is_of_the_per_user_difference() -> None:
+    base = np.random.default_rng(2).random(400)
+    low, high = paired_interval(base + 0.05, base)
+    assert low == pytest.approx(0.05) and high == pytest.approx(0.05)  # no noise: exact
+    noisy = base + np.random.default_rng(3).normal(0, 0.2, 400)
+    low, high = paired_interval(noisy, base)
+    assert low < 0 < high  # no difference on average: the interval says so
+    with pytest.raises(ValueError, match="same users"):
+        paired_interval(base, base[:10])

@@ -36,14 +36,14 @@ app = typer.Typer(
 register_services(app)  # up, serve, setup, nightly: running the services (music.commands)
 
 TestDays = Annotated[float | None, typer.Option(
-    help="Hold out the last N days of events (the default: 14; not with --movielens).",
+    help="Hold out the last N days of events instead (a global cut).",
     show_default=False, min=0.0)]
 TestFraction = Annotated[float | None, typer.Option(
-    help="Hold out this share of the events, the last by time (or of each user's with "
-    "--per-user; default 0.2 there).", show_default=False, min=0.0, max=1.0)]
-PerUser = Annotated[bool, typer.Option(
-    "--per-user", help="Hold out the last share of each user's events (the default "
-    "with --movielens).")]
+    help="Hold out this share of each user's events, their last by time (default 0.2; "
+    "of all events with --global-cut).", show_default=False, min=0.0, max=1.0)]
+GlobalCut = Annotated[bool, typer.Option(
+    "--global-cut", help="Hold out the last share of all events by time (one moment for "
+    "everyone) instead of the last share of each user's.")]
 HistoryLength = Annotated[int, typer.Option(
     help="H: items of history the service sends, and evaluation uses.", min=1)]
 MovieLens = Annotated[bool, typer.Option(
@@ -90,7 +90,7 @@ def train_cmd(
     iterations: Annotated[int | None, typer.Option(min=1, show_default=False)] = None,
     test_days: TestDays = None,
     test_fraction: TestFraction = None,
-    per_user: PerUser = False,
+    global_cut: GlobalCut = False,
     history_length: HistoryLength = 50,
     seed: int = 0,
 ) -> None:
@@ -103,7 +103,7 @@ def train_cmd(
     fixed = {key: value for key, value in {"factors": factors, "regularization": regularization,
                                            "alpha": alpha, "iterations": iterations}.items()
              if value is not None}
-    config = _config(dataset, movielens, test_days, test_fraction, per_user, history_length,
+    config = _config(dataset, test_days, test_fraction, global_cut, history_length,
                      seed, name=name, params=AlsParams(**fixed) if fixed else None)  # type: ignore[arg-type]
     items = None
     if catalog is not None:
@@ -134,13 +134,13 @@ def evaluate_cmd(
     movielens: MovieLens = False,
     test_days: TestDays = None,
     test_fraction: TestFraction = None,
-    per_user: PerUser = False,
+    global_cut: GlobalCut = False,
     history_length: HistoryLength = 50,
     seed: int = 0,
 ) -> None:
     """Compare popularity, ALS with implicit's defaults and tuned ALS (nothing registered)."""
     frame, dataset = _events(interactions, movielens)
-    config = _config(dataset, movielens, test_days, test_fraction, per_user, history_length,
+    config = _config(dataset, test_days, test_fraction, global_cut, history_length,
                      seed)
     rows = compare(frame, config, progress=typer.echo)
     typer.echo(f"\n{dataset}: {config.split(frame).description}; "
@@ -157,20 +157,16 @@ def _events(interactions: Path | None, movielens: bool) -> tuple[pd.DataFrame, s
     return load_interactions(interactions), interactions.name
 
 
-def _config(dataset: str, movielens: bool, test_days: float | None,
-            test_fraction: float | None, per_user: bool, history_length: int, seed: int,
-            **extra: object) -> TrainConfig:
-    if test_days is not None and (per_user or test_fraction is not None):
+def _config(dataset: str, test_days: float | None, test_fraction: float | None,
+            global_cut: bool, history_length: int, seed: int, **extra: object) -> TrainConfig:
+    if test_days is not None and (global_cut or test_fraction is not None):
         raise typer.BadParameter("--test-days is a global cut: give it without "
-                                 "--test-fraction and --per-user")
-    # With no split given: MovieLens users rate in bursts, and a global cut leaves about
-    # 20 test users, so per user there; listens spread over months, so the last 14 days
-    if test_days is None and test_fraction is None and not per_user:
-        per_user = movielens
-        test_days = None if movielens else 14.0
+                                 "--test-fraction and --global-cut")
+    # The default, the last 20% of each user's events, keeps every user with a few
+    # events in the evaluation; a global cut keeps only those active on both sides of it
     return TrainConfig(dataset=dataset, test_days=test_days,
                        test_fraction=0.2 if test_fraction is None else test_fraction,
-                       per_user=per_user,
+                       per_user=test_days is None and not global_cut,
                        history_length=history_length, seed=seed, **extra)  # type: ignore[arg-type]
 
 
@@ -184,14 +180,16 @@ def load_table(path: Path) -> pd.DataFrame:
 
 
 def _table(rows: list[Candidate], k: int) -> None:
-    typer.echo(f"{'model':<26} {'recall@' + str(k):>10} {'NDCG@' + str(k):>9} "
-               f"{'coverage':>9} {'train s':>8} {'cpu s':>7}  params")
+    recall = f"recall@{k}"
+    typer.echo(f"{'model':<26} {recall:>10} {'95% interval':>17} {'NDCG@' + str(k):>9} "
+               f"{'coverage':>9} {'users':>6} {'train s':>8} {'cpu s':>7}  params")
     for row in rows:
         m = row.metrics
         params = " ".join(f"{key}={value:g}" for key, value in row.params.items())
-        typer.echo(f"{row.label:<26} {m[f'recall@{k}']:>10.4f} {m[f'ndcg@{k}']:>9.4f} "
-                   f"{m[f'coverage@{k}']:>9.2%} {row.train_seconds:>8.1f} "
-                   f"{row.train_cpu_seconds:>7.1f}  {params}")
+        interval = f"[{m[recall + '_low']:.4f}, {m[recall + '_high']:.4f}]"
+        typer.echo(f"{row.label:<26} {m[recall]:>10.4f} {interval:>17} "
+                   f"{m[f'ndcg@{k}']:>9.4f} {m[f'coverage@{k}']:>9.2%} {m['users']:>6,} "
+                   f"{row.train_seconds:>8.1f} {row.train_cpu_seconds:>7.1f}  {params}")
 
 
 def run(argv: Sequence[str] | None = None) -> int:

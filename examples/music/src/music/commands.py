@@ -25,7 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -251,7 +251,8 @@ def run_server(app: Any, host: str, port: int, *, workers: int = 1,
 
 
 def _run_full(system: System, host: str, port: int, *, workers: int = 1) -> None:
-    """One process per service; Ctrl-C stops them all."""
+    """One process per service; SIGTERM or Ctrl-C stops them all (exit 0), and one
+    stopping on its own stops the others (exit 1)."""
     assert system.db_url is not None
     assert system.redis_url is not None
     assert system.broker_url is not None
@@ -267,21 +268,36 @@ def _run_full(system: System, host: str, port: int, *, workers: int = 1) -> None
         "events": [*music, "serve", "events", "--port", str(port + 1), *common],
         "worker": [*music, "serve", "worker", "--port", str(port + 2), *common],
     }
+    # SIGTERM (docker stop, systemd, Kubernetes) and Ctrl-C both stop every child:
+    # without a handler, SIGTERM would end this process alone and leave the services
+    # running with parent 1
+    from music.workers import GRACE_S
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     children = {name: subprocess.Popen(cmd) for name, cmd in plan.items()}
     typer.secho(f"\n  music is up (full mode): open http://{host}:{port}\n"
                 f"  events on :{port + 1}, realtime worker on :{port + 2} (health, metrics)\n"
                 "  nightly batch: music nightly --full (a CronJob in deploy/)\n",
                 fg=typer.colors.GREEN, bold=True)
     try:
-        while all(child.poll() is None for child in children.values()):
-            time.sleep(0.5)
-        dead = [n for n, c in children.items() if c.poll() is not None]
-        typer.secho(f"{', '.join(dead)} stopped; stopping the others", fg=typer.colors.RED)
-    except KeyboardInterrupt:
-        pass
+        while not stop.wait(0.5) and all(c.poll() is None for c in children.values()):
+            pass
+        if not stop.is_set():
+            dead = [n for n, c in children.items() if c.poll() is not None]
+            typer.secho(f"{', '.join(dead)} stopped; stopping the others", fg=typer.colors.RED)
     finally:
         for child in children.values():
             if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
+                child.send_signal(signal.SIGTERM)  # each drains its requests, then exits
         for child in children.values():
-            child.wait(timeout=20)
+            try:
+                child.wait(timeout=GRACE_S + 5)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not stop.is_set():
+        raise typer.Exit(1)

@@ -2,23 +2,30 @@
 
 Both models of a training run are registered (artifacts: factor arrays and id maps, no
 pickle): ALS as `<name>`, the popularity baseline as `<name>-popularity`, each with its
-hold-out metrics, parameters, the split and the data's time range as tags.
+hold-out metrics and their 95% bootstrap intervals, the number of users, parameters,
+the split and the data's time range as tags.
 
-The gate moves `<name>@production` to the new ALS version only if it beats the bar on
-recall@k, strictly:
+The gate moves `<name>@production` to the new ALS version only on evidence that it is
+better on recall@k, by more than the noise of the users who happened to be held out:
 
-- the current production version, re-scored on the candidate's own hold-out through
-  its registered serving path (load, validate, predict), so both face the same users
-  and the same future;
+- against the current production version, re-scored on the candidate's own hold-out
+  through its registered serving path (load, validate, predict), so both face the
+  same users and the same future; or, with no production version yet, against the
+  popularity baseline on that hold-out (a recommender that loses to "the most played"
+  should not serve). Each user's recall is paired: the candidate is promoted when the
+  95% bootstrap interval of the mean per-user difference lies above 0;
 - unless production may have been trained on events of that test set (its
   `train_end` tag is after the test start, and it was not trained on the very same
   training part): re-scoring would flatter it, so its recorded recall (from its own
-  hold-out) is the bar, and the reason says so;
-- with no production version yet, the popularity baseline on the same hold-out: a
-  recommender that loses to "the most played" should not serve.
+  hold-out) is the bar, and the candidate's own interval must lie above it;
+- with fewer evaluation users than `TrainConfig.min_eval_users`, nothing is decided:
+  the version is registered with `gate: undecided` and production stays as it is.
 
-The decision is recorded three ways: the version's tags `gate` (promoted | refused)
-and `gate_reason`, the alias move's `reason` in the audit trail, and the return value.
+The comparison is recorded on the version: tags `gate` (promoted | refused |
+undecided), `gate_reason` and `gate_against`; metrics `gate_recall@k` and
+`gate_bar_recall@k` (both values), `gate_difference_low`/`_high` (the interval, when
+paired) and `gate_users`. The alias move's `reason` in the audit trail is the same
+sentence, and so is the return value's.
 """
 
 from __future__ import annotations
@@ -31,12 +38,29 @@ from modelport import Registry
 from modelport.errors import NotFound
 from modelport.registry.store import ModelVersion
 
-from music.metrics import evaluate
+from music.metrics import Scores, paired_interval, score_users
 from music.split import HoldOut, recent_histories
 from music.train import Candidate, TrainConfig, TrainResult, history_sample
 
 ALIAS = "production"
 PROFILE_ROWS = 1000  # users whose histories make the drift reference profile
+
+
+@dataclass
+class Evidence:
+    """What the gate compared: the candidate's recall@k and the bar's, on `users`."""
+
+    against: str
+    """What the bar is, e.g. "v3 on this hold-out" or "popularity baseline; …"."""
+    candidate: float
+    bar: float
+    users: int
+    low: float | None = None
+    """The 95% interval of the per-user difference (None when the bar is a record)."""
+    high: float | None = None
+    bar_version: int | None = None
+    candidate_interval: tuple[float, float] = (float("nan"), float("nan"))
+    """The candidate's own 95% interval: what must clear a recorded bar."""
 
 
 @dataclass
@@ -48,6 +72,9 @@ class Decision:
     baseline_version: int
     previous: int | None
     """The production version before (None if there was none)."""
+    verdict: str = "refused"
+    """promoted, refused, or undecided (too few evaluation users)."""
+    evidence: Evidence | None = None
 
 
 def publish(registry: Registry, result: TrainResult, config: TrainConfig) -> Decision:
@@ -55,47 +82,91 @@ def publish(registry: Registry, result: TrainResult, config: TrainConfig) -> Dec
     recall = f"recall@{config.k}"
     baseline = _register(registry, f"{config.name}-popularity", result.baseline, result,
                          config, {"kind": "popularity"})
-    previous, bar, against = _bar(registry, result, config)
-    score = result.als.metrics[recall]
-    promoted = score > bar
-    reason = f"{recall} {score:.4f} {'>' if promoted else '<='} {bar:.4f} ({against})"
+    previous, evidence = _compare(registry, result, config)
+    users = len(result.holdout.users)
+    if result.too_few_users:
+        verdict = "undecided"
+        reason = (f"not decided: {users} evaluation users, fewer than "
+                  f"{result.min_eval_users}: {recall} {evidence.candidate:.4f} vs "
+                  f"{evidence.bar:.4f} ({evidence.against}) is too noisy to promote on")
+    else:
+        verdict, reason = _verdict(recall, evidence)
     extra_metrics = {f"baseline_{key}": value for key, value in result.baseline.metrics.items()
                      if key != "users"}
+    extra_metrics |= {f"gate_{recall}": evidence.candidate, f"gate_bar_{recall}": evidence.bar,
+                      "gate_users": evidence.users}
+    if evidence.low is not None and evidence.high is not None:
+        extra_metrics |= {"gate_difference_low": evidence.low,
+                          "gate_difference_high": evidence.high}
     version = _register(registry, config.name, result.als, result, config, {
         "kind": "als",
-        "gate": "promoted" if promoted else "refused",
+        "gate": verdict,
         "gate_reason": reason,
+        "gate_against": evidence.against,
     }, extra_metrics)
+    promoted = verdict == "promoted"
     if promoted:
         registry.set_alias(config.name, ALIAS, version.version, reason=f"gate: {reason}")
-    return Decision(promoted, reason, version.version, baseline.version, previous)
+    return Decision(promoted, reason, version.version, baseline.version, previous, verdict,
+                    evidence)
 
 
-def _bar(registry: Registry, result: TrainResult,
-         config: TrainConfig) -> tuple[int | None, float, str]:
-    """(production version, the recall to beat, what that number is)."""
+def _verdict(recall: str, e: Evidence) -> tuple[str, str]:
+    """(promoted | refused, the sentence that says why)."""
+    values = f"{recall} {e.candidate:.4f} vs {e.bar:.4f} ({e.against})"
+    if e.low is not None and e.high is not None:
+        promoted = e.low > 0
+        where = ("above 0" if promoted else "below 0" if e.high < 0 else "includes 0")
+        return ("promoted" if promoted else "refused",
+                f"{values}: difference {e.candidate - e.bar:+.4f}, 95% interval "
+                f"[{e.low:+.4f}, {e.high:+.4f}] over {e.users} users, {where}")
+    # a recorded bar (another hold-out): the candidate's own interval must clear it
+    low, high = e.candidate_interval
+    promoted = low > e.bar
+    return ("promoted" if promoted else "refused",
+            f"{values}: the candidate's 95% interval [{low:.4f}, {high:.4f}] over {e.users} "
+            f"users is {'above' if promoted else 'not above'} the bar")
+
+
+def _compare(registry: Registry, result: TrainResult,
+             config: TrainConfig) -> tuple[int | None, Evidence]:
+    """(production version, the evidence: the candidate against the bar)."""
     recall = f"recall@{config.k}"
+    candidate = result.als.scores
+    assert candidate is not None
+    assert result.baseline.scores is not None
+    users = candidate.users
+    own = (result.als.metrics[f"{recall}_low"], result.als.metrics[f"{recall}_high"])
     try:
         current = registry.resolve(f"{config.name}@{ALIAS}")
     except NotFound:
-        return (None, result.baseline.metrics[recall],
-                "popularity baseline; no production version yet")
+        return None, _paired(candidate, result.baseline.scores,
+                             "popularity baseline; no production version yet", None, config)
     test_start = result.split.test["ts"].min()
+    recorded = current.metrics.get(recall)
+    bar = float(recorded) if recorded is not None else float("-inf")
     if current.flavor != "factors":
-        recorded = current.metrics.get(recall)
-        return (current.version, float(recorded) if recorded is not None else float("-inf"),
-                f"v{current.version} as recorded; a {current.flavor} model is not re-scored")
+        return current.version, Evidence(
+            f"v{current.version} as recorded; a {current.flavor} model is not re-scored",
+            float(candidate.recall.mean()), bar, users, bar_version=current.version,
+            candidate_interval=own)
     if not _fair_to_rescore(current, result, config, test_start):
-        recorded = current.metrics.get(recall)
-        if recorded is None:
-            return (current.version, float("-inf"),
-                    f"v{current.version} has no {recall} recorded and saw the test window")
-        return (current.version, float(recorded),
-                f"v{current.version} as recorded on its own hold-out: it may have been "
-                "trained on events of this test set")
-    score = rescore(registry, current, result.split.train, result.holdout, result.catalog_size,
-                    config.k)
-    return current.version, score[recall], f"v{current.version} on this hold-out"
+        what = (f"v{current.version} as recorded on its own hold-out: it may have been "
+                "trained on events of this test set") if recorded is not None else (
+                f"v{current.version} has no {recall} recorded and saw the test window")
+        return current.version, Evidence(what, float(candidate.recall.mean()), bar, users,
+                                         bar_version=current.version, candidate_interval=own)
+    scores = rescore(registry, current, result.split.train, result.holdout, result.catalog_size,
+                     config.k)
+    return current.version, _paired(candidate, scores, f"v{current.version} on this hold-out",
+                                    current.version, config)
+
+
+def _paired(candidate: Scores, bar: Scores, against: str, version: int | None,
+            config: TrainConfig) -> Evidence:
+    low, high = paired_interval(candidate.recall, bar.recall, seed=config.seed)
+    return Evidence(against, float(candidate.recall.mean()), float(bar.recall.mean()),
+                    candidate.users, low, high, version)
 
 
 def _fair_to_rescore(current: ModelVersion, result: TrainResult, config: TrainConfig,
@@ -120,15 +191,15 @@ def _fair_to_rescore(current: ModelVersion, result: TrainResult, config: TrainCo
 
 
 def rescore(registry: Registry, version: ModelVersion, train: pd.DataFrame,
-            holdout: HoldOut, catalog_size: int, k: int) -> dict[str, float]:
-    """A registered version's metrics on `holdout`, asked as the service asks it."""
+            holdout: HoldOut, catalog_size: int, k: int) -> Scores:
+    """A registered version's per-user scores on `holdout`, asked as the service asks it."""
     model = registry.load(version)
     length = version.signature.inputs[0].shape[0]
     # its own history length: the version may predate a change of H
     users, histories = recent_histories(train, length, holdout.users)
     asked = HoldOut(users, histories, holdout.relevant, holdout.dropped_new_items)
-    return evaluate(lambda batch: model.predict_batch(model.signature.decode(batch)),
-                    asked, catalog_size=catalog_size, k=k)
+    return score_users(lambda batch: model.predict_batch(model.signature.decode(batch)),
+                       asked, catalog_size=catalog_size, k=k)
 
 
 def _register(registry: Registry, name: str, candidate: Candidate, result: TrainResult,

@@ -5,11 +5,12 @@ for recommendations, and count how many of the items each user went on to play (
 had not played before) were in the list. A random split would let the model see a
 user's later taste while being asked to predict it.
 
-The default cut is global (one moment for everyone), so nothing after it reaches
-training, not even other users' listens. `per_user` (the last share of each user's
-events) keeps more test users on data like MovieLens where many people rate
-everything in one sitting, at the price of letting other users' later events into
-training; the split's description says which was used.
+The trainer's default is `per_user`: the last share of each user's events, so every
+user with a few events is evaluated (a global cut keeps only the users active on both
+sides of one moment: 12 of about a thousand on one public data set), at the price of
+letting other users' later events into training. A global cut (one moment for
+everyone) lets nothing after it reach training; the split's description says which
+was used.
 """
 
 from __future__ import annotations
