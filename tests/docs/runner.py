@@ -16,9 +16,10 @@ fence (GitHub shows only the language), what the test does with it:
   lists them).
 
 A page runs in a fresh folder with `.venv/bin` first on PATH, against the real
-services of this machine. The port a page documents for its server, 8000, may be taken
-on a shared machine: each page gets a free port in its place, in its blocks' text and
-as `MODELPORT_SERVER__PORT` (the port `modelport serve` takes by default).
+services of this machine. The ports a page documents for its servers, 8000 (and 8001 to
+8009 for a page that runs several), may be taken on a shared machine: each page gets a
+free port in place of each, in its blocks' text, and the one for 8000 also as
+`MODELPORT_SERVER__PORT` (the port `modelport serve` takes by default).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from pathlib import Path
 OUTPUT = {"text", "console", "output", "json", "http", "html"}
 RUNNABLE = {"bash", "sh", "python"}
 DOC_PORT = 8000
+# 8000 to 8009, not inside a longer number or a decimal (0.8001 stays)
+_DOC_PORTS = re.compile(r"(?<![\w.])800\d(?!\w)")
 _FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+)(?P<info>[^`\n]*)$")
 _WORD = re.compile(r'(\w+)(?:=("[^"]*"|\S+))?')
 
@@ -102,11 +105,18 @@ class PageRun:
     port: int = field(default_factory=free_port)
     timeout: float = 300
     started: list[tuple[Block, subprocess.Popen[bytes]]] = field(default_factory=list)
+    ports: dict[int, int] = field(default_factory=dict)
 
     def text(self, block: Block) -> str:
-        return re.sub(rf"\b{DOC_PORT}\b", str(self.port), block.code)
+        return _DOC_PORTS.sub(lambda m: str(self._port(int(m[0]))), block.code)
+
+    def _port(self, documented: int) -> int:
+        if documented not in self.ports:
+            self.ports[documented] = free_port()
+        return self.ports[documented]
 
     def __post_init__(self) -> None:
+        self.ports[DOC_PORT] = self.port
         self.env = {**self.env, "MODELPORT_SERVER__PORT": str(self.port)}
 
     def run(self, block: Block) -> None:
