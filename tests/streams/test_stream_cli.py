@@ -257,3 +257,37 @@ def _has_group(stream: str) -> bool:
         return bool(redis.Redis.from_url(redis_url()).xinfo_groups(stream))
     except redis.ResponseError:
         return False
+
+
+@pytest.mark.parametrize(("writer", "ref", "problem"), [
+    (None, "nosuch:1", "model nosuch:1"),
+    ("{type: sql, url: 'sqlite:///TMP/scores.db', table: scores}", "cancer:1",
+     "pipeline score: SQL database sqlite:///TMP/scores.db has no table scores"),
+])
+def test_a_configuration_error_is_one_line_and_exit_1_before_consuming(
+        tmp_path: Path, home: Path, stream: str, writer: str | None, ref: str, problem: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    publish(stream, 6)
+    config = write_config(tmp_path, stream,
+                          writer=writer.replace("TMP", str(tmp_path)) if writer else None)
+    config.write_text(config.read_text().replace("cancer:1", ref))
+    code = run(["--home", str(home), "stream", "score", "--config", str(config), "--burst"],
+               Settings())
+    out, err = capsys.readouterr()
+    [line] = [x for x in err.splitlines() if not x.startswith("{")]  # the rest: JSON logs
+    assert code == 1 and line.startswith("error: ") and problem.replace("TMP", str(tmp_path)) \
+        in line, err
+    assert "consuming" not in out + err and "retrying" not in out + err
+    assert redis.Redis.from_url(redis_url()).xlen(f"{stream}.dlq") == 0
+    assert not _has_group(stream) or group(stream)["pending"] == 0  # nothing taken
+
+
+def test_an_unreachable_broker_at_start_is_a_configuration_error(
+        tmp_path: Path, home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path, "s")
+    config.write_text(config.read_text().replace(redis_url(), "redis://127.0.0.1:1/0"))
+    code = run(["--home", str(home), "stream", "score", "--config", str(config), "--burst"],
+               Settings())
+    out, err = capsys.readouterr()
+    assert code == 1 and "stream redis s:" in err, err
+    assert "consuming" not in out + err

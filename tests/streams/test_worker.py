@@ -12,7 +12,7 @@ from stream_helpers import cancer, cancer_dataplane
 
 from modelport import Registry, Settings
 from modelport.dataplane import DataPlane, ModelConfig
-from modelport.errors import InvalidInput, ModelportError, NotReady
+from modelport.errors import ConfigError, InvalidInput, ModelportError, NotReady
 from modelport.pipeline import Frame, MemoryWriter, Pipeline
 from modelport.streams.base import Message
 from modelport.streams.memory import MemoryBroker, MemoryBus
@@ -278,7 +278,8 @@ async def test_messages_the_sink_refuses_are_dead_lettered_and_the_rest_written(
     assert stats.processed == 38 and await broker.lag() == 0
 
 
-async def test_a_sink_refusing_every_message_stops_the_worker_unacked(dataplane) -> None:
+async def test_a_sink_refusing_every_message_stops_the_worker_unacked(
+        dataplane, caplog: pytest.LogCaptureFixture) -> None:
     bus = MemoryBus()
     publish_patients(bus, 8)
     broker = MemoryBroker(bus, "patients")
@@ -288,6 +289,43 @@ async def test_a_sink_refusing_every_message_stops_the_worker_unacked(dataplane)
     with pytest.raises(ModelportError, match="value out of range"):
         await worker.run(burst=True)
     assert bus.messages("dlq") == [] and await broker.lag() == 8  # they come back
+    assert not [r for r in caplog.records if "dead-letter" in r.getMessage()]
+
+
+class MissingColumnWriter(MemoryWriter):
+    """A table without a column that only some messages fill: the table is wrong."""
+
+    async def write(self, frame: Frame) -> None:
+        if "p3" in frame.keys:
+            raise ConfigError("table 'scores' has no column(s) key")
+        await super().write(frame)
+
+
+async def test_a_configuration_error_stops_the_worker_rather_than_dead_lettering(
+        dataplane, caplog: pytest.LogCaptureFixture) -> None:
+    bus = MemoryBus()
+    publish_patients(bus, 8)
+    broker = MemoryBroker(bus, "patients")
+    pipe = Pipeline("score", "cancer", dataplane, writer=MissingColumnWriter())
+    worker = StreamWorker(pipe, broker, dead_letter_subject="dlq", fetch_timeout=0.05)
+    with pytest.raises(ConfigError, match="has no column"):
+        await worker.run(burst=True)
+    assert bus.messages("dlq") == [] and await broker.lag() == 8  # they come back
+    assert not [r for r in caplog.records if "dead-letter" in r.getMessage()]
+
+
+async def test_dead_letters_are_logged_once_written(dataplane,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    bus = MemoryBus()
+    publish_patients(bus, 5)
+    bus.append("patients", b"{not json")
+    pipe = Pipeline("score", "cancer", dataplane, writer=MemoryWriter())
+    worker = StreamWorker(pipe, MemoryBroker(bus, "patients"), dead_letter_subject="dlq",
+                          batch_size=16, fetch_timeout=0.05)
+    await worker.run(burst=True)
+    [line] = [r.getMessage() for r in caplog.records if "dead-letter" in r.getMessage()]
+    assert line.startswith("dead-lettered 1 of 6 messages to dlq (")
+    assert "not valid json" in line and len(bus.messages("dlq")) == 1
 
 
 async def test_binary_payloads_are_dead_lettered_byte_for_byte(dataplane) -> None:

@@ -1,5 +1,10 @@
 """`modelport stream`: score a broker's messages through a pipeline, until stopped.
 
+Before it consumes anything, the command checks its configuration: the broker answers,
+the model exists and loads, the writer's tables are there (or `create: true`). What is
+wrong is one line and exit 1, messages untouched; an outage after that start is
+retried with backoff. A `--burst` run that fails exits 1 too.
+
 SIGTERM or SIGINT stops fetching; the batch in flight is written and acknowledged, then
 the command exits 0. Whatever is still running after `--drain-timeout` seconds (an ack
 stuck behind a broker outage) is abandoned and the command exits 1: its messages were

@@ -21,10 +21,11 @@ one another.
 
 A write that fails for another reason (the sink refuses a value, the model raises) is
 narrowed down by halves to the messages it fails on, which are dead-lettered while the
-rest are written. When no message of the batch can be written, the fault is not in the
-messages (a wrong table, a broken model): the error is raised and the worker stops,
-rather than emptying the stream into the dead-letter subject. The messages stay
-unacknowledged and come back, with their delivery count raised.
+rest are written. When no message of the batch can be written, or the error is a
+`ConfigError` (a missing table or column, an unknown model), the fault is not in the
+messages: the error is raised and the worker stops, rather than emptying the stream
+into the dead-letter subject. The messages stay unacknowledged and come back, with
+their delivery count raised. Dead letters are logged once they are written.
 """
 
 from __future__ import annotations
@@ -39,7 +40,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from modelport.errors import DeadlineExceeded, ModelportError, NotReady, Overloaded
+from modelport.errors import (
+    ConfigError,
+    DeadlineExceeded,
+    ModelportError,
+    NotReady,
+    Overloaded,
+)
 from modelport.monitoring.metrics import Metrics
 from modelport.pipeline import Frame, Key, Pipeline, Reject
 from modelport.signature import Signature
@@ -274,6 +281,8 @@ class StreamWorker:
             except Exception as exc:
                 r.error = exc
         assert r.error is not None
+        if isinstance(r.error, ConfigError):  # not the messages' fault: stop, unacked
+            raise r.error
         rejects, written = await self._isolate(r.frame, r.error)
         if not written:
             raise r.error
@@ -293,7 +302,7 @@ class StreamWorker:
             try:
                 scored = await self._retry(functools.partial(self.pipeline.process, half),
                                            "write")
-            except _Abandoned:
+            except (_Abandoned, ConfigError):
                 raise
             except Exception as exc:
                 more, done = await self._isolate(half, exc)
