@@ -115,8 +115,8 @@ class Result:
 def env(home: Path, url: str, **extra: str) -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith("MODELPORT_")}
     # the job imports batch_helpers (this folder), which imports small_models (tests/)
-    e.update(MODELPORT_HOME=str(home), DB=url, COLUMNS="200",
-             PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent)]), **extra)
+    e.update({"MODELPORT_HOME": str(home), "DB": url, "COLUMNS": "200",
+              "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)]), **extra})
     return e
 
 

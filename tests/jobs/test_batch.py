@@ -51,7 +51,8 @@ def test_batch_scores_every_key_once(home: Path, tmp_path: Path, pg_url: str) ->
     r = modelport(home, pg_url, "batch", "score", "-c", str(config), "--job-id", "nightly",
                   "--keys", "SELECT id FROM patients;")
     assert r.code == 0, r.err
-    assert "read            20,000 rows" in r.out and "rejected             0" in r.out
+    assert "read                   20,000 rows" in r.out
+    assert "rejected                    0 rows" in r.out
     assert "rows/s" in r.out
     assert predictions(pg_url) == expected(data)
     [cp] = query(pg_url, "SELECT status, chunks, rows_read, rows_written, run "
@@ -122,7 +123,7 @@ def test_rejected_rows_land_in_the_rejects_table_with_reasons(
     r = modelport(home, pg_url, "batch", "score", "-c", str(config),
                   "--keys", "SELECT id FROM wanted")
     assert r.code == 3, r.err
-    assert "rejected             3 rows → table results_rejects" in r.out
+    assert "rejected                    3 rows → table results_rejects" in r.out
     assert "warning: 3 rows rejected" in r.err
     rejects = {int(k): (reason, payload) for k, reason, payload in query(
         pg_url, "SELECT key, reason, payload FROM results_rejects")}
@@ -183,3 +184,48 @@ def test_errors_are_one_line(home: Path, tmp_path: Path, pg_url: str) -> None:
         r = modelport(home, pg_url, "batch", args[0], "-c", str(config), *args[1:])
         lines = r.err.strip().splitlines()
         assert r.code == 1 and len(lines) == 1 and message in lines[0], (args, r.err)
+
+
+def test_a_missing_table_is_one_line_before_any_progress(home: Path, tmp_path: Path,
+                                                         pg_url: str) -> None:
+    make_patients(pg_url, 10)  # no results table, and the writer does not create it
+    config = write_config(tmp_path / "modelport.yaml", pg_url)
+    r = modelport(home, pg_url, "batch", "score", "-c", str(config),
+                  "--keys", "SELECT id FROM patients")
+    assert r.code == 1 and r.out == "", r.out
+    [line] = r.err.strip().splitlines()
+    assert line.startswith("error: pipeline score: ") and "has no table results" in line
+
+
+def test_the_summary_is_aligned_in_plurals_with_the_progress_bars_rate(
+        home: Path, tmp_path: Path, pg_url: str) -> None:
+    make_patients(pg_url, 2001)
+    make_results(pg_url)
+    query(pg_url, "SELECT 1")
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(pg_url)
+    with engine.begin() as conn:  # one reject, with a reason longer than a line
+        conn.execute(sa.text('UPDATE patients SET "mean radius" = NULL WHERE id = 7'))
+    engine.dispose()
+    config = write_config(tmp_path / "modelport.yaml", pg_url, chunk_size=500)
+    for dry in ([], ["--dry-run"]):
+        r = modelport(home, pg_url, "batch", "score", "-c", str(config), *dry,
+                      "--keys", "SELECT id FROM patients", COLUMNS="60")
+        assert r.code == (0 if dry else 3), r.err
+        lines = r.out.splitlines()[1:]
+        counts = [ln for ln in lines if re.match(r"  \S", ln)]
+        assert [ln.split()[0] for ln in counts] == ["read", "would" if dry else "written",
+                                                     "rejected", "time"]
+        # the numbers end in one column, whatever the label
+        ends = {re.search(r"\d(?=\s+(rows?|s)\b)", ln).end() for ln in counts}  # type: ignore[union-attr]
+        assert len(ends) == 1, r.out
+        assert re.search(r"(?<![\d,])1 row\b", r.out)
+        assert not re.search(r"(?<![\d,])1 rows", r.out + r.err)
+        # the reason wraps at spaces only: every word of it is whole
+        reason = " ".join(" ".join(ln.split()) for ln in lines if not re.match(r"  \S", ln))
+        assert "1 x " in reason and "'mean radius'" in reason, r.out
+        # the progress bar's final rate is the summary's
+        [summary] = re.findall(r"\(([\d,]+) rows/s\)", r.out)
+        bar = re.findall(r"2001/2001 ([\d,]+)", r.err)  # then "rows/s" (wrapped at 60)
+        assert bar and bar[-1] == summary, (r.err, r.out)

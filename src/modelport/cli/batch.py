@@ -1,5 +1,9 @@
 """`modelport batch`: score a query or a file through a pipeline, resumably.
 
+Before it reads a row, the command checks its configuration: the source (the query
+runs, the file is there), the model exists and loads, the writer's tables are there
+(or `create: true`). What is wrong is one line and exit 1.
+
 Exit codes: 0 every row was scored and written; 3 some rows were rejected (the
 summary says how many and where they are); 1 the job could not run or failed (rerun
 the same command to resume it); 2 bad usage; 130 interrupted (resumable too).
@@ -8,6 +12,8 @@ the same command to resume it); 2 bad usage; 130 interrupted (resumable too).
 from __future__ import annotations
 
 import asyncio
+import textwrap
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -78,6 +84,8 @@ def batch(
         source = source_for(service, pipeline, keys=keys, input_file=input_file,
                             keys_url=keys_url, key=key)
         source.check()  # bad SQL or a bad file fails here, before any model loads
+        if not source.lookup:  # rows in hand: the retriever is not used, nor checked
+            service.pipeline(pipeline).retriever = None
         progress = RichReporter(cli.err)
         job = BatchJob(service, pipeline, source, options, reporter=progress)
         try:
@@ -90,11 +98,14 @@ def batch(
 
 
 async def _run(service: Service, job: BatchJob, progress: RichReporter) -> BatchResult:
-    # a batch pins the versions it started with; what cannot run is said before a row
+    # a batch pins the versions it started with; a model or table that is not there
+    # is a ConfigError here, before the progress bar
     await service.start(follow=False, strict=True)
     try:
         with progress:
-            return await job.run()
+            result = await job.run()
+            progress.finish(result.rate)
+            return result
     finally:
         await service.stop()
 
@@ -109,32 +120,56 @@ def _only(config: ServiceConfig, pipeline: str, path: Path) -> ServiceConfig:
         "pipelines": [wanted], "models": [m for m in config.models if m.ref == wanted.model]})
 
 
+LABEL = len("would be written")
+"""The width of the summary's labels: the longest one."""
+
+
+def plural(n: int, unit: str = "row") -> str:
+    return unit if n == 1 else f"{unit}s"
+
+
 def summarize(cli: CliState, result: BatchResult) -> None:
     out = cli.out
     what = "dry run" if result.dry_run else "done"
     out.print(Text(f"batch job {result.job_id} (pipeline {result.pipeline}): {what}",
                    style="bold"))
+
+    def line(label: str, value: str, rest: str, style: str = "") -> None:
+        out.print(Text(f"  {label:<{LABEL}} {value:>12} {rest}", style=style), soft_wrap=True)
+
     resumed = f" (resumed after {result.resumed_after:,})" if result.resumed_after else ""
-    out.print(f"  read      {result.read:>12,} rows{resumed}", highlight=False)
-    written = "would be written" if result.dry_run else "written"
-    out.print(f"  {written:<9} {result.written:>12,} rows", highlight=False)
+    line("read", f"{result.read:,}", plural(result.read) + resumed)
+    line("would be written" if result.dry_run else "written", f"{result.written:,}",
+         plural(result.written))
     where = f" → {result.rejects_to}" if result.rejected and result.rejects_to else ""
-    out.print(Text(f"  rejected  {result.rejected:>12,} rows{where}",
-                   style="yellow" if result.rejected else ""))
+    line("rejected", f"{result.rejected:,}", plural(result.rejected) + where,
+         "yellow" if result.rejected else "")
     for reason, n in list(result.reasons.items())[:5]:
-        out.print(Text(f"            {n:>10,} x {reason}", style="yellow"))
-    out.print(f"  time      {result.seconds:>12.1f} s  ({result.rate:,.0f} rows/s)",
-              highlight=False)
+        # wrapped at spaces, under the reason's start: never mid-word (a column name,
+        # a path); a word longer than the line overflows it whole
+        first = f"  {'':<{LABEL}} {n:>12,} x "
+        wrapped = textwrap.fill(reason, width=max(out.width, len(first) + 20),
+                                initial_indent=first, subsequent_indent=" " * len(first),
+                                break_long_words=False, break_on_hyphens=False)
+        out.print(Text(wrapped, style="yellow"), soft_wrap=True)
+    line("time", f"{result.seconds:.1f}", f"s    ({result.rate:,.0f} rows/s)")
     if result.exit_code:
         total = max(result.total_rejected, result.rejected)
-        cli.err.print(Text(f"warning: {total:,} rows rejected by this job; exit code "
-                           f"{result.exit_code}", style="yellow"))
+        cli.err.print(Text(f"warning: {total:,} {plural(total)} rejected by this job; exit "
+                           f"code {result.exit_code}", style="yellow"))
 
 
 class RateColumn(ProgressColumn):
+    """This run's rows over this run's time, the summary's rate (not Rich's speed of the
+    last few updates, which for chunked work swings with each chunk)."""
+
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.0f} rows/s" if speed else "? rows/s", style="cyan")
+        rate = task.fields.get("rate")
+        if rate is None and task.fields.get("since") is not None:
+            seconds = time.perf_counter() - task.fields["since"]
+            done = task.completed - task.fields["done"]
+            rate = done / seconds if seconds > 0 and done else None
+        return Text(f"{rate:,.0f} rows/s" if rate else "? rows/s", style="cyan")
 
 
 class RichReporter:
@@ -154,10 +189,16 @@ class RichReporter:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def start(self, total: int | None, done: int) -> None:
+    def start(self, total: int | None, done: int, since: float) -> None:
         if done:
-            self.progress.console.print(f"resuming after {done:,} committed rows")
-        self.task = self.progress.add_task("scoring", total=total, completed=done)
+            self.progress.console.print(f"resuming after {done:,} committed {plural(done)}")
+        self.task = self.progress.add_task("scoring", total=total, completed=done,
+                                           done=done, since=since)
+
+    def finish(self, rate: float) -> None:
+        """The final line shows the summary's rate."""
+        if self.task is not None:
+            self.progress.update(self.task, rate=rate)
 
     def advance(self, rows: int) -> None:
         if self.task is not None:

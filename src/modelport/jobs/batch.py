@@ -96,7 +96,10 @@ class BatchResult:
 class Reporter(Protocol):
     """Progress display (the CLI's Rich bar); the scheduler passes none."""
 
-    def start(self, total: int | None, done: int) -> None: ...
+    def start(self, total: int | None, done: int, since: float) -> None:
+        """The total (None: unknown), the rows earlier runs did, and when this run
+        started (`time.perf_counter()`): the rate is this run's rows over its time, as
+        `BatchResult.rate` is."""
 
     def advance(self, rows: int) -> None: ...
 
@@ -116,6 +119,7 @@ class BatchJob:
         self.job_id = self.options.job_id or job_id(pipeline, source)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="batch-source")
         self._counting: asyncio.Future[int | None] | None = None
+        self._started = time.perf_counter()
 
     async def run(self) -> BatchResult:
         pipe, opts = self.pipeline, self.options
@@ -148,7 +152,7 @@ class BatchJob:
             if self.reporter is not None:  # the total, for the display only, is counted
                 # beside the first chunks (a count(*) of the query can take a while)
                 self._counting = asyncio.ensure_future(self._count(resume, cp.read))
-            started = time.perf_counter()
+            started = self._started = time.perf_counter()
             try:
                 await self._score_all(resume, cp, state, result)
             except BaseException:
@@ -164,7 +168,7 @@ class BatchJob:
             if self._counting is not None:  # no chunk committed: the display starts here
                 total = await self._counting
                 if self.reporter is not None:
-                    self.reporter.start(total, cp.read)
+                    self.reporter.start(total, cp.read, self._started)
             await self._in_thread(self.source.close)
             self._thread.shutdown(wait=False)
             if state is not None:
@@ -234,7 +238,7 @@ class BatchJob:
                 metrics.batch_rows.labels(self.pipeline.name, outcome).inc(n)
         if self.reporter is not None:
             if self._counting is not None:
-                self.reporter.start(await self._counting, cp.read - read)
+                self.reporter.start(await self._counting, cp.read - read, self._started)
                 self._counting = None
             self.reporter.advance(read)
 
