@@ -152,26 +152,6 @@ def test_unknown_broker_options_and_missing_sections_are_named(
     assert "pipeline 'score' has no stream: section" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (("cancer:1", "cancer:9"), "error: model cancer:9: model 'cancer' has no version 9"),
-    (("create: true", "create: false"), "error: pipeline score: SQL database sqlite:"),
-    ((redis_url(), "redis://127.0.0.1:1/0"), "error: stream redis "),
-])
-def test_what_cannot_run_is_one_line_and_exit_1_before_consuming(
-        tmp_path: Path, home: Path, stream: str, change: tuple[str, str], message: str,
-        capsys: pytest.CaptureFixture[str]) -> None:
-    publish(stream, 3)
-    config = write_config(tmp_path, stream)
-    config.write_text(config.read_text().replace(*change))
-    code = run(["--home", str(home), "stream", "score", "--config", str(config), "--burst"],
-               Settings())
-    said = [line for line in capsys.readouterr().err.splitlines()
-            if not line.startswith("{")]  # the log's JSON lines aside
-    assert code == 1 and len(said) == 1 and said[0].startswith(message), said
-    assert rows(tmp_path) == 0
-    assert not redis.Redis.from_url(redis_url()).exists(f"{stream}.dlq")  # nothing lost
-
-
 def start(home: Path, config: Path, *args: str, step_s: float) -> subprocess.Popen[str]:
     path = os.pathsep.join([str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])])
     env = {**os.environ, "PYTHONPATH": path, "MP_TEST_STEP_S": str(step_s)}
