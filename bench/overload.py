@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -203,7 +202,7 @@ def report(runs: dict[int, list[dict[str, object]]], plan: list[int], still: boo
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for c in plan:
         goodput, ok_p99, refused_p99, errors = stats(c)
-        refused = "–" if refused_p99 != refused_p99 else f"{refused_p99:.1f}"
+        refused = "-" if refused_p99 != refused_p99 else f"{refused_p99:.1f}"
         print(f"| {c} ({c // QUEUE}x queue) | {goodput:.1f} | {goodput / capacity:.0%} "
               f"| {ok_p99:.0f} | {ok_p99 / cap_p99:.2f}x | {refused} | {errors} |")
     print()
