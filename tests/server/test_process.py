@@ -151,3 +151,78 @@ def test_serve_prints_a_request_that_works_and_refuses_what_it_cannot_serve(
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         proc.stderr.close()  # type: ignore[union-attr]
+
+
+def read_response(sock: socket.socket) -> str:
+    """One HTTP/1.1 response with a Content-Length, read whole from `sock`."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed without an answer: {data!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "the connection closed mid-answer"
+        body += chunk
+    return (head + b"\r\n\r\n" + body).decode()
+
+
+def test_a_request_on_an_idle_keep_alive_connection_during_the_drain_is_answered(
+        tmp_path: Path) -> None:
+    home, gate, started = tmp_path / "home", tmp_path / "gate", tmp_path / "gate.started"
+    with Registry(settings=Settings(home=home)) as reg:
+        reg.register("gated", toy_models.Gated(), sample_input=np.ones((2, 3)))
+    gate.touch()  # open while the model loads (a warm-up call)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelport", "serve", "gated:1", "--trusted", "--port", str(port)],
+        env={**os.environ, "MODELPORT_HOME": str(home), "TOY_GATE": str(gate),
+             "PYTHONPATH": str(Path(toy_models.__file__).parent)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    body = b'{"instances": [[1, 2, 3]]}'
+    request = (b"POST /models/gated/predict HTTP/1.1\r\nHost: x\r\n"
+               b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+               % (len(body), body))
+    try:
+        assert proc.stderr is not None
+        while "serving gated:1" not in (line := proc.stderr.readline()):
+            assert line, "the server exited before it was ready"
+        with ThreadPoolExecutor(1) as pool, \
+                socket.create_connection(("127.0.0.1", port), timeout=30) as idle:
+            # a keep-alive connection that has had its answer and sits idle
+            idle.sendall(request)
+            first = read_response(idle)
+            assert first.startswith("HTTP/1.1 200") and "connection: close" not in first
+            gate.unlink()
+            started.unlink()
+            # a request held in flight keeps the server draining
+            held = pool.submit(httpx.post, f"{url}/models/gated/predict",
+                               json={"instances": [[0, 0, 1]]}, timeout=30)
+            while not started.exists():  # the model has it
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)
+            # the listener closes when the drain begins: new connections are refused
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=5).close()
+                except (ConnectionRefusedError, ConnectionResetError):
+                    break
+            # the idle connection's next request arrives during the drain
+            idle.sendall(request)
+            gate.touch()
+            reply = read_response(idle)
+            assert reply.startswith("HTTP/1.1 200"), reply
+            assert "connection: close" in reply.lower()
+            assert '"predictions":[12.0]' in reply
+            assert idle.recv(1) == b""  # and the server closed the connection
+            assert held.result().status_code == 200
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stderr.close()  # type: ignore[union-attr]

@@ -24,6 +24,19 @@ class SlowDoubler(Doubler):
     delay = 0.3
 
 
+class Gated(Doubler):
+    """Doubles once the file named by TOY_GATE exists (at once where it is unset): holds
+    a request in flight until the test lets it go. Touches TOY_GATE.started on entry."""
+
+    def predict(self, x: Any) -> Any:
+        gate = os.environ.get("TOY_GATE")
+        if gate:
+            open(gate + ".started", "w").close()
+        while gate and not os.path.exists(gate):
+            time.sleep(0.01)
+        return super().predict(x)
+
+
 class NaNOut:
     def predict(self, x: Any) -> Any:
         out = np.asarray(x, dtype=np.float64).sum(axis=1)

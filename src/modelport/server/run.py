@@ -19,6 +19,7 @@ from modelport.errors import ConfigError
 from modelport.logs import configure_logging
 from modelport.registry import Registry
 from modelport.server.app import create_app
+from modelport.server.protocol import DrainingHttpToolsProtocol
 from modelport.service import Service
 from modelport.settings import Settings
 
@@ -82,7 +83,7 @@ async def _serve(settings: Settings, config: ServiceConfig, sock: socket.socket,
             on_ready(service)
         server = uvicorn.Server(uvicorn.Config(
             app,
-            http="httptools",
+            http=DrainingHttpToolsProtocol,
             log_config=None,
             access_log=False,  # our RequestContext middleware writes the access log
             timeout_graceful_shutdown=math.ceil(settings.server.request_timeout_s),

@@ -237,11 +237,12 @@ def run_server(app: Any, host: str, port: int, *, workers: int = 1,
 
         raise typer.Exit(processes.run(app, host, port, workers))
     import uvicorn
+    from modelport.server.protocol import DrainingHttpToolsProtocol
     from modelport.server.run import listen, sigterm_exits_cleanly
 
     sock = sock or listen(host, port)
     server = uvicorn.Server(uvicorn.Config(
-        app, loop="uvloop", http="httptools", log_config=None, access_log=False,
+        app, loop="uvloop", http=DrainingHttpToolsProtocol, log_config=None, access_log=False,
         timeout_graceful_shutdown=math.ceil(10), backlog=2048, log_level=logging.WARNING))
     try:
         with sigterm_exits_cleanly():

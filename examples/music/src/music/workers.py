@@ -46,8 +46,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
 def serve_one(factory: str, host: str, port: int) -> None:
     """One process: its own socket, the app built by calling `factory` (module:name)."""
     import uvicorn
+    from modelport.server.protocol import DrainingHttpToolsProtocol
 
-    config = uvicorn.Config(factory, factory=True, loop="uvloop", http="httptools",
+    config = uvicorn.Config(factory, factory=True, loop="uvloop", http=DrainingHttpToolsProtocol,
                             log_config=None, access_log=False, backlog=2048,
                             timeout_graceful_shutdown=math.ceil(GRACE_S),
                             log_level=logging.WARNING)

@@ -1,0 +1,17 @@
+"""The overload benchmark's model: 20 ms of sleep a call, like a model that holds a
+device for that long. Its own module so the python flavor can package it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+DELAY_S = 0.020
+
+
+class Sleeper:
+    def predict(self, x: Any) -> Any:
+        time.sleep(DELAY_S)
+        return np.asarray(x, dtype=np.float64).sum(axis=1)
