@@ -58,21 +58,47 @@ def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     proc.stdout.close()  # type: ignore[union-attr]
 
 
-def test_sigterm_drains_in_flight_requests_then_exits(server) -> None:
-    proc, url = server
+def test_sigterm_drains_in_flight_requests_then_exits(tmp_path: Path) -> None:
+    home, gate, started = tmp_path / "home", tmp_path / "gate", tmp_path / "gate.started"
+    with Registry(settings=Settings(home=home)) as reg:
+        reg.register("gated", toy_models.Gated(), sample_input=np.ones((2, 3)))
+    gate.touch()  # open while the model loads (a warm-up call)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelport", "serve", "gated:1", "--trusted", "--port", str(port)],
+        env={**os.environ, "MODELPORT_HOME": str(home), "TOY_GATE": str(gate),
+             "MODELPORT_BATCHING__MAX_BATCH_SIZE": "1",
+             "PYTHONPATH": str(Path(toy_models.__file__).parent)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
 
     def ask(i: int) -> httpx.Response:
-        return httpx.post(f"{url}/models/slow/predict", json={"instances": [[i, 0, 0]]},
+        return httpx.post(f"{url}/models/gated/predict", json={"instances": [[i, 0, 0]]},
                           timeout=30)
 
-    with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(ask, i) for i in range(4)]
-        time.sleep(0.3)  # the requests are in: one running, three queued
-        proc.send_signal(signal.SIGTERM)
-        answers = [f.result() for f in futures]
-    assert [a.status_code for a in answers] == [200] * 4
-    assert sorted(a.json()["predictions"][0] for a in answers) == [0.0, 2.0, 4.0, 6.0]
-    assert proc.wait(timeout=30) == 0  # a drained SIGTERM is a clean stop
+    try:
+        assert proc.stderr is not None
+        while "serving gated:1" not in (line := proc.stderr.readline()):
+            assert line, "the server exited before it was ready"
+        gate.unlink()
+        started.unlink()
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(ask, i) for i in range(4)]
+            # the requests are in: one held in the model, three queued behind it
+            while not started.exists() or 'modelport_queue_depth{model="gated"} 3.0' \
+                    not in httpx.get(f"{url}/metrics").text:
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)
+            gate.touch()
+            answers = [f.result() for f in futures]
+        assert [a.status_code for a in answers] == [200] * 4
+        assert sorted(a.json()["predictions"][0] for a in answers) == [0.0, 2.0, 4.0, 6.0]
+        assert proc.wait(timeout=30) == 0  # a drained SIGTERM is a clean stop
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stderr.close()  # type: ignore[union-attr]
 
 
 def test_oversized_body_is_refused_before_it_is_sent(server) -> None:
