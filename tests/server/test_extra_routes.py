@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
@@ -39,3 +40,28 @@ def test_extra_routes_come_first_and_lifespan_wraps_serving(settings: Settings) 
         assert client.get("/v2/health/ready").status_code == 200
         assert events == ["start"]
     assert events == ["start", "stop"]
+
+
+class Play(BaseModel):
+    track: int
+    seconds: float
+
+
+def test_a_typed_routes_refusals_come_in_the_one_error_shape(settings: Settings) -> None:
+    router = APIRouter()
+
+    @router.post("/plays/{user}")
+    async def play(user: int, body: Play) -> dict[str, int]:
+        return {"user": user, "track": body.track}
+
+    dp = DataPlane(Registry(settings=settings), settings, [])
+    app = create_app(settings, dp, follow=False, extra_routes=router.routes)
+    with TestClient(app) as client:
+        ok = client.post("/plays/7", json={"track": 3, "seconds": 1.5})
+        wrong = client.post("/plays/seven", json={"track": "three"})
+    assert ok.status_code == 200 and ok.json() == {"user": 7, "track": 3}
+    assert wrong.status_code == 422
+    assert wrong.json() == {"error": (
+        "invalid request: path.user: Input should be a valid integer, unable to parse "
+        "string as an integer (got 'seven'); body.track: Input should be a valid integer, "
+        "unable to parse string as an integer (got 'three'); body.seconds: Field required")}

@@ -339,11 +339,18 @@ async def test_readiness_needs_every_model_and_liveness_needs_nothing(settings, 
     dp, http = await _serve(settings, reg, ModelConfig(ref="here:1", trusted=True),
                             ModelConfig(ref="here@missing", name="other"))
     ready = await http.get("/v2/health/ready")
+    other = await http.get("/v2/models/other/ready")
     live = await http.get("/v2/health/live")
     await http.aclose()
     await dp.stop()
     assert ready.status_code == 400 and ready.json()["ready"] is False
     assert ready.json()["models"]["here"]["ready"] is True
+    # a 4xx like any other: what is wrong under "error"
+    assert ready.json()["error"] == \
+        "not ready: model other: here@missing: model 'here' has no alias 'missing'"
+    assert other.status_code == 400 and other.json() == {
+        "error": "model other is not ready: here@missing: model 'here' has no alias 'missing'",
+        "name": "other", "ready": False}
     assert live.status_code == 200 and live.json() == {"live": True}
 
 
@@ -352,6 +359,7 @@ async def test_no_models_is_never_ready(settings, reg) -> None:
     ready = await http.get("/v2/health/ready")
     await http.aclose()
     assert ready.status_code == 400
+    assert ready.json()["error"] == "not ready: no models to serve"
 
 
 def test_metrics_count_requests_and_batches(settings, reg) -> None:

@@ -9,6 +9,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -25,7 +26,11 @@ from modelport.server import pipelines as pipeline_routes
 from modelport.server.auth import ApiKeyGuard
 from modelport.server.middleware import Admission, BodyLimit, RequestContext
 from modelport.server.openapi import openapi_schema
-from modelport.server.responses import handle_error, handle_http_error
+from modelport.server.responses import (
+    handle_error,
+    handle_http_error,
+    handle_validation_error,
+)
 from modelport.service import start_pipelines
 from modelport.settings import Settings
 
@@ -111,6 +116,7 @@ def create_app(settings: Settings, dataplane: DataPlane, *, follow: bool = True,
             Middleware(BodyLimit, max_bytes=settings.server.max_body_bytes),
         ],
         exception_handlers={ModelportError: handle_error, HTTPException: handle_http_error,
+                            RequestValidationError: handle_validation_error,
                             Exception: handle_error},
     )
     app.state.dataplane = dataplane

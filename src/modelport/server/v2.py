@@ -53,8 +53,18 @@ async def ready(request: Request) -> Response:
         services_ok, body["pipelines"] = await pipeline_readiness(
             request.app.state.pipelines.values())
         body["ready"] = ok = ok and services_ok
-    # the spec: 200 means ready, a 4xx means not ready
-    return JSON(body, status_code=200 if ok else 400)
+    if ok:
+        return JSON(body)
+    # the spec: a 4xx means not ready; with what is wrong under "error", like every 4xx
+    return JSON({"error": _not_ready(body), **body}, status_code=400)
+
+
+def _not_ready(body: dict[str, Any]) -> str:
+    why = [f"model {name}: {info.get('error', 'not loaded yet')}"
+           for name, info in body["models"].items() if not info["ready"]]
+    why += [f"pipeline {name}: {info['error']}"
+            for name, info in body.get("pipelines", {}).items() if not info["ready"]]
+    return "not ready: " + ("; ".join(why) or "no models to serve")
 
 
 # --- models ---------------------------------------------------------------------------
@@ -80,7 +90,10 @@ async def model_ready(request: Request) -> Response:
     if version is not None and ep.current is not None and version != str(ep.current.version):
         raise VersionNotFound(f"model {name!r} serves version {ep.current.version}, "
                               f"not {version}")
-    return JSON({"name": name, "ready": ep.ready}, status_code=200 if ep.ready else 400)
+    if ep.ready:
+        return JSON({"name": name, "ready": True})
+    return JSON({"error": f"model {name} is not ready: {ep.error or 'not loaded yet'}",
+                 "name": name, "ready": False}, status_code=400)
 
 
 async def infer(request: Request) -> Response:
