@@ -222,3 +222,30 @@ async def test_a_real_server_both_contracts_then_gone() -> None:
         await batch.get([1001])  # the server is gone: retried, then a clear 503
     await batch.close()
     await each.close()
+
+
+async def test_a_service_that_accepts_no_connection_is_refused_at_start() -> None:
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        up = HttpRetriever(f"http://127.0.0.1:{listening.getsockname()[1]}/users/{{key}}")
+        await up.start()  # accepts connections: nothing more is asked of it
+        await up.check()
+        await up.close()
+    with socket.socket() as bound:  # bound, not listening: connections are refused
+        bound.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{bound.getsockname()[1]}/rows"
+        down = HttpRetriever(url)
+        with pytest.raises(NotReady, match=f"^HTTP service {url} is unavailable: "):
+            await down.start()
+        with pytest.raises(NotReady, match=f"^HTTP service {url} is unavailable: "):
+            await down.check()  # readiness says so too
+    await down.close()
+
+
+@pytest.mark.parametrize("url", ["features/rows", "ftp://features/rows"])
+async def test_a_url_that_is_not_http_is_refused_at_start(url: str) -> None:
+    r = HttpRetriever(url)
+    with pytest.raises(ConfigError, match=f"^http retriever: '{url}': not an http"):
+        await r.start()
+    await r.close()

@@ -14,6 +14,9 @@ Connection errors, timeouts and 5xx answers are retried with exponential backoff
 (`retries` times, from `backoff` seconds); once they run out the call fails with a
 `NotReady` (503) naming the service. A 4xx is never retried (asking again would get
 the same answer): it fails at once as a 502 that quotes the answer.
+
+At start, and at each readiness check, the service must accept a connection (it is
+asked nothing): an unreachable one stops `serve`, `batch` and `stream` at start.
 """
 
 from __future__ import annotations
@@ -102,6 +105,30 @@ class HttpRetriever(Retriever):
 
     async def start(self) -> None:
         self.client  # noqa: B018 - opens the connection pool
+        await self.check()
+
+    async def check(self) -> None:
+        """The service accepts a connection: asks it nothing (no request is safe to
+        send to every feature service), so an unreachable one is refused at start and
+        reported not ready. A `transport` replaces the network: nothing to check."""
+        if self.transport is not None:
+            return
+        with self.errors():
+            try:
+                url = httpx.URL(self.url.replace("{key}", "key"))
+            except ValueError as exc:  # urllib's, for a malformed host
+                raise httpx.InvalidURL(str(exc)) from None
+            if url.scheme not in ("http", "https") or not url.host:
+                raise httpx.InvalidURL("not an http:// or https:// URL")
+            port = url.port or (443 if url.scheme == "https" else 80)
+            try:
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(url.host, port), self.timeout)
+            except (OSError, TimeoutError) as exc:
+                raise httpx.ConnectError(str(exc) or type(exc).__name__) from exc
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
 
     async def close(self) -> None:
         if self._client is not None:
