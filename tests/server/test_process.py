@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 import toy_models
 
@@ -252,3 +253,47 @@ def test_a_request_on_an_idle_keep_alive_connection_during_the_drain_is_answered
             proc.kill()
         proc.wait()
         proc.stderr.close()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("retriever", "writer", "said"), [
+    ("{type: sql, url: 'sqlite:///DIR/db.sqlite', table: features}",
+     "{type: sql, url: 'sqlite:///DIR/db.sqlite', table: scores}",  # no `create: true`
+     "SQL database sqlite:///DIR/db.sqlite has no table scores"),
+    ("{type: redis, url: 'redis://127.0.0.1:CLOSED/0'}",
+     "{type: sql, url: 'sqlite:///DIR/db.sqlite', table: scores, create: true}",
+     "Redis redis://127.0.0.1:CLOSED/0 is unavailable: "),
+    ("{type: http, url: 'http://127.0.0.1:CLOSED/users/{key}'}",
+     "{type: sql, url: 'sqlite:///DIR/db.sqlite', table: scores, create: true}",
+     "HTTP service http://127.0.0.1:CLOSED/users/{key} is unavailable: "),
+], ids=["table-missing", "redis-down", "http-down"])
+def test_serve_refuses_a_pipeline_it_cannot_run_before_saying_serving(
+        tmp_path: Path, retriever: str, writer: str, said: str) -> None:
+    import sqlite3
+
+    from sklearn.linear_model import LogisticRegression
+
+    home = tmp_path / "home"
+    X = pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0], "b": [1.0, 0.0, 1.0, 0.0]})
+    with Registry(settings=Settings(home=home)) as reg:
+        reg.register("m", LogisticRegression().fit(X, [0, 0, 1, 1]), sample_input=X[:2])
+    with sqlite3.connect(tmp_path / "db.sqlite") as db:
+        db.execute("CREATE TABLE features (id INTEGER PRIMARY KEY, a REAL, b REAL)")
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        port = str(closed.getsockname()[1])
+
+        def fill(text: str) -> str:
+            return text.replace("DIR", str(tmp_path)).replace("CLOSED", port)
+
+        config = tmp_path / "modelport.yaml"
+        config.write_text(fill(f"pipelines:\n  - name: p\n    model: m:1\n"
+                               f"    retriever: {retriever}\n    writer: {writer}\n"))
+        done = subprocess.run(
+            [sys.executable, "-m", "modelport", "serve", "-c", str(config),
+             "--port", str(free_port())],
+            env={**os.environ, "MODELPORT_HOME": str(home)},
+            capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    lines = [line for line in done.stderr.splitlines() if not line.startswith("{")]
+    assert len(lines) == 1 and lines[0].startswith(f"error: pipeline p: {fill(said)}"), lines
