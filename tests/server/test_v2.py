@@ -143,8 +143,9 @@ def test_a_model_that_is_not_loaded_is_not_ready(served: Served) -> None:
     with TestClient(served.app("cancer", "ghost@production")) as c:
         assert c.get("/v2/health/ready").status_code == 400
         response = c.get("/v2/models/ghost/ready")
-        assert (response.status_code, response.json()) == (400, {"name": "ghost",
-                                                                 "ready": False})
+        assert (response.status_code, response.json()) == (400, {
+            "error": "model ghost is not ready: ghost@production: no model named 'ghost'",
+            "name": "ghost", "ready": False})
         infer = c.post("/v2/models/ghost/infer", json={"inputs": []})
         assert infer.status_code == 503
         assert "not loaded" in infer.json()["error"]
