@@ -65,3 +65,9 @@ def test_a_typed_routes_refusals_come_in_the_one_error_shape(settings: Settings)
         "invalid request: path.user: Input should be a valid integer, unable to parse "
         "string as an integer (got 'seven'); body.track: Input should be a valid integer, "
         "unable to parse string as an integer (got 'three'); body.seconds: Field required")}
+    # and the OpenAPI document describes that 422 as it is answered
+    schema = app.openapi()
+    refused = schema["paths"]["/plays/{user}"]["post"]["responses"]["422"]
+    ref = refused["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    assert schema["components"]["schemas"][ref]["required"] == ["error"]
+    assert "ValidationError" not in schema["components"]["schemas"]

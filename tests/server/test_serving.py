@@ -388,6 +388,8 @@ def test_openapi_shows_each_models_columns(settings, reg, data) -> None:
     record = schema["properties"]["records"]["items"]
     assert record["properties"]["mean radius"]["type"] == "number"
     assert len(record["required"]) == 30
+    refused = op["responses"]["400"]["content"]["application/json"]["schema"]
+    assert refused["required"] == ["error"]  # the shape every error is answered in
     assert page.status_code == 200 and "swagger" in page.text.lower()
     assert "cancer@production" in index.text and "/docs" in index.text
 

@@ -63,10 +63,19 @@ def response_schema(sig: Signature) -> dict[str, Any]:
     return {"type": "object", "properties": props}
 
 
+# every 4xx/5xx answer (server.responses)
+ERROR = {"title": "Error", "type": "object", "required": ["error"],
+         "properties": {"error": {"type": "string", "description": "what is wrong"}}}
+
+
 def openapi_schema(app: FastAPI, dataplane: DataPlane) -> dict[str, Any]:
     schema = get_openapi(title=app.title, version=app.version, routes=app.routes,
                          description="Models served by this modelport server.")
     paths: dict[str, Any] = schema.setdefault("paths", {})
+    schemas = schema.get("components", {}).get("schemas", {})
+    if "HTTPValidationError" in schemas:  # a typed route's 422: our handler's shape
+        schemas["HTTPValidationError"] = ERROR
+        schemas.pop("ValidationError", None)
     for route in app.routes:  # plain Starlette routes (the v2 protocol …): from docstrings
         if type(route) is Route and route.include_in_schema and route.path not in paths:
             paths[route.path] = _plain_route(route)
@@ -86,12 +95,16 @@ def openapi_schema(app: FastAPI, dataplane: DataPlane) -> dict[str, Any]:
             "responses": {
                 "200": {"description": "predictions",
                         "content": {"application/json": {"schema": response_schema(sig)}}},
-                "400": {"description": "input does not match the signature"},
-                "503": {"description": "queue full (see Retry-After) or model not loaded"},
-                "504": {"description": "no prediction within the request deadline"},
+                "400": _error("input does not match the signature"),
+                "503": _error("queue full (see Retry-After) or model not loaded"),
+                "504": _error("no prediction within the request deadline"),
             },
         }}
     return schema
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": ERROR}}}
 
 
 def _plain_route(route: Route) -> dict[str, Any]:
