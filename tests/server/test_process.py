@@ -139,8 +139,12 @@ def test_a_port_in_use_is_one_line_before_anything_says_serving(tmp_path: Path) 
     assert done.stderr.strip() == f"error: port {port} is in use; pass --port"
 
 
+@pytest.mark.parametrize(("host", "reached_at"), [
+    (None, "127.0.0.1"),
+    ("::", "[::1]"),  # every address, IPv6 included: the request goes to loopback
+])
 def test_serve_prints_a_request_that_works_and_refuses_what_it_cannot_serve(
-        tmp_path: Path) -> None:
+        tmp_path: Path, host: str | None, reached_at: str) -> None:
     from sklearn.datasets import load_breast_cancer
     from sklearn.linear_model import LogisticRegression
 
@@ -152,12 +156,13 @@ def test_serve_prints_a_request_that_works_and_refuses_what_it_cannot_serve(
     command = [sys.executable, "-m", "modelport", "serve"]
 
     absent = subprocess.run([*command, "nope@production", "--port", str(free_port())],
-                            env=env, capture_output=True, text=True, timeout=60)
+                            env=env, capture_output=True, text=True, timeout=120)
     assert absent.returncode == 1
     assert absent.stderr == "error: model nope@production: no model named 'nope'\n"
 
     port = free_port()
-    proc = subprocess.Popen([*command, "cancer:1", "--port", str(port)], env=env,
+    proc = subprocess.Popen([*command, "cancer:1", "--port", str(port),
+                             *(["--host", host] if host else [])], env=env,
                             stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
@@ -166,14 +171,15 @@ def test_serve_prints_a_request_that_works_and_refuses_what_it_cannot_serve(
         while len(said) < 2 and (line := proc.stderr.readline()):
             if not line.startswith("{"):
                 said.append(line)
-        assert said[0].startswith(f"serving cancer:1 on http://127.0.0.1:{port}")
+        assert said[0].startswith(f"serving cancer:1 on http://{reached_at}:{port}")
         curl = said[1].strip().removeprefix("try: ")
         assert "'mean radius'" not in curl and '"mean radius":17.99' in curl
         done = subprocess.run(curl + " -sS -w '\\n%{http_code}'", shell=True,
                               capture_output=True, text=True, timeout=30)
         body, status = done.stdout.rsplit("\n", 1)
         assert status == "200", body
-        assert httpx.get(f"http://127.0.0.1:{port}/").text.count("mean radius") >= 1
+        assert f"http://{reached_at}:{port}/models/cancer/predict" in curl
+        assert httpx.get(f"http://{reached_at}:{port}/").text.count("mean radius") >= 1
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0

@@ -34,7 +34,7 @@ def serve(
         help="Allow artifacts that run code when loaded (pickle, python models).")] = False,
 ) -> None:
     """Serve models: Open Inference Protocol v2 and a JSON API, with /docs and /metrics."""
-    from modelport.server.example import curl_command
+    from modelport.server.example import base_url, curl_command
     from modelport.server.run import listen
     from modelport.server.run import serve as run_server
     from modelport.service import Service
@@ -54,7 +54,7 @@ def serve(
         k: v for k, v in {"host": host, "port": port}.items() if v is not None})
     settings = cli.settings.model_copy(update={"server": server})
     sock = listen(server.host, server.port)
-    url = f"http://{server.host}:{server.port}"
+    url = base_url(server.host, server.port)
 
     def ready(started: Service) -> None:
         cli.err.print(f"serving {', '.join(m.ref for m in service.models)} on {url}  "

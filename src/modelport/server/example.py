@@ -7,11 +7,23 @@ declared types and shapes.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import orjson
 
 from modelport.signature import FieldSpec, Signature
+
+
+def base_url(host: str, port: int) -> str:
+    """The URL to reach a server listening on `host`: one on every address (`0.0.0.0`,
+    `::`) is reached on loopback, an IPv6 address goes in brackets."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    try:
+        bracketed = ipaddress.ip_address(host).version == 6
+    except ValueError:  # a name
+        bracketed = False
+    return f"http://[{host}]:{port}" if bracketed else f"http://{host}:{port}"
 
 
 def example_body(sig: Signature, rows: int = 1) -> dict[str, Any]:
