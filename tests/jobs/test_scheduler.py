@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import signal
 import socket
 from datetime import UTC, datetime, timedelta
@@ -125,6 +126,26 @@ def test_the_next_three_fire_times_show_what_an_expression_means() -> None:
     misread = scheduler.add("b", "*/30 * * * * *", job)
     assert [t.strftime("%H:%M:%S") for t in misread.upcoming()] == [
         "12:00:06", "12:00:07", "12:00:08"]
+
+
+async def test_the_every_30_seconds_expression_in_the_docs_fires_every_30_seconds() -> None:
+    # croniter reads six fields with seconds last: `*/30 * * * * *` would fire every
+    # second of minutes :00 and :30, which the page once advertised as every 30 seconds
+    page = (Path(__file__).parents[2] / "docs" / "batch.md").read_text()
+    documented = re.findall(r"`([^`]+)`: every 30 seconds", page)
+    assert len(documented) == 1, "docs/batch.md shows one every-30-seconds expression"
+
+    async def job() -> None:
+        return None
+
+    scheduler = Scheduler(clock=lambda: T0)  # 10:00:30
+    scheduler.add("half-minute", documented[0], job)
+    fires = [scheduler.jobs["half-minute"].next_at]
+    for _ in range(3):
+        assert scheduler.run_pending(fires[-1]) == ["half-minute"]
+        await scheduler.drain(5)
+        fires.append(scheduler.jobs["half-minute"].next_at)
+    assert fires == [T0 + timedelta(seconds=30 * i) for i in range(1, 5)]
 
 
 async def test_a_real_every_second_schedule_runs_repeatedly() -> None:

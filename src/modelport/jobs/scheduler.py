@@ -1,7 +1,8 @@
 """The scheduler behind `modelport schedule`: jobs on cron expressions, one run at a time.
 
 A job is any `async () -> None` with a name and a cron expression (five fields, or six
-with seconds last: `*/10 * * * * *` is every ten seconds), evaluated in UTC. Batch
+with seconds last, as croniter reads them: `* * * * * */10` is every ten seconds, while
+`*/10 * * * * *` is every second of minutes :00, :10, …), evaluated in UTC. Batch
 runs of pipelines with `schedule:` and `keys:` are added by `add_pipeline_batches`;
 reports (or anything else) are added the same way with `Scheduler.add`.
 
