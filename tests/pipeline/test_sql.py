@@ -348,6 +348,28 @@ async def test_text_keys_and_json_text_columns_are_upserted_in_bulk(url, table,
         assert len(inserts) == 2  # straight in, then a conflict and an upsert
 
 
+async def test_a_created_table_takes_columns_that_later_frames_bring(url, table) -> None:
+    # a stream's first messages may have no envelope `key`; the first one that has
+    # one must not stop the worker with "table has no column(s) key"
+    writer = SqlWriter(url, table, create=True)
+    await writer.start()
+    try:
+        first = scores(100)
+        await writer.write(Frame(first.keys, {"score": first.columns["score"]}))
+        later = Frame([98, 99, 100, 101],
+                      {"score": [0.25, 0.5, 0.75, 1.0], "key": [7, 8, 9, 10]})
+        await writer.write(later)
+        await writer.write(Frame([102], {"score": [0.5], "key": [11], "note": ["late"]}))
+    finally:
+        await writer.close()
+    rows = execute(url, f"SELECT id, score, {'`key`' if 'mysql' in url else 'key'}, note "
+                        f"FROM {table} WHERE id >= 97 ORDER BY id")
+    assert rows == [(97, pytest.approx(97 / 99), None, None), (98, 0.25, 7, None),
+                    (99, 0.5, 8, None), (100, 0.75, 9, None), (101, 1.0, 10, None),
+                    (102, 0.5, 11, "late")]
+    # without create, a missing column is still an error (test_configuration_errors…)
+
+
 async def test_configuration_errors_are_clear(url, table) -> None:
     with pytest.raises(ConfigError, match="either 'table' or 'query'"):
         SqlRetriever(url)

@@ -65,9 +65,11 @@ class SqlWriter(SqlComponent, Writer):
     """Upserts each frame into `table` on its `key` column, in one transaction.
 
     `columns` picks the frame's columns to store (default: all). With `create=True` a
-    missing table is created at the first write from that frame: integers → BIGINT,
-    floats → DOUBLE, booleans → BOOLEAN, anything else → TEXT, the key (BIGINT, or
-    VARCHAR(255) for other keys) as primary key. A multi-dimensional output such as
+    missing table is created at the first write from that frame, and a column that a
+    later frame brings is added, nullable (a stream's `key` appears with the first
+    envelope that has one): integers → BIGINT, floats → DOUBLE, booleans → BOOLEAN,
+    anything else → TEXT, the key (BIGINT, or VARCHAR(255) for other keys) as primary
+    key. A multi-dimensional output such as
     class probabilities `[N, 2]` is one column per output name, whatever its shape: on
     PostgreSQL an array (`DOUBLE PRECISION[]`, `BIGINT[]`) per row, elsewhere a JSON
     array as TEXT (as in an existing TEXT or JSON column on PostgreSQL too). NaN is
@@ -158,10 +160,13 @@ class SqlWriter(SqlComponent, Writer):
         if table is None:
             table = self._create(frame, names)
         missing = [n for n in names if n not in table.c]
-        if missing:
+        if missing and self.create:
+            table = self._add_columns(table, frame, missing)
+        elif missing:
             raise ConfigError(f"{self.where}: table {self.table!r} has no column(s) "
                               f"{', '.join(missing)}; add them, or list the ones to store "
-                              "in the writer's 'columns'")
+                              "in the writer's 'columns', or let the writer add them "
+                              "('create: true')")
         data: bytes | None = None
         try:
             with self.engine.begin() as conn:
@@ -293,6 +298,26 @@ class SqlWriter(SqlComponent, Writer):
                 if getattr(exc, "sqlstate", None) == "23505":
                     raise _KeyExists from exc
                 raise
+
+
+    def _add_columns(self, table: Table, frame: Frame, missing: list[str]) -> Table:
+        """Columns a later frame brings (a stream's `key`, a field that rides along),
+        added as at creation, nullable."""
+        dialect = self.engine.dialect
+        target = dialect.identifier_preparer.format_table(table)
+        for name in missing:
+            sql_type = _sql_type(frame.columns[name], dialect.name).compile(dialect=dialect)
+            column_sql = dialect.identifier_preparer.quote(name)
+            try:
+                with self.engine.begin() as conn:
+                    conn.exec_driver_sql(f"ALTER TABLE {target} ADD COLUMN {column_sql} "
+                                         f"{sql_type}")
+            except sa_exc.DBAPIError:
+                # another writer may have added it between our look and our ALTER
+                if name not in self._load_table(self.table).c:
+                    raise
+        self._table = self._load_table(self.table)
+        return self._table
 
 
 class _KeyExists(Exception):
