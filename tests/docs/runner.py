@@ -6,7 +6,8 @@ fence (GitHub shows only the language), what the test does with it:
 - ```` ```bash ```` runs with `bash -euo pipefail` in the page's folder and must exit 0;
   ```` ```bash exit=1 ```` documents a failure and must exit 1.
 - ```` ```bash background ```` starts a long-running command (a server, a worker); the
-  page goes on once every port the block names (`--port N`, `:N`) accepts connections.
+  page goes on once every port the block names (`--port N`, `--metrics-port N`, `:N`)
+  accepts connections.
   What it started is stopped when the page ends.
 - ```` ```python ```` runs with the environment's Python.
 - ```` ```yaml file=modelport.yaml ```` (any language) writes the block to that file.
@@ -152,7 +153,8 @@ class PageRun:
                                     stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
         self.started.append((block, proc))
-        ports = {int(p) for p in re.findall(r"(?:--port[ =]|:)(\d{4,5})\b", self.text(block))}
+        ports = {int(p) for p in re.findall(r"(?:--(?:[a-z]+-)?port[ =]|:)(\d{4,5})\b",
+                                            self.text(block))}
         deadline = time.monotonic() + self.timeout
         for port in ports or {self.port}:
             while not _accepts(port):
