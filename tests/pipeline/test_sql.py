@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import uuid
@@ -368,6 +369,18 @@ async def test_a_created_table_takes_columns_that_later_frames_bring(url, table)
                     (99, 0.5, 8, None), (100, 0.75, 9, None), (101, 1.0, 10, None),
                     (102, 0.5, 11, "late")]
     # without create, a missing column is still an error (test_configuration_errors…)
+
+
+async def test_frames_written_at_once_to_a_table_not_made_yet(url, table) -> None:
+    # a batch job writes up to three chunks at once: each may find the table missing
+    # and try to create it; the ones that lose the race write into the winner's table
+    writer = SqlWriter(url, table, create=True)
+    await writer.start()
+    try:
+        await asyncio.gather(*(writer.write(scores(10, start=10 * i)) for i in range(8)))
+    finally:
+        await writer.close()
+    assert execute(url, f"SELECT COUNT(*) FROM {table}") == [(80,)]
 
 
 async def test_configuration_errors_are_clear(url, table) -> None:

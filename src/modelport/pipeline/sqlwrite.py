@@ -206,9 +206,16 @@ class SqlWriter(SqlComponent, Writer):
                                                     autoincrement=False),
                       *(Column(n, _sql_type(frame.columns[n], dialect)) for n in names),
                       schema=schema or None)
-        # another writer may create it between our check and our CREATE
-        with contextlib.suppress(sa_exc.ProgrammingError, sa_exc.IntegrityError):
+        try:
             table.create(self.engine, checkfirst=True)
+        except sa_exc.DBAPIError:
+            # another write (this writer's own, on another thread, or another process)
+            # may create it between our check and our CREATE: SQLite says so with an
+            # OperationalError, PostgreSQL with a ProgrammingError or IntegrityError
+            with contextlib.suppress(sa_exc.NoSuchTableError):
+                self._table = self._load_table(self.table)
+                return self._table
+            raise
         self._table = self._load_table(self.table)
         return self._table
 
