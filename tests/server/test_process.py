@@ -59,7 +59,10 @@ def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     proc.stdout.close()  # type: ignore[union-attr]
 
 
-def test_sigterm_drains_in_flight_requests_then_exits(tmp_path: Path) -> None:
+def serve_gated(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[str], int, Path, Path]:
+    """`modelport serve` of toy_models.Gated: (process, port, gate, started). A call
+    waits in the model while the `gate` file is absent; `started` appears when one has
+    begun. Returns once the server says it is serving."""
     home, gate, started = tmp_path / "home", tmp_path / "gate", tmp_path / "gate.started"
     with Registry(settings=Settings(home=home)) as reg:
         reg.register("gated", toy_models.Gated(), sample_input=np.ones((2, 3)))
@@ -68,9 +71,18 @@ def test_sigterm_drains_in_flight_requests_then_exits(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelport", "serve", "gated:1", "--trusted", "--port", str(port)],
         env={**os.environ, "MODELPORT_HOME": str(home), "TOY_GATE": str(gate),
-             "MODELPORT_BATCHING__MAX_BATCH_SIZE": "1",
-             "PYTHONPATH": str(Path(toy_models.__file__).parent)},
+             "PYTHONPATH": str(Path(toy_models.__file__).parent), **env},
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    while "serving gated:1" not in (line := proc.stderr.readline()):
+        if not line:
+            proc.wait()
+            raise AssertionError("the server exited before it was ready")
+    return proc, port, gate, started
+
+
+def test_sigterm_drains_in_flight_requests_then_exits(tmp_path: Path) -> None:
+    proc, port, gate, started = serve_gated(tmp_path, MODELPORT_BATCHING__MAX_BATCH_SIZE="1")
     url = f"http://127.0.0.1:{port}"
 
     def ask(i: int) -> httpx.Response:
@@ -78,9 +90,6 @@ def test_sigterm_drains_in_flight_requests_then_exits(tmp_path: Path) -> None:
                           timeout=30)
 
     try:
-        assert proc.stderr is not None
-        while "serving gated:1" not in (line := proc.stderr.readline()):
-            assert line, "the server exited before it was ready"
         gate.unlink()
         started.unlink()
         with ThreadPoolExecutor(4) as pool:
@@ -205,25 +214,13 @@ def read_response(sock: socket.socket) -> str:
 
 def test_a_request_on_an_idle_keep_alive_connection_during_the_drain_is_answered(
         tmp_path: Path) -> None:
-    home, gate, started = tmp_path / "home", tmp_path / "gate", tmp_path / "gate.started"
-    with Registry(settings=Settings(home=home)) as reg:
-        reg.register("gated", toy_models.Gated(), sample_input=np.ones((2, 3)))
-    gate.touch()  # open while the model loads (a warm-up call)
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "modelport", "serve", "gated:1", "--trusted", "--port", str(port)],
-        env={**os.environ, "MODELPORT_HOME": str(home), "TOY_GATE": str(gate),
-             "PYTHONPATH": str(Path(toy_models.__file__).parent)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc, port, gate, started = serve_gated(tmp_path)
     url = f"http://127.0.0.1:{port}"
     body = b'{"instances": [[1, 2, 3]]}'
     request = (b"POST /models/gated/predict HTTP/1.1\r\nHost: x\r\n"
                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                % (len(body), body))
     try:
-        assert proc.stderr is not None
-        while "serving gated:1" not in (line := proc.stderr.readline()):
-            assert line, "the server exited before it was ready"
         with ThreadPoolExecutor(1) as pool, \
                 socket.create_connection(("127.0.0.1", port), timeout=30) as idle:
             # a keep-alive connection that has had its answer and sits idle
