@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -156,3 +158,108 @@ async def test_waiting_for_company_is_bounded_by_max_delay_in_all() -> None:
     await trickling
     await asyncio.gather(*later)
     await batcher.close()
+
+
+# --- a model given as a plain function runs on the batcher's own threads (lanes) ---
+
+
+class GatedDouble:
+    """A plain-function model: each call waits for the gate (if closed) and records
+    the batch sizes and which thread ran it."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self.threads: set[str] = set()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def __call__(self, batch: Batch) -> Batch:
+        self.threads.add(threading.current_thread().name)
+        self.entered.set()
+        assert self.gate.wait(30), "the test never opened the gate"
+        self.calls.append(len(batch["x"]))
+        return {"y": batch["x"] * 2}
+
+
+async def test_a_plain_function_runs_on_lanes_and_each_caller_gets_its_own_rows() -> None:
+    model = GatedDouble()
+    model.gate.clear()
+    batcher = AdaptiveBatcher(model, max_batch_size=64, max_delay_ms=0)
+    first = asyncio.ensure_future(batcher.submit(rows(-1)))
+    await asyncio.to_thread(model.entered.wait, 30)  # the lane holds the first request
+    rest = [asyncio.ensure_future(batcher.submit(rows(i, i + 0.5))) for i in range(20)]
+    model.gate.set()
+    results = await asyncio.gather(*rest)
+    for i, out in enumerate(results):
+        np.testing.assert_array_equal(out["y"], [2 * i, 2 * i + 1])
+    assert (await first)["y"].tolist() == [-2.0]
+    assert model.calls == [1, 40]  # the twenty queued behind the first made one batch
+    assert model.threads == {"batcher-lane-0"}
+    await batcher.close()
+
+
+async def test_lanes_run_queued_batches_while_the_event_loop_is_busy() -> None:
+    """The point of lanes: the model takes the next batch without a loop turn, so a
+    loop busy with other work (refusing an overload, say) does not leave it idle."""
+    model = GatedDouble()
+    model.gate.clear()
+    batcher = AdaptiveBatcher(model, max_batch_size=1, max_delay_ms=0, max_queue=8)
+    pending = [asyncio.ensure_future(batcher.submit(rows(i))) for i in range(6)]
+    await asyncio.to_thread(model.entered.wait, 30)  # one running, five queued
+    model.gate.set()
+    deadline = time.monotonic() + 30
+    while len(model.calls) < 6 and time.monotonic() < deadline:  # the loop never yields
+        threading.Event().wait(0.001)
+    assert model.calls == [1] * 6
+    assert [(await p)["y"].tolist() for p in pending] == [[2.0 * i] for i in range(6)]
+    await batcher.close()
+
+
+async def test_a_lane_refuses_past_its_queue_and_fans_failures_out() -> None:
+    model = GatedDouble()
+    model.gate.clear()
+    batcher = AdaptiveBatcher(model, max_batch_size=1, max_delay_ms=0, max_queue=2)
+    first = asyncio.ensure_future(batcher.submit(rows(0)))
+    await asyncio.to_thread(model.entered.wait, 30)
+    queued = [asyncio.ensure_future(batcher.submit(rows(i))) for i in (1, 2)]
+    await asyncio.sleep(0)  # both are in the queue now
+    with pytest.raises(Overloaded):
+        await batcher.submit(rows(3))
+    model.gate.set()
+    assert [(await p)["y"].tolist() for p in (first, *queued)] == [[0.0], [2.0], [4.0]]
+
+    def broken(batch: Batch) -> Batch:
+        raise ValueError("no good")
+
+    failing = AdaptiveBatcher(broken, max_batch_size=8, max_delay_ms=0)
+    for outcome in await asyncio.gather(*(failing.submit(rows(i)) for i in range(3)),
+                                        return_exceptions=True):
+        assert isinstance(outcome, ModelportError) and "no good" in str(outcome)
+    await asyncio.gather(batcher.close(), failing.close())
+
+
+async def test_closing_lanes_drains_or_refuses_what_waits() -> None:
+    model = GatedDouble()
+    batcher = AdaptiveBatcher(model, max_batch_size=2, max_delay_ms=0)
+    pending = [asyncio.ensure_future(batcher.submit(rows(i))) for i in range(6)]
+    await asyncio.sleep(0)
+    await batcher.close(drain=True)
+    assert [p.result()["y"].tolist() for p in pending] == [[2.0 * i] for i in range(6)]
+    with pytest.raises(Overloaded):
+        await batcher.submit(rows(7))
+
+    model = GatedDouble()
+    model.gate.clear()
+    batcher = AdaptiveBatcher(model, max_batch_size=1, max_delay_ms=0)
+    running = asyncio.ensure_future(batcher.submit(rows(0)))
+    await asyncio.to_thread(model.entered.wait, 30)
+    waiting = asyncio.ensure_future(batcher.submit(rows(1)))
+    await asyncio.sleep(0)
+    closing = asyncio.ensure_future(batcher.close(drain=False))
+    with pytest.raises(Overloaded):
+        await waiting  # refused, not run
+    model.gate.set()
+    assert (await running)["y"].tolist() == [0.0]  # what was running still answers
+    await closing
+    assert model.calls == [1]

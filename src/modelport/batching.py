@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+import queue
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,6 +24,7 @@ from modelport.errors import DeadlineExceeded, ModelportError, Overloaded
 from modelport.signature import Batch
 
 Infer = Callable[[Batch], Awaitable[Batch]]
+Predict = Callable[[Batch], Batch]
 
 
 @dataclass
@@ -52,12 +56,14 @@ class BatchStats:
 class AdaptiveBatcher:
     """Queue requests for one model version and run them in batches.
 
-    `concurrency` batches may run at once (one per worker process, say). A failing
-    batch fails each of its callers with the error; nobody is left waiting.
+    `infer` is a coroutine function (run on the loop) or a plain function (run on
+    `concurrency` lanes, threads of the batcher's own). `concurrency` batches may run
+    at once (one per worker process, say). A failing batch fails each of its callers
+    with the error; nobody is left waiting.
     """
 
-    def __init__(self, infer: Infer, *, max_batch_size: int = 64, max_delay_ms: float = 2.0,
-                 max_queue: int = 1024, concurrency: int = 1,
+    def __init__(self, infer: Infer | Predict, *, max_batch_size: int = 64,
+                 max_delay_ms: float = 2.0, max_queue: int = 1024, concurrency: int = 1,
                  on_batch: Callable[[int, float], None] | None = None) -> None:
         self.infer = infer
         self.max_batch_size = max_batch_size
@@ -75,19 +81,36 @@ class AdaptiveBatcher:
         self._closing = False
         self._last_size = 1
         self._carry: _Item | None = None
+        self._threaded = not _is_coroutine_function(infer)
+        self._lanes: list[threading.Thread] = []
+        self._tqueue: queue.Queue[_Item] = queue.Queue(max_queue)
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def depth(self) -> int:
+        if self._threaded:
+            return self._tqueue.qsize()
         return self._queue.qsize() if self._queue else 0
 
     @property
     def full(self) -> bool:
+        if self._threaded:
+            return self._tqueue.full()
         return self._queue is not None and self._queue.full()
 
     def full_message(self) -> str:
         return f"model queue is full ({self.max_queue} requests waiting); retry shortly"
 
     def start(self) -> None:
+        if self._threaded:
+            if not self._lanes:
+                self._loop = asyncio.get_running_loop()
+                self._lanes = [threading.Thread(target=self._lane, daemon=True,
+                                                name=f"batcher-lane-{n}")
+                               for n in range(self.concurrency)]
+                for lane in self._lanes:
+                    lane.start()
+            return
         if self._queue is None:
             self._queue = asyncio.Queue(self.max_queue)
             self._slots = asyncio.Semaphore(self.concurrency)
@@ -97,15 +120,17 @@ class AdaptiveBatcher:
         """Queue `batch` and wait for its outputs; 503 when the queue is full."""
         if self._closing:
             raise Overloaded("model is being unloaded; retry shortly", retry_after=1.0)
-        if self._queue is None:
-            self.start()
-        assert self._queue is not None
+        self.start()
         loop = asyncio.get_running_loop()
         rows = len(next(iter(batch.values())))
         item = _Item(batch, rows, loop.create_future())
         try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
+            if self._threaded:
+                self._tqueue.put_nowait(item)
+            else:
+                assert self._queue is not None
+                self._queue.put_nowait(item)
+        except (asyncio.QueueFull, queue.Full):
             raise Overloaded(self.full_message(), retry_after=1.0) from None
         if timeout is None:
             return await item.future
@@ -121,6 +146,9 @@ class AdaptiveBatcher:
     async def close(self, *, drain: bool = True) -> None:
         """Stop taking work; with `drain`, answer everything already accepted first."""
         self._closing = True
+        if self._threaded:
+            await self._close_lanes(drain=drain)
+            return
         if self._queue is None or self._loop_task is None:
             return
         if drain:
@@ -191,29 +219,121 @@ class AdaptiveBatcher:
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
+    async def _close_lanes(self, *, drain: bool) -> None:
+        if not drain:  # fail what waits; batches already running still answer
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self._fail(self._tqueue.get_nowait(),
+                               Overloaded("model was unloaded; retry"))
+        for _ in self._lanes:  # one each, behind every accepted request
+            await asyncio.to_thread(self._tqueue.put, _STOP)
+        for lane in self._lanes:
+            await asyncio.to_thread(lane.join)
+
+    def _lane(self) -> None:
+        """A lane's life: form a batch from the queue, run it, hand the answers to the
+        loop, and take the next batch at once; ends at its `_STOP`."""
+        carry: _Item | None = None
+        stopping = False
+        while not stopping:
+            first = carry or self._tqueue.get()
+            carry = None
+            if first is _STOP:
+                return
+            items, rows = [first], first.rows
+            deadline: float | None = None
+            while rows < self.max_batch_size:
+                try:
+                    nxt = self._tqueue.get_nowait()
+                except queue.Empty:
+                    if self._last_size <= 1 or self.max_delay <= 0:
+                        break
+                    # others were here last time: wait for company, max_delay in all
+                    now = time.monotonic()
+                    deadline = now + self.max_delay if deadline is None else deadline
+                    try:
+                        nxt = self._tqueue.get(timeout=max(deadline - now, 0))
+                    except queue.Empty:
+                        break
+                if nxt is _STOP:
+                    stopping = True
+                    break
+                if rows + nxt.rows > self.max_batch_size:
+                    carry = nxt  # it opens the next batch
+                    break
+                items.append(nxt)
+                rows += nxt.rows
+            # a caller gone or past its deadline is skipped (its future is done)
+            items = [i for i in items if not i.future.done()]
+            if items:
+                self._last_size = len(items)
+                self._run_in_lane(items)
+            if stopping and carry is not None:  # drained: the carried request too
+                self._run_in_lane([carry])
+
+    def _run_in_lane(self, items: list[_Item]) -> None:
+        started = time.perf_counter()
+        predict: Predict = self.infer  # type: ignore[assignment]
+        try:
+            merged = _concat([i.batch for i in items]) if len(items) > 1 else items[0].batch
+            parts: list[Batch] | BaseException = _split(predict(merged),
+                                                        [i.rows for i in items])
+        except Exception as exc:
+            parts = _batch_error(exc, items)
+        self._hand_back(items, parts)
+        rows = sum(i.rows for i in items)
+        self.stats.record(rows)
+        if self.on_batch is not None:
+            self.on_batch(rows, time.perf_counter() - started)
+
+    def _hand_back(self, items: list[_Item], parts: list[Batch] | BaseException) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
+            self._loop.call_soon_threadsafe(_deliver, items, parts)
+
+    def _fail(self, item: _Item, error: BaseException) -> None:
+        if item is not _STOP:
+            self._hand_back([item], error)
+
     async def _execute(self, items: list[_Item]) -> None:
         assert self._slots is not None
         started = time.perf_counter()
         try:
             merged = _concat([i.batch for i in items]) if len(items) > 1 else items[0].batch
-            outputs = await self.infer(merged)
-            parts = _split(outputs, [i.rows for i in items])
-        except Exception as exc:  # fan the failure out: no caller hangs
-            error = exc if isinstance(exc, ModelportError) else ModelportError(
-                f"model failed on a batch of {sum(i.rows for i in items)} rows: {exc}")
-            for item in items:
-                if not item.future.done():
-                    item.future.set_exception(error)
-        else:
-            for item, part in zip(items, parts, strict=True):
-                if not item.future.done():
-                    item.future.set_result(part)
+            infer: Infer = self.infer  # type: ignore[assignment]
+            parts: list[Batch] | BaseException = _split(await infer(merged),
+                                                        [i.rows for i in items])
+        except Exception as exc:
+            parts = _batch_error(exc, items)
         finally:
             self._slots.release()
+        _deliver(items, parts)
         rows = sum(i.rows for i in items)
         self.stats.record(rows)
         if self.on_batch is not None:
             self.on_batch(rows, time.perf_counter() - started)
+
+
+def _is_coroutine_function(fn: object) -> bool:
+    # an object with `async def __call__` counts too (inspect looks at functions only)
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None))  # noqa: B004
+
+
+def _batch_error(exc: Exception, items: list[_Item]) -> ModelportError:
+    return exc if isinstance(exc, ModelportError) else ModelportError(
+        f"model failed on a batch of {sum(i.rows for i in items)} rows: {exc}")
+
+
+def _deliver(items: list[_Item], parts: list[Batch] | BaseException) -> None:
+    """Answer each caller still waiting (on the loop); a failure fans out to all."""
+    for n, item in enumerate(items):
+        if item.future.done():
+            continue
+        if isinstance(parts, BaseException):
+            item.future.set_exception(parts)
+        else:
+            item.future.set_result(parts[n])
 
 
 def _expire(future: asyncio.Future[Batch], timeout: float) -> None:
@@ -235,4 +355,4 @@ def _split(outputs: Batch, sizes: list[int]) -> list[Batch]:
     return parts
 
 
-__all__ = ["AdaptiveBatcher", "BatchStats", "Infer"]
+__all__ = ["AdaptiveBatcher", "BatchStats", "Infer", "Predict"]

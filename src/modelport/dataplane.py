@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, model_validator
 
-from modelport.batching import AdaptiveBatcher
+from modelport.batching import AdaptiveBatcher, Infer, Predict
 from modelport.errors import (
     ModelNotFound,
     ModelOutputError,
@@ -242,20 +242,20 @@ class DataPlane:
         batching = config.batching or self.settings.batching
         name = config.served_name
 
-        async def run(batch: Batch) -> Batch:
-            if config.on_loop:
-                return model.predict_batch(batch)
-            if executor is None:
-                return await model.infer(batch)
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(executor, _worker_predict, batch)
-
-        async def infer(batch: Batch) -> Batch:
+        def run(batch: Batch) -> Batch:
             try:
-                return await run(batch)
+                if executor is None:
+                    return model.predict_batch(batch)
+                return executor.submit(_worker_predict, batch).result()
             except ModelOutputError:
                 self.metrics.output_row_errors.labels(name, str(record.version)).inc()
                 raise
+
+        async def on_loop(batch: Batch) -> Batch:
+            return run(batch)
+
+        # a plain function runs on the batcher's own threads; a coroutine on the loop
+        infer: Infer | Predict = on_loop if config.on_loop else run
 
         def on_batch(rows: int, seconds: float) -> None:
             self.metrics.batch_size.labels(name, str(record.version)).observe(rows)
