@@ -88,11 +88,13 @@ async def _load(port: int, connections: int, seconds: float) -> dict[str, object
     return {"latencies": out, "errors": errors, "seconds": seconds}
 
 
-def load_main(port: int, connections: int, seconds: float) -> None:
+def load_main(port: int, connections: int, seconds: float, out: str) -> None:
     import uvloop
 
     result = uvloop.run(_load(port, connections, seconds))
-    sys.stdout.write("\n" + json.dumps(result) + "\n")
+    # a file, not stdout: the event loop may leave stdout non-blocking, and a large
+    # result written to a full pipe then comes back cut short
+    Path(out).write_text(json.dumps(result))
 
 
 # --- the plan -----------------------------------------------------------------------
@@ -138,10 +140,12 @@ def healthy(port: int) -> bool:
 
 
 def run_load(port: int, connections: int, seconds: float, core: int | None) -> dict[str, object]:
-    done = subprocess.run(
-        [*pinned(core), sys.executable, __file__, "--load", str(port), str(connections),
-         str(seconds)], capture_output=True, text=True, check=True)
-    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "load.json"
+        subprocess.run(
+            [*pinned(core), sys.executable, __file__, "--load", str(port), str(connections),
+             str(seconds), str(out)], check=True)
+        result: dict[str, object] = json.loads(out.read_text())
     return result
 
 
@@ -210,7 +214,7 @@ def report(runs: dict[int, list[dict[str, object]]], plan: list[int], still: boo
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "--load":
-        load_main(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
+    if len(sys.argv) == 6 and sys.argv[1] == "--load":
+        load_main(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5])
     else:
         main()
