@@ -56,9 +56,8 @@ class ModelConfig(BaseModel):
     on_loop: bool = False
     """Call the model on the event loop rather than in a thread: for models that answer
     a batch in a fraction of a millisecond (a factor lookup, a small linear model), where
-    handing each batch to a thread and back costs more CPU than the model (~80 µs a
-    request on the music recommender). The loop waits for every batch: leave it off for
-    anything slower."""
+    handing each batch to a thread and back costs more CPU than the model. The loop
+    waits for every batch: leave it off for anything slower."""
     batching: BatchingSettings | None = None
 
     @model_validator(mode="after")

@@ -16,7 +16,7 @@ catalogue join and the impression log.
 
 Prints a table: concurrency, requests, throughput, p50/p90/p99/max in ms, errors, and
 the machine's load average before and after (other work on the machine shows there;
-the results of examples/music/README.md, "Serving latency", were taken at 0.7-1.0).
+the results in bench/README.md, "Music example", were taken at 0.7-1.0).
 """
 
 from __future__ import annotations

@@ -194,7 +194,7 @@ class StreamRun:
             raise ConfigError(f"stream {self.where}: {exc.message}") from None
         # what start-up loaded (libraries, the model) lives as long as the process: out
         # of the collector's way, a full collection no longer scans it every few seconds
-        # (100-300 ms pauses per 20,000 messages, measured with bench/stream.py)
+        # (each scan a pause in consuming)
         gc.freeze()
         log.info("consuming %s for pipeline %s (batches of %d)", self.where,
                  self.worker.pipeline.name, self.worker.batch_size)

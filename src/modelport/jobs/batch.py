@@ -47,8 +47,8 @@ T = TypeVar("T")
 
 WRITES_IN_FLIGHT = 3
 """Chunks being written at once, on as many connections: while one waits for its
-commit, the database works on the others (bench/batch.py: 10-15% more rows/s than 2,
-and 4 or 6 no more than 3)."""
+commit, the database works on the others (with bench/batch.py, 3 beat 2, and 4 or 6
+did no better than 3)."""
 EXIT_REJECTED = 3
 """`modelport batch` exits with this when rows were set aside (the output is partial)."""
 

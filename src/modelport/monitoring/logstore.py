@@ -127,9 +127,9 @@ class LogStore:
 
     def __init__(self, url: str) -> None:
         self.where = display(parse_url(url))
-        # orjson writes the sampled rows' JSON ~10x faster than json.dumps; a flush
+        # orjson writes the sampled rows' JSON far faster than json.dumps; a flush
         # runs in a thread but holds the GIL while it serializes, and the event loop
-        # waited on it (the p99 of a busy server rose by ~5 ms at each flush)
+        # waits on it (a busy server's p99 rises at each flush)
         self.engine: Engine = make_engine(url, json_serializer=_json_text)
         self.ready = False
 

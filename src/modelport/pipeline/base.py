@@ -47,7 +47,7 @@ class Frame:
         names = list(records[0])
         if len(set().union(*records)) > len(names):
             names = list(dict.fromkeys(n for r in records for n in r))
-        # one C-level pass per record, then a transpose: ~4x faster than a list per name
+        # one C-level pass per record, then a transpose: faster than a list per name
         rows = [list(map(r.get, names)) for r in records]
         columns = zip(*rows, strict=True)
         return cls(list(keys), {n: list(c) for n, c in zip(names, columns, strict=True)})

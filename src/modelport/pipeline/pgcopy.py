@@ -1,9 +1,9 @@
 """PostgreSQL binary COPY to and from numpy columns: the bulk path of SQL components.
 
 Moving rows of numbers through Python a value at a time (a tuple per row, an object
-per value) costs far more than the database spends on them: a million rows of an id
-and 30 doubles take about 7 s as tuples from a cursor and about 1 s as binary COPY
-cut into columns by numpy (bench/batch.py). So where every column is a fixed-width
+per value) costs far more than the database spends on them, while binary COPY cut
+into columns by numpy makes no object per value (bench/batch.py times both reads).
+So where every column is a fixed-width
 number (bool, int2/4/8, float4/8; for writing also int/float arrays of one length
 per frame) rows travel as binary COPY, turned into columns, or made from them, with
 one numpy structured dtype per chunk of rows.

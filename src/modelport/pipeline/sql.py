@@ -17,8 +17,8 @@ replaces connections a restart or an outage broke (`sqlconn.make_engine`). One e
 a lookup of a few keys (`INLINE_KEYS`) by an indexed key in an SQLite table in WAL mode
 runs on the event loop. It reads a few pages of a local file, which takes microseconds
 and, in WAL mode, never waits for a writer, while handing it to a thread and back
-costs ~100 µs of CPU and a turn of the GIL (a third of an HTTP lookup's cost, measured
-on the music recommender). Engines and error translation live in `sqlconn.py`.
+costs far more CPU than that, and a turn of the GIL. Engines and error translation
+live in `sqlconn.py`.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ class SqlRetriever(SqlComponent, Retriever):
     def _get_inline(self, keys: list[Key]) -> Frame:
         """A lookup on the event loop: when the columns need no type conversion, the
         SELECT goes straight to the driver's cursor as text compiled once per number of
-        keys, skipping SQLAlchemy's execution (~40 of ~60 µs for one key)."""
+        keys, skipping SQLAlchemy's execution (most of a one-key lookup's cost)."""
         if self._raw_sql is None:
             return self._get(keys)
         values = _coerce(plain_keys(keys), self._reflect().c[self.key].type)
@@ -189,7 +189,7 @@ class SqlRetriever(SqlComponent, Retriever):
         how many keys one statement may carry."""
         if self._statement is None:
             # built once: constructing the select costs more than running it on an
-            # indexed table (~90 of ~140 µs for one key on SQLite), on every request
+            # indexed table, on every request
             self._statement = self._lookup_statement()
         statement, size = self._statement
         if self.query is not None:

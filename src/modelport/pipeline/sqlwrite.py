@@ -53,8 +53,7 @@ BINARY_MIN_ROWS = 64
 (bench/stream.py writes frames of 256)."""
 COPY_MIN_ROWS = 1_000
 """Frames this large are written on PostgreSQL by COPY even when only the text format
-fits them: several times the rows/s of executemany (docs/pipelines.md has the
-measurements)."""
+fits them: several times the rows/s of executemany."""
 WRITE_CONCURRENCY = 4
 """Frames written at once on a database server (below the pool's 5 connections)."""
 UPSERT_AFTER_CONFLICT = 16

@@ -65,7 +65,7 @@ def create_app(settings: Settings, dataplane: DataPlane, *, follow: bool = True,
             await start_pipelines(app.state.pipelines.values())
         # Models, their libraries and the app are loaded for good: move them out of the
         # collector's sight, or every full collection rescans ~200k objects and stalls
-        # the loop (the p99 at high concurrency halves without it).
+        # the loop (it shows in the p99 at high concurrency).
         gc.collect()
         gc.freeze()
         try:

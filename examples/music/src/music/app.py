@@ -60,10 +60,10 @@ def build_app(system: System, roles: Collection[str] = ROLES, *,
     single_threaded_blas()
     settings = settings or system.settings()
     registry = Registry(settings=settings)
-    # on the event loop: a request's fold-in and scoring take ~0.15 ms, less than the
+    # on the event loop: a request's fold-in and scoring cost less than the
     # thread hop they would otherwise pay for. No wait for company: requests that come
     # in while a batch runs form the next one anyway, and with 16 clients waiting on
-    # their answers nobody else arrives, so the wait was idle time (+25% req/s without)
+    # their answers nobody else arrives, so the wait would be idle time
     recommender_model = ModelConfig(ref=system.model_ref, on_loop=True,
                                     batching=settings.batching.model_copy(
                                         update={"max_delay_ms": 0.0}))

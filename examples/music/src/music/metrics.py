@@ -125,7 +125,7 @@ def score_users(predict: Predict, holdout: HoldOut, *, catalog_size: int,
         raise ValueError("the hold-out has no user to evaluate (is the test window empty?)")
     lists: list[list[str]] = []
     # The fold-in is one small solve and one matrix-vector product per user: BLAS
-    # threads only contend for them (ten times slower on a busy two-core machine)
+    # threads only contend for them
     with threadpool_limits(1, "blas"):
         for start in range(0, len(holdout.users), BATCH):
             out = predict({"history": holdout.histories[start:start + BATCH]})

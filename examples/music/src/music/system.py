@@ -155,8 +155,8 @@ def single_threaded_blas() -> None:
 
     A request's scores are one small matrix-vector product, and the batcher already runs
     model calls side by side in threads; a multithreaded BLAS under each of them
-    oversubscribes the cores. Measured on a busy two-core machine: the nightly batch of
-    300 users took 7.4 s with two BLAS threads and 0.7 s with one.
+    oversubscribes the cores (the nightly batch runs several times slower with two BLAS
+    threads than with one).
     """
     from threadpoolctl import threadpool_limits
 
