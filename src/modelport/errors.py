@@ -21,6 +21,7 @@ The hierarchy::
     ├── PayloadTooLarge            413
     ├── Overloaded                 503  a full queue; carries `retry_after` seconds
     ├── NotReady                   503  the model or a backing service is not ready
+    ├── WebhookError               502  a webhook refused a summary, or could not be reached
     └── DeadlineExceeded           504
 
 Third-party errors (SQLAlchemy, boto, brokers) are translated where they are caught,
@@ -122,6 +123,12 @@ class Overloaded(ModelportError):
 
 class NotReady(ModelportError):
     status_code = 503
+
+
+class WebhookError(ModelportError):
+    """A webhook refused what was posted to it, or could not be reached."""
+
+    status_code = 502
 
 
 class DeadlineExceeded(ModelportError):

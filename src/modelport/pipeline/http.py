@@ -29,10 +29,10 @@ from urllib.parse import quote
 
 import httpx
 
+from modelport.connections import redact, retry, unavailable
 from modelport.errors import ConfigError, ModelportError
 from modelport.pipeline.base import Frame, Key, Retriever
 from modelport.pipeline.columns import KeyMatch, frame_from_records, plain_keys
-from modelport.pipeline.retry import redact, retry, unavailable
 
 
 class _ServerError(Exception):

@@ -25,8 +25,9 @@ from sqlalchemy import Connection, delete, func, insert, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import update as sa_update
 
+from modelport.connections.sql import WRITE, display, make_store_engine
 from modelport.errors import AliasNotFound, Conflict, ModelNotFound, VersionNotFound
-from modelport.registry.database import WRITE, display, make_engine, migrate, sql_errors
+from modelport.registry.database import migrate, sql_errors
 from modelport.registry.tables import alias_events, aliases, models, versions
 from modelport.signature import Signature
 
@@ -80,7 +81,7 @@ class Store:
     """SQL operations of the registry; migrates the schema when opened."""
 
     def __init__(self, url: str) -> None:
-        self.engine = make_engine(url)
+        self.engine = make_store_engine(url)
         self.url = display(self.engine.url)
         try:
             migrate(self.engine, self.url)
