@@ -27,36 +27,12 @@ from sqlalchemy import update as sa_update
 
 from modelport.connections.sql import WRITE, display, make_store_engine
 from modelport.errors import AliasNotFound, Conflict, ModelNotFound, VersionNotFound
+from modelport.model import ModelVersion
 from modelport.registry.database import migrate, sql_errors
 from modelport.registry.tables import alias_events, aliases, models, versions
-from modelport.signature import Signature
 
 T = TypeVar("T")
 ATTEMPTS = 20
-
-
-class ModelVersion(BaseModel):
-    """One registered version of a model, as the registry records it."""
-
-    name: str
-    version: int
-    flavor: str
-    options: dict[str, Any]
-    signature: Signature
-    metrics: dict[str, Any]
-    params: dict[str, Any]
-    tags: dict[str, Any]
-    profile: dict[str, Any]
-    """Per-feature quantiles and histogram of the reference data (see monitoring.profile)."""
-    sha256: str
-    size: int
-    created_at: datetime
-    created_by: str | None = None
-    aliases: list[str] = []
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}:{self.version}"
 
 
 class AliasEvent(BaseModel):
