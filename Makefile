@@ -42,10 +42,11 @@ quickstart: $(UV)  ## Train, register, promote and load one model (modelport qui
 	@$(SYNC) --inexact --no-default-groups --extra sklearn
 	$(BIN)/modelport quickstart
 
-lint: install  ## The lock matches pyproject.toml, ruff, mypy (strict)
+lint: install  ## The lock matches pyproject.toml, ruff, mypy (strict), the layers
 	$(UV) lock --check --quiet
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 lock: $(UV)  ## Refresh uv.lock to the newest releases the pyproject files allow
 	$(UV) lock --upgrade

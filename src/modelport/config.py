@@ -1,5 +1,19 @@
 """Service configuration: one `modelport.yaml` per service, with `${ENV}` interpolation.
 
+```yaml
+models:
+  - ref: cancer@production
+pipelines:
+  - name: score                       # what the pipeline is: PipelineConfig
+    model: cancer@production
+    writer: {type: sql, url: "${DATABASE_URL}", table: scores}
+    schedule: "0 2 * * *"             # the triggers that run it: PipelineEntry
+    keys: SELECT id FROM patients
+    stream:
+      broker: {type: redis, url: "${REDIS_URL}", stream: patients, group: scorers}
+      dead_letter: patients.dlq
+```
+
 Values such as `${DATABASE_URL}` or `${DATABASE_URL:-sqlite:///x.db}` are filled from
 the environment mapping handed in (the entry point passes `os.environ`); this module
 reads no environment itself. Errors name the file, the key and what is wrong.
@@ -10,10 +24,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from modelport.dataplane import ModelConfig
 from modelport.errors import ConfigError
@@ -22,12 +36,61 @@ from modelport.pipeline.pipeline import PipelineConfig
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+class BrokerConfig(BaseModel):
+    """`{type: redis, url: ..., stream: ..., group: ...}`: the broker and its options
+    (the arguments of `RedisStreamsBroker`, `JetStreamBroker` or `KafkaBroker`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["redis", "nats", "kafka"]
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class StreamConfig(BaseModel):
+    """A pipeline's `stream:` section: how `modelport stream` runs it from a broker.
+
+    Pure configuration: nothing here imports a broker's client, so a service whose yaml
+    names Kafka loads without aiokafka until `modelport stream` runs it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    broker: BrokerConfig
+    dead_letter: str = Field(min_length=1)
+    """Stream, subject or topic where messages that cannot be processed go, with why."""
+    batch_size: int = Field(256, ge=1, le=100_000)
+    """Messages fetched, scored, written and acknowledged together."""
+    max_deliveries: int = Field(5, ge=1)
+    """A message delivered more often than this is dead-lettered unprocessed."""
+    codec: Literal["json", "msgpack"] = "json"
+    fetch_timeout: float = Field(1.0, gt=0)
+    """Seconds a fetch waits for a first message."""
+
+
+class PipelineEntry(PipelineConfig):
+    """One pipeline under `pipelines:`: what it is built from (`PipelineConfig`) and the
+    options of the triggers that run it, which the pipeline itself never reads."""
+
+    # a PipelineConfig built in Python is accepted where an entry is expected
+    model_config = ConfigDict(from_attributes=True)
+
+    schedule: str | None = None
+    """Cron expression: `modelport schedule` runs this pipeline's batch job then."""
+    keys: str | None = None
+    """For scheduled batch runs: the query (or file) that lists the keys to score."""
+    chunk_size: int = Field(10_000, ge=1)
+    stream: StreamConfig | None = None
+    """For `modelport stream`: the broker to consume, dead letters, batch size."""
+
+
 class ServiceConfig(BaseModel):
     """What one service runs."""
 
     name: str = "modelport"
     models: list[ModelConfig] = Field(default_factory=list)
-    pipelines: list[PipelineConfig] = Field(default_factory=list)
+    pipelines: list[PipelineEntry] = Field(default_factory=list)
 
     def model_for(self, ref: str) -> ModelConfig:
         """The served model a pipeline's `model: ref` uses; added when not listed."""

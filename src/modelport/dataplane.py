@@ -127,7 +127,7 @@ class DataPlane:
                  prediction_log: PredictionLog | None = None) -> None:
         self.registry = registry
         self.settings = settings
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or Metrics(settings.prometheus_multiproc_dir)
         self.endpoints: dict[str, Endpoint] = {}
         for config in models:
             if config.served_name in self.endpoints:

@@ -19,8 +19,11 @@ The hierarchy::
     ├── Unauthorized               401
     ├── Forbidden                  403
     ├── PayloadTooLarge            413
+    ├── UnsupportedMediaType       415  e.g. a Content-Encoding the server does not decode
     ├── Overloaded                 503  a full queue; carries `retry_after` seconds
     ├── NotReady                   503  the model or a backing service is not ready
+    ├── BadGateway                 502  a service modelport called answered outside its contract
+    │   └── WebhookError           502  a webhook refused a summary, or could not be reached
     └── DeadlineExceeded           504
 
 Third-party errors (SQLAlchemy, boto, brokers) are translated where they are caught,
@@ -112,6 +115,10 @@ class PayloadTooLarge(ModelportError):
     status_code = 413
 
 
+class UnsupportedMediaType(ModelportError):
+    status_code = 415
+
+
 class Overloaded(ModelportError):
     status_code = 503
 
@@ -122,6 +129,16 @@ class Overloaded(ModelportError):
 
 class NotReady(ModelportError):
     status_code = 503
+
+
+class BadGateway(ModelportError):
+    """A service modelport called refused the call or answered outside its contract."""
+
+    status_code = 502
+
+
+class WebhookError(BadGateway):
+    """A webhook refused what was posted to it, or could not be reached."""
 
 
 class DeadlineExceeded(ModelportError):

@@ -1,19 +1,44 @@
-"""A registered model version, loaded and ready to predict."""
+"""A registered model version: the registry's record of it, and the model loaded and
+ready to predict."""
 
 from __future__ import annotations
 
 import asyncio
 from concurrent.futures import Executor
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
 from modelport.flavors import get_flavor
 from modelport.signature import Batch, Signature, check_output_rows, rows_of
 
-if TYPE_CHECKING:
-    from modelport.registry.store import ModelVersion
+
+class ModelVersion(BaseModel):
+    """One registered version of a model, as the registry records it."""
+
+    name: str
+    version: int
+    flavor: str
+    options: dict[str, Any]
+    signature: Signature
+    metrics: dict[str, Any]
+    params: dict[str, Any]
+    tags: dict[str, Any]
+    profile: dict[str, Any]
+    """Per-feature quantiles and histogram of the reference data (see modelport.profile)."""
+    sha256: str
+    size: int
+    created_at: datetime
+    created_by: str | None = None
+    aliases: list[str] = []
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
 
 
 class Model:

@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AliasChoices, BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     """Where verified artifacts are unpacked for loading; default `home/cache`."""
     user: str | None = None
     """Recorded as the actor of alias moves; default the login name."""
+    prometheus_multiproc_dir: str | None = Field(
+        None, validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR",
+                                            "prometheus_multiproc_dir"))
+    """prometheus_client's multiprocess folder (`PROMETHEUS_MULTIPROC_DIR`, without the
+    prefix: prometheus_client reads the same variable): set, /metrics reports every
+    process that writes there."""
 
     server: ServerSettings = Field(default_factory=ServerSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)

@@ -35,7 +35,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from modelport import Registry, Settings
-from modelport.errors import ConfigError, InvalidInput
+from modelport.errors import ConfigError, InvalidInput, WebhookError
 from modelport.jobs.report import (
     Report,
     generate,
@@ -44,7 +44,7 @@ from modelport.jobs.report import (
     step_for,
     window,
 )
-from modelport.jobs.webhook import WebhookError, post_json
+from modelport.jobs.webhook import post_json
 from modelport.monitoring.predlog import PredictionLog
 from modelport.settings import MonitoringSettings
 

@@ -12,7 +12,8 @@ from pathlib import Path
 COUNT = textwrap.dedent("""
     import sys
     from modelport.monitoring.metrics import Metrics
-    m = Metrics()
+    from modelport.settings import Settings
+    m = Metrics(Settings().prometheus_multiproc_dir)
     m.requests.labels("cancer", "1", "predict", "200").inc(int(sys.argv[1]))
     m.served_version.labels("cancer").set(int(sys.argv[2]))
     m.queue_depth.labels("cancer").set(3)

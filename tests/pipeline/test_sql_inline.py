@@ -77,7 +77,7 @@ async def test_without_wal_readers_wait_for_writers_so_lookups_go_to_a_thread(
         tmp_path: Path, threads: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
     url = database(tmp_path / "db.sqlite", wal=False)
     # the engine would switch the file to WAL on connect: keep its rollback journal
-    monkeypatch.setattr("modelport.pipeline.sqlconn.event.listens_for",
+    monkeypatch.setattr("modelport.connections.sql.event.listens_for",
                         lambda *_: (lambda fn: fn))
     assert await lookup(SqlRetriever(url, table="users"), ["u1"]) == ["u1"]
     assert threads == [1]

@@ -21,7 +21,7 @@ from modelport.errors import (
     ModelNotFound,
     VersionNotFound,
 )
-from modelport.monitoring.profile import MAX_FEATURES, profile, psi
+from modelport.profile import MAX_FEATURES, profile, psi
 from modelport.registry import parse_ref
 from modelport.registry.archive import digest
 from modelport.signature import FieldSpec, Signature, infer_signature

@@ -19,6 +19,7 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import StatementError
 
 from modelport import Registry, Settings
+from modelport.connections.sql import parse_url
 from modelport.errors import ConfigError, NotReady
 from modelport.registry import database
 from modelport.registry.database import MIGRATIONS, VERSION_TABLE, schema_revision
@@ -92,7 +93,7 @@ def test_an_up_to_date_registry_opens_read_only(tmp_path: Path) -> None:
 def test_an_old_registry_is_upgraded_and_keeps_its_data(
         db_url: str, tmp_path: Path) -> None:
     """A registry made by the first release (revision 0001) opens and upgrades in place."""
-    engine = create_engine(database.parse_url(db_url))
+    engine = create_engine(parse_url(db_url))
     config = _alembic_config()
     with engine.begin() as conn:
         config.attributes["connection"] = conn
@@ -119,7 +120,7 @@ def test_an_old_registry_is_upgraded_and_keeps_its_data(
 
 def test_a_newer_schema_is_refused(db_url: str) -> None:
     Store(db_url).close()
-    engine = create_engine(database.parse_url(db_url))
+    engine = create_engine(parse_url(db_url))
     with engine.begin() as conn:
         conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '0099'"))
     engine.dispose()

@@ -51,7 +51,8 @@ def report(
     cli.err.print(Text(f"wrote {out}", style="bold green"))
     cli.out.print(summary["text"], highlight=False, soft_wrap=True)
     if webhook:
-        from modelport.jobs.webhook import WebhookError, post_json
+        from modelport.errors import WebhookError
+        from modelport.jobs.webhook import post_json
 
         try:
             asyncio.run(post_json(webhook, summary, timeout=timeout, retries=retries))

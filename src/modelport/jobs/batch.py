@@ -26,6 +26,7 @@ from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 
+from modelport.config import PipelineEntry
 from modelport.errors import ConfigError
 from modelport.jobs.definition import definition
 from modelport.jobs.sources import (
@@ -355,7 +356,7 @@ def source_for(service: Service, pipeline: str, *, keys: str | None = None,
     return KeyQuery(url, keys)
 
 
-def _config(service: Service, pipeline: str) -> PipelineConfig | None:
+def _config(service: Service, pipeline: str) -> PipelineEntry | None:
     """The pipeline's configuration (none for a pipeline handed to the service built)."""
     return next((p for p in service.config.pipelines if p.name == pipeline), None)
 

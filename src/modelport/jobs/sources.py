@@ -24,7 +24,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from modelport.errors import ConfigError, ModelportError
+from modelport.connections.sql import sql_error
+from modelport.errors import ConfigError
 from modelport.pipeline import Frame, Key, pgcopy
 from modelport.pipeline.columns import column
 from modelport.pipeline.sqlconn import driver_errors, make_engine
@@ -74,13 +75,6 @@ class Source(ABC):
         return None
 
 
-def sql_error(what: str, exc: SQLAlchemyError) -> ModelportError:
-    """One line from a SQLAlchemy error: the driver's first line, without the SQL echo."""
-    orig = getattr(exc, "orig", None)
-    detail = str(orig if orig is not None else exc).strip().splitlines()
-    return ModelportError(f"{what}: {detail[0] if detail else type(exc).__name__}")
-
-
 class KeyQuery(Source):
     """A SQL query's rows: its first column is the key. A query of that column alone
     (`SELECT id FROM patients WHERE …`) lists keys for the pipeline's retriever to look
@@ -121,7 +115,7 @@ class KeyQuery(Source):
             with self.engine.connect() as conn:
                 columns = list(map(str, conn.execute(probe).keys()))
         except SQLAlchemyError as exc:
-            raise ConfigError(str(sql_error("keys query failed", exc))) from exc
+            raise ConfigError(str(sql_error("keys query", exc))) from exc
         if not columns:
             raise ConfigError("keys query returns no columns")
         self._columns = columns
@@ -151,7 +145,7 @@ class KeyQuery(Source):
                                         {"after": resume.last_key} if after else {}
                                         ).scalar_one())
         except SQLAlchemyError as exc:
-            raise sql_error("counting the keys failed", exc) from exc
+            raise sql_error("counting the keys", exc) from exc
 
     def chunks(self, chunk_size: int, resume: Resume) -> Iterator[Chunk]:
         if self.engine.dialect.name == "sqlite":
@@ -173,7 +167,7 @@ class KeyQuery(Source):
                             return
                 yield from self._cursor(conn, chunk_size, resume)
         except SQLAlchemyError as exc:
-            raise sql_error("reading the keys failed", exc) from exc
+            raise sql_error("reading the keys", exc) from exc
 
     def _cursor(self, conn: Connection, chunk_size: int, resume: Resume) -> Iterator[Chunk]:
         # `yield_per` makes a server-side cursor (psycopg: a named cursor): the
@@ -208,7 +202,7 @@ class KeyQuery(Source):
                         params["after"] = last
                     rows = list(conn.execute(stmt, params))
             except SQLAlchemyError as exc:
-                raise sql_error("reading the keys failed", exc) from exc
+                raise sql_error("reading the keys", exc) from exc
             if not rows:
                 return
             chunk = self._rows_chunk(rows)

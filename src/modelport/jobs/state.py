@@ -22,9 +22,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from modelport.connections.sql import sql_error
 from modelport.errors import ConfigError
 from modelport.jobs.definition import differences
-from modelport.jobs.sources import sql_error
 from modelport.pipeline import Key
 from modelport.pipeline.sqlconn import make_engine
 

@@ -12,22 +12,12 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
-from modelport.errors import ConfigError, ModelportError
+from modelport.connections import backoff_delay, redact
+from modelport.errors import ConfigError, WebhookError
 
 log = logging.getLogger("modelport.webhook")
 
 MAX_RETRY_AFTER_S = 60.0
-
-
-class WebhookError(ModelportError):
-    """The webhook refused the summary, or could not be reached."""
-
-    status_code = 502
-
-
-def redact(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/…"
 
 
 async def post_json(url: str, payload: dict[str, Any], *, timeout: float = 10.0,
@@ -41,13 +31,13 @@ async def post_json(url: str, payload: dict[str, Any], *, timeout: float = 10.0,
                           "pip install 'modelport[reports]'") from None
     if urlsplit(url).scheme not in ("http", "https"):
         raise ConfigError(f"webhook URL {url!r} is not an http(s) URL")
-    where = redact(url)
-    problem, delay = "", backoff
+    where = redact(url, path=False)
+    problem, delay = "", 0.0
     async with httpx.AsyncClient(timeout=timeout, transport=transport) as client:
         for attempt in range(retries + 1):
             if attempt:
                 await asyncio.sleep(delay)
-            delay = backoff * 2 ** attempt
+            delay = backoff_delay(attempt, backoff)
             try:
                 response = await client.post(url, json=payload)
             except httpx.HTTPError as exc:  # connection refused, DNS, timeouts

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from modelport.monitoring.profile import category, psi
+from modelport.profile import category, psi
 
 SHIFT = 0.1
 """PSI above this: the feature moved enough to look at."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,9 +26,14 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from modelport.errors import ModelportError, NotReady
-from modelport.registry.database import WRITE, display, make_engine, parse_url
-from modelport.registry.tables import UTCDateTime
+from modelport.connections.sql import (
+    WRITE,
+    UTCDateTime,
+    display,
+    make_store_engine,
+    parse_url,
+    sql_errors,
+)
 
 PREDICTIONS = "mp_predictions"
 TRAFFIC = "mp_traffic"
@@ -130,22 +135,14 @@ class LogStore:
         # orjson writes the sampled rows' JSON far faster than json.dumps; a flush
         # runs in a thread but holds the GIL while it serializes, and the event loop
         # waits on it (a busy server's p99 rises at each flush)
-        self.engine: Engine = make_engine(url, json_serializer=_json_text)
+        self.engine: Engine = make_store_engine(url, json_serializer=_json_text)
         self.ready = False
 
     def close(self) -> None:
         self.engine.dispose()
 
-    @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
-            raise NotReady(f"prediction log database {self.where} is unavailable: "
-                           f"{_first_line(exc)}") from exc
-        except sa_exc.SQLAlchemyError as exc:
-            raise ModelportError(f"prediction log database {self.where} failed: "
-                                 f"{_first_line(exc)}") from exc
+    def _errors(self) -> contextlib.AbstractContextManager[None]:
+        return sql_errors(f"prediction log database {self.where}")
 
     def ensure(self) -> None:
         """Create the tables if they are missing (once per process)."""
@@ -225,12 +222,6 @@ def _upsert(conn: Connection, rows: list[dict[str, Any]]) -> None:
             {c: traffic.c[c] + row[c] for c in added}))
         if done.rowcount == 0:
             conn.execute(traffic.insert(), row)
-
-
-def _first_line(exc: sa_exc.SQLAlchemyError) -> str:
-    orig = getattr(exc, "orig", None)
-    text = str(orig if orig is not None else exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _json_text(value: Any) -> str:

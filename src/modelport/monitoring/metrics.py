@@ -5,12 +5,11 @@ requests, and a scrape reaches one of them. They report together through
 prometheus_client's multiprocess mode: whoever starts them sets
 `PROMETHEUS_MULTIPROC_DIR` to an empty folder before they start (prometheus_client
 reads it when imported), each process writes its values there, and a scrape of any of
-them reads them all: counters and histograms summed, gauges as each one says below.
+them reads them all (`Settings.prometheus_multiproc_dir` hands the folder to
+`Metrics`): counters and histograms summed, gauges as each one says below.
 """
 
 from __future__ import annotations
-
-import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -20,11 +19,12 @@ JOB_BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 21600)
 
 
 class Metrics:
-    """Every metric modelport exports; one instance per server."""
+    """Every metric modelport exports; one instance per server. With `multiprocess_dir`
+    (the processes' shared `PROMETHEUS_MULTIPROC_DIR`), a scrape reports them all."""
 
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
         self.registry = CollectorRegistry()
-        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        self.multiprocess_dir = multiprocess_dir
         r = self.registry
         self.requests = Counter(
             "modelport_requests_total", "HTTP requests by model, version, route and status",

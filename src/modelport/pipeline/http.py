@@ -29,10 +29,10 @@ from urllib.parse import quote
 
 import httpx
 
-from modelport.errors import ConfigError, ModelportError
+from modelport.connections import redact, retry, unavailable
+from modelport.errors import BadGateway, ConfigError
 from modelport.pipeline.base import Frame, Key, Retriever
 from modelport.pipeline.columns import KeyMatch, frame_from_records, plain_keys
-from modelport.pipeline.retry import redact, retry, unavailable
 
 
 class _ServerError(Exception):
@@ -99,7 +99,7 @@ class HttpRetriever(Retriever):
         except (httpx.TransportError, _ServerError) as exc:
             raise unavailable(self.where, exc) from exc
         except _Refused as exc:
-            raise ModelportError(f"{self.where} {exc}", status_code=502) from exc
+            raise BadGateway(f"{self.where} {exc}") from exc
         except httpx.InvalidURL as exc:
             raise ConfigError(f"http retriever: {redact(self.url)!r}: {exc}") from exc
 
@@ -165,11 +165,11 @@ class HttpRetriever(Retriever):
         except ValueError:
             raise self._broken("a body that is not JSON") from None
 
-    def _broken(self, what: str) -> ModelportError:
-        return ModelportError(f"{self.where} answered with {what}; expected "
+    def _broken(self, what: str) -> BadGateway:
+        return BadGateway(f"{self.where} answered with {what}; expected "
                               + ("a JSON object per key" if self.per_key else
                                  f'{{"rows": {{key: {{column: value}}}}}} or a list of '
-                                 f"records with a {self.key!r} field"), status_code=502)
+                                 f"records with a {self.key!r} field"))
 
     async def _batch(self, keys: Sequence[Key]) -> Frame:
         response = await self._request(self.url, body={"keys": plain_keys(keys)})

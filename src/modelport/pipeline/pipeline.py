@@ -16,14 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from modelport.dataplane import DataPlane
 from modelport.datatypes import jsonable
 from modelport.errors import ConfigError, InvalidInput, ModelOutputError
 from modelport.pipeline.base import Frame, Key, Retriever, Writer
 from modelport.signature import Signature
-from modelport.streams.config import StreamConfig
 
 log = logging.getLogger("modelport.pipeline")
 
@@ -59,7 +58,8 @@ class ComponentConfig(BaseModel):
 
 
 class PipelineConfig(BaseModel):
-    """One pipeline under `pipelines:` in modelport.yaml."""
+    """What a pipeline is built from: its entry under `pipelines:` in modelport.yaml,
+    less the options of the triggers that run it (`modelport.config.PipelineEntry`)."""
 
     name: str
     model: str
@@ -79,13 +79,6 @@ class PipelineConfig(BaseModel):
     """For a model that takes an array (`input: FP64 [30]`): the columns that make up
     each row's array, in order, by input name. Without it, such a model's one input is
     made of all the rows' columns, in their order, when they are exactly as many."""
-    schedule: str | None = None
-    """Cron expression: `modelport schedule` runs this pipeline's batch job then."""
-    keys: str | None = None
-    """For scheduled batch runs: the query (or file) that lists the keys to score."""
-    chunk_size: int = Field(10_000, ge=1)
-    stream: StreamConfig | None = None
-    """For `modelport stream`: the broker to consume, dead letters, batch size."""
 
 
 @dataclass

@@ -18,38 +18,25 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
 
 import orjson
-from redis import exceptions as redis_exc
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
+from modelport.connections import redact
+from modelport.connections.redis import redis_errors
 from modelport.errors import ConfigError, ModelportError
 from modelport.pipeline.base import Component, Frame, Key, Retriever, Writer
 from modelport.pipeline.columns import cells, frame_from_records, plain_keys
-from modelport.pipeline.retry import redact, unavailable
 
 Format = Literal["hash", "json"]
 CHUNK = 5_000
 """Keys per pipeline sent at once: bounds the memory of one request and one reply."""
 _INT = re.compile(r"[-+]?\d+\Z")
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\Z")
-
-
-@contextlib.contextmanager
-def redis_errors(where: str, about: str = "") -> Iterator[None]:
-    """The one place redis-py's exceptions become modelport errors: an outage (the
-    server down or still loading, a connection lost, a timeout) is a `NotReady` naming
-    `where`; any other error names `where` and what it was `about`."""
-    try:
-        yield
-    except (redis_exc.ConnectionError, redis_exc.TimeoutError, OSError) as exc:
-        raise unavailable(where, exc) from exc
-    except redis_exc.RedisError as exc:
-        raise ModelportError(f"{where}{about}: {exc}") from exc
 
 
 class _Redis(Component):

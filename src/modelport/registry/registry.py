@@ -15,10 +15,10 @@ import numpy as np
 from modelport.datatypes import shape_matches
 from modelport.errors import FlavorError, InvalidInput, InvalidName, ModelOutputError
 from modelport.flavors import get_flavor, infer_flavor
-from modelport.model import Model
-from modelport.monitoring.profile import profile
+from modelport.model import Model, ModelVersion
+from modelport.profile import profile
 from modelport.registry.artifacts import ArtifactStore, open_store, pack
-from modelport.registry.store import AliasEvent, ModelVersion, Store
+from modelport.registry.store import AliasEvent, Store
 from modelport.settings import Settings
 from modelport.signature import (
     FieldSpec,

@@ -25,37 +25,14 @@ from sqlalchemy import Connection, delete, func, insert, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import update as sa_update
 
+from modelport.connections.sql import WRITE, display, make_store_engine
 from modelport.errors import AliasNotFound, Conflict, ModelNotFound, VersionNotFound
-from modelport.registry.database import WRITE, display, make_engine, migrate, sql_errors
+from modelport.model import ModelVersion
+from modelport.registry.database import migrate, sql_errors
 from modelport.registry.tables import alias_events, aliases, models, versions
-from modelport.signature import Signature
 
 T = TypeVar("T")
 ATTEMPTS = 20
-
-
-class ModelVersion(BaseModel):
-    """One registered version of a model, as the registry records it."""
-
-    name: str
-    version: int
-    flavor: str
-    options: dict[str, Any]
-    signature: Signature
-    metrics: dict[str, Any]
-    params: dict[str, Any]
-    tags: dict[str, Any]
-    profile: dict[str, Any]
-    """Per-feature quantiles and histogram of the reference data (see monitoring.profile)."""
-    sha256: str
-    size: int
-    created_at: datetime
-    created_by: str | None = None
-    aliases: list[str] = []
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}:{self.version}"
 
 
 class AliasEvent(BaseModel):
@@ -80,7 +57,7 @@ class Store:
     """SQL operations of the registry; migrates the schema when opened."""
 
     def __init__(self, url: str) -> None:
-        self.engine = make_engine(url)
+        self.engine = make_store_engine(url)
         self.url = display(self.engine.url)
         try:
             migrate(self.engine, self.url)

@@ -2,54 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
-
 from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
-    DateTime,
     ForeignKey,
     Integer,
     MetaData,
     String,
     Table,
     Text,
-    TypeDecorator,
     UniqueConstraint,
     text,
 )
-from sqlalchemy.engine import Dialect
+
+from modelport.connections.sql import UTCDateTime
 
 metadata = MetaData()
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """A timestamp that goes in and comes out as an aware UTC datetime.
-
-    SQLite has no time zones: SQLAlchemy stores the wall-clock fields and hands back a
-    naive datetime, so an aware non-UTC value would silently shift. Normalising to UTC
-    on the way in and tagging on the way out gives one behaviour on every database.
-    The column type is unchanged (DateTime(timezone=True)), so no migration is needed.
-    """
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("registry timestamps must be timezone-aware")
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        # a string only from SQLite rows written by another tool
-        when: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
-        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 models = Table(
     "mp_models",

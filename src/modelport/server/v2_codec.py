@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 
 from modelport.datatypes import DATATYPES, coerce, from_numpy, to_numpy
-from modelport.errors import InvalidInput, ModelportError, PayloadTooLarge
+from modelport.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _LENGTH = struct.Struct("<I")
@@ -71,8 +71,8 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
         return body
     wbits = _WBITS.get(name)
     if wbits is None:
-        raise ModelportError(f"Content-Encoding {encoding!r} is not supported; "
-                             "send gzip, deflate or an uncompressed body", status_code=415)
+        raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported; "
+                                   "send gzip, deflate or an uncompressed body")
     inflater = zlib.decompressobj(wbits)
     try:
         out = inflater.decompress(body, limit + 1)

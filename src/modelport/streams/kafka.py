@@ -39,8 +39,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 
+from modelport.connections import unavailable
 from modelport.errors import ConfigError, ModelportError
-from modelport.pipeline.retry import unavailable
 from modelport.streams.base import Broker, Message
 
 log = logging.getLogger("modelport.stream.kafka")

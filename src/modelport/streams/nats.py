@@ -36,8 +36,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from modelport.connections import redact, unavailable
 from modelport.errors import ConfigError, ModelportError
-from modelport.pipeline.retry import redact, unavailable
 from modelport.streams.base import Broker, Message
 
 log = logging.getLogger("modelport.stream.nats")

@@ -27,8 +27,8 @@ import orjson
 import redis.asyncio as aioredis
 from redis import exceptions as rx
 
-from modelport.pipeline.redis import redis_errors
-from modelport.pipeline.retry import redact
+from modelport.connections import redact
+from modelport.connections.redis import redis_errors
 from modelport.streams.base import Broker, Message
 
 log = logging.getLogger("modelport.stream.redis")

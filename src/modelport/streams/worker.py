@@ -40,6 +40,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from modelport.connections import backoff_delay
 from modelport.errors import (
     ConfigError,
     DeadlineExceeded,
@@ -57,6 +58,8 @@ from modelport.streams.rounds import Round, read
 log = logging.getLogger("modelport.stream")
 
 T = TypeVar("T")
+FIRST_RETRY_S = 0.1
+"""The pause after a step's first failure; it doubles up to `max_backoff`."""
 
 TRANSIENT: tuple[type[BaseException], ...] = (
     NotReady, Overloaded, DeadlineExceeded, ConnectionError, OSError, TimeoutError)
@@ -322,14 +325,16 @@ class StreamWorker:
         back. An ack or a dead letter keeps trying, since the result it stands for has
         been written; the command's drain timeout bounds that.
         """
-        delay = 0.1
+        attempt = 0
         while True:
-            if abandon and self._stopping.is_set() and delay > 0.1:
+            if abandon and self._stopping.is_set() and attempt:
                 raise _Abandoned(what)
             try:
                 return await action()
             except TRANSIENT as exc:
                 reason = exc.message if isinstance(exc, ModelportError) else repr(exc)
+            delay = backoff_delay(attempt, FIRST_RETRY_S, cap=self.max_backoff)
+            attempt += 1
             log.warning("%s failed (%s); retrying in %.1fs", what, reason, delay)
             if self.metrics is not None:
                 self.metrics.stream_retries.labels(self.pipeline.name, what).inc()
@@ -338,7 +343,6 @@ class StreamWorker:
             else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
-            delay = min(delay * 2, self.max_backoff)
 
     def _account(self, processed: int, dead: int, seconds: float) -> None:
         self.stats.processed += processed

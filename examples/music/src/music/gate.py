@@ -36,7 +36,7 @@ from typing import Any
 import pandas as pd
 from modelport import Registry
 from modelport.errors import NotFound
-from modelport.registry.store import ModelVersion
+from modelport.registry import ModelVersion
 
 from music.metrics import Scores, paired_interval, score_users
 from music.split import HoldOut, recent_histories

@@ -1,5 +1,5 @@
-"""SQL engines: how SQLite connections are kept for the threads that query them, and
-how a server's pooled connections are checked."""
+"""SQL engines (`modelport.connections.sql`): how SQLite connections are kept for the
+threads that query them, and how a server's pooled connections are checked."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event, text
 
-from modelport.pipeline import sqlconn
-from modelport.pipeline.sqlconn import POOL_SIZE, make_engine
+from modelport.connections import sql
+from modelport.connections.sql import POOL_SIZE, make_engine
 
 
 @pytest.mark.parametrize(
@@ -50,7 +50,7 @@ async def test_threads_querying_at_once_reuse_their_connections(
 @pytest.mark.postgres
 def test_a_connection_idle_for_a_while_is_checked_and_replaced_when_stale(
         pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sqlconn, "PING_IDLE_S", 0.2)
+    monkeypatch.setattr(sql, "PING_IDLE_S", 0.2)
     engine = make_engine(pg_url)
 
     def backend() -> int:
