@@ -45,7 +45,7 @@ COPY_MIN_ROWS = 1_000
 fits them: several times the rows/s of executemany (docs/pipelines.md has the
 measurements)."""
 WRITE_CONCURRENCY = 4
-"""Frames written at once on a database server (below the pool's 5 connections)."""
+"""Frames written at once on a database server (within the engine pool's size)."""
 UPSERT_AFTER_CONFLICT = 16
 """Frames upserted without trying a plain COPY first, after one found a key there."""
 
