@@ -132,6 +132,28 @@ def test_labels_of_an_argmax_classifier_come_from_its_one_pass(
                                   fitted.predict_proba(X))
 
 
+def test_the_argmax_classifiers_are_named_where_scikit_learn_defines_them() -> None:
+    # ARGMAX_OF_PROBA names classes by the private module that defines them (what
+    # type(model) says): when scikit-learn moves one, its fast path would silently end
+    import importlib
+
+    from sklearn import calibration, ensemble
+
+    from modelport.flavors.sklearn import ARGMAX_OF_PROBA
+
+    for path in sorted(ARGMAX_OF_PROBA):
+        module, _, name = path.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as exc:
+            pytest.fail(f"scikit-learn moved {path} ({exc}): update ARGMAX_OF_PROBA")
+        assert f"{cls.__module__}.{cls.__qualname__}" == path, \
+            f"scikit-learn moved {path} to {cls.__module__}: update ARGMAX_OF_PROBA"
+    public = [ensemble.RandomForestClassifier, ensemble.ExtraTreesClassifier,
+              calibration.CalibratedClassifierCV]
+    assert {f"{c.__module__}.{c.__qualname__}" for c in public} == ARGMAX_OF_PROBA
+
+
 def test_other_classifiers_answer_their_own_predict(reg: Registry) -> None:
     X, y = load_iris(return_X_y=True)
     fitted = LogisticRegression(max_iter=1000).fit(X, y)  # labels from its scores

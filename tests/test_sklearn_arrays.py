@@ -89,9 +89,11 @@ def test_a_model_of_scikit_learns_own_is_handed_an_array(
     fitted = make().fit(X, y)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
+        filters = list(warnings.filters)
         model, handed = load(reg, fitted, X)
         labels = model.predict(X)
         probabilities = model.predict(X.to_dict(orient="records"), output="probabilities")
+        assert warnings.filters == filters  # no filter of the process's changed
 
     assert handed == [np.ndarray, np.ndarray]
     np.testing.assert_array_equal(labels, fitted.predict(X))
@@ -122,3 +124,14 @@ def test_columns_of_several_types_are_handed_a_dataframe(
 
     np.testing.assert_array_equal(model.predict(X), fitted.predict(X))
     assert handed == [pd.DataFrame]
+
+
+def test_the_model_still_checks_how_many_columns_it_is_handed(
+    reg: Registry, cancer: tuple[pd.DataFrame, pd.Series]
+) -> None:
+    # the names were checked at load; the count is still scikit-learn's to check
+    X, y = cancer
+    model, handed = load(reg, scaled().fit(X, y), X)
+    with pytest.raises(ValueError, match="features"):
+        model.flavor.predict(X.to_numpy()[:, :5])
+    assert handed == [np.ndarray]

@@ -13,6 +13,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from modelport.flavors import get_flavor
+from modelport.flavors.base import Inputs
 from modelport.signature import Batch, Signature, check_output_rows, rows_of
 
 
@@ -71,9 +72,10 @@ class Model:
     def load(self) -> Model:
         self.flavor.load()
         sig = self.signature
-        self._array_input = sig.model_input == "dataframe" and sig.numeric_block and \
-            self.flavor.takes_arrays([s.name for s in sig.inputs])
-        self.flavor.inputs_finite = not sig.allow_nan
+        columns = tuple(s.name for s in sig.inputs) \
+            if sig.model_input == "dataframe" and sig.numeric_block else None
+        self._array_input = self.flavor.prepare(
+            Inputs(finite=not sig.allow_nan, numeric_columns=columns))
         return self
 
     def predict_batch(self, batch: Batch) -> Batch:

@@ -206,7 +206,7 @@ class Signature(BaseModel):
         """What the model object is called with: a DataFrame, a table or a tensor.
 
         `array` hands a model that takes a DataFrame the table of its values instead,
-        for a model known to read both alike (`Flavor.takes_arrays`)."""
+        for a model known to read both alike (`Flavor.prepare`)."""
         if self.model_input == "dataframe" and not array:
             import pandas as pd
 

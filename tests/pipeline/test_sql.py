@@ -8,7 +8,6 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import orjson
@@ -17,7 +16,7 @@ from sqlalchemy import create_engine, text
 
 from conftest import require_service
 from modelport.errors import ConfigError, ModelportError, NotReady
-from modelport.pipeline import Frame, pgcopy, sqlwrite
+from modelport.pipeline import Frame, pgcopy
 from modelport.pipeline import sql as sql_module
 from modelport.pipeline.sql import SqlRetriever, SqlWriter
 
@@ -231,65 +230,6 @@ async def test_large_frames_with_nan_and_json_text_take_the_general_path(url, ta
     assert rows[8][0] == pytest.approx(8 / 1_999)
 
 
-async def test_new_keys_go_straight_in_and_existing_ones_are_upserted(
-        url, table, monkeypatch) -> None:
-    if not url.startswith("postgresql"):
-        pytest.skip("COPY is PostgreSQL's")
-    tried: list[str] = []
-    insert = SqlWriter._insert
-
-    def spy(self: SqlWriter, *args: Any) -> None:
-        try:
-            insert(self, *args)
-        except sqlwrite._KeyExists:
-            tried.append("conflict")
-            raise
-        tried.append("in")
-
-    monkeypatch.setattr(SqlWriter, "_insert", spy)
-    monkeypatch.setattr(sqlwrite, "UPSERT_AFTER_CONFLICT", 1)
-    writer = SqlWriter(url, table, create=True, columns=["score", "probabilities"])
-    await writer.write(scores(2_000))  # new keys: COPY-ed straight in
-    changed = scores(2_000, start=1_000)  # half of them there already: upserted
-    changed.columns["score"] = changed.columns["score"] + 10
-    await writer.write(changed)
-    await writer.write(scores(1_000, start=5_000))  # just after a conflict: upserted
-    await writer.write(scores(1_000, start=7_000))  # tried again
-    await writer.close()
-    assert tried == ["in", "conflict", "in"]  # the third write did not try
-    rows = dict(execute(url, f"SELECT id, score FROM {table}"))
-    assert len(rows) == 5_000 and rows[999] == pytest.approx(999 / 1_999)
-    assert rows[1_000] == pytest.approx(10.0) and rows[2_999] == pytest.approx(11.0)
-
-
-async def test_on_postgresql_frames_of_new_keys_are_copied_on_the_event_loop(
-        pg, table, monkeypatch) -> None:
-    threaded: list[int] = []
-    write = SqlWriter._write
-
-    def spy(self: SqlWriter, frame: Frame, names: list[str]) -> None:
-        threaded.append(len(frame))
-        write(self, frame, names)
-
-    monkeypatch.setattr(SqlWriter, "_write", spy)
-    writer = SqlWriter(pg, table, create=True, columns=["score", "probabilities"])
-    await writer.start()
-    await writer.write(scores(500))  # creates the table and learns its types: a thread
-    await writer.write(scores(500, start=500))  # new keys: on the loop
-    await writer.write(scores(10, start=2_000))  # a few rows: one statement, in a thread
-    changed = scores(500, start=250)  # keys there already: refused on the loop, upserted
-    changed.columns["score"] = changed.columns["score"] + 10
-    await writer.write(changed)
-    await writer.close()
-
-    assert threaded == [500, 10, 500]
-    rows = dict(execute(pg, f"SELECT id, score FROM {table}"))
-    assert len(rows) == 1_010
-    assert rows[249] == pytest.approx(249 / 499) and rows[250] == pytest.approx(10.0)
-    assert rows[749] == pytest.approx(11.0) and rows[999] == pytest.approx(1.0)
-    assert rows[2_009] == pytest.approx(1.0)
-
-
 async def test_on_postgresql_a_lost_connection_is_an_outage_and_the_next_write_reconnects(
         pg, table) -> None:
     writer = SqlWriter(pg, table, create=True, columns=["score"])
@@ -318,35 +258,6 @@ async def test_on_postgresql_a_value_the_table_refuses_is_named(pg, table) -> No
     assert not isinstance(refused.value, NotReady)
     await writer.close()
     assert execute(pg, f"SELECT count(*) FROM {table}") == [(100,)]
-
-
-async def test_text_keys_and_json_text_columns_are_upserted_in_bulk(url, table,
-                                                                      monkeypatch) -> None:
-    inserts: list[int] = []
-    insert = SqlWriter._insert
-    monkeypatch.setattr(SqlWriter, "_insert", lambda self, conn, t, names, data: (
-        inserts.append(len(data)), insert(self, conn, t, names, data))[-1])
-    key = "VARCHAR(64)"
-    execute(url, f"CREATE TABLE {table} (id {key} PRIMARY KEY, probabilities TEXT, "
-                 f"label TEXT, predictions BIGINT)")
-    writer = SqlWriter(url, table, columns=["probabilities", "label", "predictions"])
-
-    def frame(start: int, n: int, bump: int) -> Frame:
-        f = scores(n, start)
-        f.keys = [f"msg-{k}" for k in f.keys]  # the ids a stream's messages carry
-        f.columns["predictions"] = f.columns["predictions"] + bump
-        return f
-
-    await writer.write(frame(0, 200, 0))  # past BINARY_MIN_ROWS: binary COPY on PostgreSQL
-    await writer.write(frame(100, 200, 10))  # half already there: upserted
-    await writer.close()
-    rows = {r[0]: r[1:] for r in execute(url, f"SELECT * FROM {table}")}
-    assert len(rows) == 300
-    assert rows["msg-50"][2] in (0, 1) and rows["msg-150"][2] >= 10  # the later write won
-    assert orjson.loads(rows["msg-0"][0]) == pytest.approx([1.0, 0.0])
-    assert rows["msg-120"][1] == "user-20"
-    if url.startswith("postgresql"):
-        assert len(inserts) == 2  # straight in, then a conflict and an upsert
 
 
 async def test_a_created_table_takes_columns_that_later_frames_bring(url, table) -> None:

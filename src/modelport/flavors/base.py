@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,10 +26,6 @@ class Flavor(ABC):
         self.path = path
         self.options = options
         self.trusted = trusted
-        self.inputs_finite = False
-        """Whether every input `predict` gets has been checked for NaN and infinities
-        (the signature refuses them; `Model.load` says so): a flavor may then skip its
-        library's own check."""
 
     @classmethod
     @abstractmethod
@@ -48,11 +45,25 @@ class Flavor(ABC):
     def predict(self, x: Any) -> Any:
         """Predict on a batch as the model object expects it (array, DataFrame, dict)."""
 
-    def takes_arrays(self, columns: list[str]) -> bool:
-        """Whether the loaded model, registered with a DataFrame of these numeric
-        columns, answers the same for the array of their values in this order. Making
-        and checking a DataFrame costs some models more than the prediction itself."""
+    def prepare(self, inputs: Inputs) -> bool:
+        """Told once, after `load`, what every input `predict` gets will be: a flavor
+        may then choose a faster way to predict. Answers whether `predict` takes the
+        array of the values of a DataFrame of `inputs.numeric_columns` (in that order)
+        instead of the DataFrame, answering the same; making and checking a DataFrame
+        costs some models more than the prediction itself."""
         return False
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the signature guarantees of every input `predict` gets (`Flavor.prepare`)."""
+
+    finite: bool
+    """NaN and infinities are refused before the model sees them: a flavor may skip its
+    library's own check."""
+    numeric_columns: tuple[str, ...] | None = None
+    """For a model registered with a DataFrame whose columns are all of one number
+    type: their names, in order (one array holds them). None otherwise."""
 
 
 def require(module: str, extra: str) -> Any:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from modelport.errors import FlavorError
-from modelport.flavors.base import Flavor, require
+from modelport.flavors.base import Flavor, Inputs, require
 
 ARGMAX_OF_PROBA = frozenset({
     "sklearn.ensemble._forest.RandomForestClassifier",
@@ -33,6 +34,8 @@ class SklearnFlavor(Flavor):
     """
 
     name = "sklearn"
+    _fast: _FastPath | None = None
+    """How the loaded model predicts: decided once, by `prepare`."""
 
     @classmethod
     def save(cls, obj: Any, path: Path, *, trusted: bool = False) -> dict[str, Any]:
@@ -82,6 +85,7 @@ class SklearnFlavor(Flavor):
         return _read(lambda: joblib.load(path))
 
     def load(self) -> None:
+        self._fast = None
         if self.options["format"] == "joblib":
             if not self.trusted:
                 raise FlavorError(
@@ -101,48 +105,93 @@ class SklearnFlavor(Flavor):
                 raise FlavorError(f"artifact holds types nobody vouched for: {sorted(unknown)}")
             self.model = _read(lambda: sio.load(file, trusted=trusted_types))
 
+    def prepare(self, inputs: Inputs) -> bool:
+        self._fast = _FastPath.plan(self.model, inputs, bool(self.options.get("proba")))
+        return self._fast.arrays
+
     def predict(self, x: Any) -> Any:
-        if not self.inputs_finite:
-            return self._predict(x)
+        fast = self._fast
+        if fast is None:  # not prepared: no guarantee about the inputs
+            fast = self._fast = _FastPath.plan(self.model, Inputs(finite=False),
+                                               bool(self.options.get("proba")))
+        if not fast.finite:
+            return fast.predict(x)
         import sklearn
 
         # the signature has refused NaN and infinities already: scikit-learn's own check
         # of every array each estimator is handed would only repeat it
         with sklearn.config_context(assume_finite=True):
-            return self._predict(x)
+            return fast.predict(x)
 
-    def _predict(self, x: Any) -> Any:
-        if not self.options.get("proba"):
-            return {"predictions": self.model.predict(x)}
-        model = self.model
+
+@dataclass(frozen=True)
+class _FastPath:
+    """How a loaded model predicts, decided once from the model and what its inputs are
+    known to be (`Flavor.prepare`)."""
+
+    model: Any
+    proba: bool
+    """Whether it answers probabilities too (a classifier)."""
+    finite: bool
+    """Whether scikit-learn may skip its NaN check (`Inputs.finite`)."""
+    arrays: bool
+    """Whether it is handed arrays for DataFrames of numbers (`_reads_arrays_alike`)."""
+    transforms: tuple[Any, ...]
+    """A pipeline's steps before its last, applied here once for both outputs."""
+    final: Any
+    """What `predict_proba` is called on: the model, or the pipeline's last step."""
+    argmax: bool
+    """Whether `final.predict` is `classes_[argmax(predict_proba())]` (ARGMAX_OF_PROBA)."""
+
+    @classmethod
+    def plan(cls, model: Any, inputs: Inputs, proba: bool) -> _FastPath:
+        columns = inputs.numeric_columns
+        arrays = columns is not None and _takes_arrays(model, list(columns))
+        if arrays:
+            # scikit-learn checks an input's column names against those it was fitted
+            # with, and warns at each call that an array has none: they are checked
+            # here, once, and the estimators' copy of them goes
+            _forget_feature_names(model)
+        transforms: tuple[Any, ...] = ()
+        final = model
         steps = getattr(model, "steps", None)
-        if _is_pipeline(model) and steps and len(steps) > 1:
+        if proba and _is_pipeline(model) and steps and len(steps) > 1:
             # the pipeline's transforms once for both calls, as Pipeline.predict and
             # predict_proba each apply them before its final step (and step by step:
             # slicing the pipeline makes a new one per call, and routes no parameters)
-            for _, step in steps[:-1]:
-                if step is not None and step != "passthrough":
-                    x = step.transform(x)
-            model = steps[-1][1]
-        probabilities = model.predict_proba(x)
-        if _qualname(model) in ARGMAX_OF_PROBA and getattr(model, "n_outputs_", 1) == 1:
+            transforms = tuple(step for _, step in steps[:-1]
+                               if step is not None and step != "passthrough")
+            final = steps[-1][1]
+        argmax = _qualname(final) in ARGMAX_OF_PROBA and getattr(final, "n_outputs_", 1) == 1
+        return cls(model, proba, inputs.finite, arrays, transforms, final, argmax)
+
+    def predict(self, x: Any) -> Any:
+        if not self.proba:
+            return {"predictions": self.model.predict(x)}
+        for step in self.transforms:
+            x = step.transform(x)
+        probabilities = self.final.predict_proba(x)
+        if self.argmax:
             # its predict() is this very argmax of predict_proba(): one pass, not two
-            labels = model.classes_.take(np.argmax(probabilities, axis=1), axis=0)
+            labels = self.final.classes_.take(np.argmax(probabilities, axis=1), axis=0)
             return {"predictions": labels, "probabilities": probabilities}
         # two calls: argmax(proba) differs from predict for other estimators (SVC)
-        return {"predictions": model.predict(x), "probabilities": probabilities}
+        return {"predictions": self.final.predict(x), "probabilities": probabilities}
 
-    def takes_arrays(self, columns: list[str]) -> bool:
-        fitted = getattr(self.model, "feature_names_in_", None)
-        if fitted is not None and [str(n) for n in fitted] != columns:
-            return False  # fitted on other columns, or in another order: its check says so
-        if not _reads_arrays_alike(self.model):
-            return False
-        # scikit-learn warns at each call that an array has no column names; the
-        # columns are in the fitted order, checked above, so the warning would be false
-        warnings.filterwarnings("ignore", message="X does not have valid feature names",
-                                category=UserWarning)
-        return True
+
+def _takes_arrays(model: Any, columns: list[str]) -> bool:
+    """Whether `model`, registered with a DataFrame of these numeric columns, answers
+    the same for the array of their values in this order."""
+    fitted = getattr(model, "feature_names_in_", None)
+    if fitted is not None and [str(n) for n in fitted] != columns:
+        return False  # fitted on other columns, or in another order: its check says so
+    return _reads_arrays_alike(model)
+
+
+def _forget_feature_names(model: Any) -> None:
+    for obj in _parts(model):
+        if "feature_names_in_" in getattr(obj, "__dict__", {}):
+            del obj.feature_names_in_
 
 
 def _reads_arrays_alike(model: Any) -> bool:
@@ -151,6 +200,23 @@ def _reads_arrays_alike(model: Any) -> bool:
     into the array of its values before anything else. Not: column selection by name
     (`sklearn.compose`), user code (`FunctionTransformer`, classes from elsewhere), or
     categories read from the DataFrame's dtypes (`is_categorical_`)."""
+    for obj in _parts(model):
+        if not _ours(obj):
+            if hasattr(obj, "fit") or hasattr(obj, "predict") or hasattr(obj, "transform"):
+                return False  # someone else's estimator: how it reads a DataFrame is its own
+            continue
+        if type(obj).__module__.startswith("sklearn.compose") \
+                or type(obj).__name__ == "FunctionTransformer":
+            return False
+        categorical = getattr(obj, "is_categorical_", None)
+        if categorical is not None and bool(np.any(categorical)):
+            return False
+    return True
+
+
+def _parts(model: Any) -> Iterator[Any]:
+    """`model` and every object it holds, through lists, tuples, dicts and the
+    attributes of scikit-learn's own objects (others are not looked into)."""
     seen: set[int] = set()
     todo = [model]
     while todo:
@@ -164,20 +230,14 @@ def _reads_arrays_alike(model: Any) -> bool:
         if isinstance(obj, dict):
             todo += obj.values()
             continue
-        module = type(obj).__module__
-        ours = module == "sklearn" or module.startswith("sklearn.")
-        if not ours:
-            if hasattr(obj, "fit") or hasattr(obj, "predict") or hasattr(obj, "transform"):
-                return False  # someone else's estimator: how it reads a DataFrame is its own
-            continue
-        if module.startswith("sklearn.compose") or type(obj).__name__ == "FunctionTransformer":
-            return False
-        categorical = getattr(obj, "is_categorical_", None)
-        if categorical is not None and bool(np.any(categorical)):
-            return False
-        todo += [v for v in vars(obj).values() if _may_hold_estimators(v)] \
-            if hasattr(obj, "__dict__") else []
-    return True
+        yield obj
+        if _ours(obj) and hasattr(obj, "__dict__"):
+            todo += [v for v in vars(obj).values() if _may_hold_estimators(v)]
+
+
+def _ours(obj: Any) -> bool:
+    module = type(obj).__module__
+    return module == "sklearn" or module.startswith("sklearn.")
 
 
 def _may_hold_estimators(value: Any) -> bool:
