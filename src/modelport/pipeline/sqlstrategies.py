@@ -29,12 +29,12 @@ from sqlalchemy import Column, Connection, Engine, Table
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.types import ARRAY as AnyArray
 
+from modelport.connections.sql import driver_errors
 from modelport.datatypes import jsonable
 from modelport.pipeline import pgcopy
 from modelport.pipeline.base import Frame
 from modelport.pipeline.columns import cells, column, plain_keys
 from modelport.pipeline.pgasync import AsyncCopier
-from modelport.connections.sql import driver_errors
 
 BINARY_MIN_ROWS = 64
 """Frames this large are written on PostgreSQL by binary COPY when their values fit it
