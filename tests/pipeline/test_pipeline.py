@@ -109,7 +109,8 @@ async def test_rows_a_model_answers_wrongly_are_rejected_not_written(settings, r
     pipe = Pipeline("score", "drops", dp, writer=writer)
     frame = Frame([7, 8, 9], {"input": np.asarray([[1.0, 2, 3], [4, 5, 6], [7, 8, 9]])})
     try:
-        scored = await pipe.process(frame)
+        scored = await pipe.score(frame)
+        await pipe.write(scored)
     finally:
         await dp.stop()
     assert writer.rows == {}
