@@ -159,21 +159,29 @@ class KeyQuery(Source):
             return
         try:
             with self.engine.connect() as conn:
-                if conn.dialect.name == "postgresql":
-                    raw: Any = conn.connection.driver_connection
-                    with driver_errors(conn, raw), raw.cursor() as cursor:
-                        after = None if resume.last_key is None else _literal(
-                            resume.last_key, raw)
-                        query = self._ordered(after)
-                        oids = [oid for _, oid in pgcopy.describe(cursor, query)]
-                        if pgcopy.readable(oids):
-                            for arrays in pgcopy.copy_out(cursor, query, oids, chunk_size,
-                                                          exact=[0]):
-                                yield self._chunk(arrays[0].tolist(), arrays[1:])
-                            return
-                yield from self._cursor(conn, chunk_size, resume)
+                copied = self._copy(conn, chunk_size, resume) \
+                    if conn.dialect.name == "postgresql" else None
+                yield from copied or self._cursor(conn, chunk_size, resume)
         except SQLAlchemyError as exc:
             raise sql_error("reading the keys failed", exc) from exc
+
+    def _copy(self, conn: Connection, chunk_size: int, resume: Resume
+              ) -> Iterator[Chunk] | None:
+        """PostgreSQL: the rows as one binary COPY cut into columns; None when a column
+        is not a number (the cursor reads those)."""
+        raw: Any = conn.connection.driver_connection
+        after = None if resume.last_key is None else _literal(resume.last_key, raw)
+        query = self._ordered(after)
+        with driver_errors(conn, raw), raw.cursor() as cursor:
+            oids = [oid for _, oid in pgcopy.describe(cursor, query)]
+        return self._copied(conn, query, oids, chunk_size) if pgcopy.readable(oids) else None
+
+    def _copied(self, conn: Connection, query: str, oids: list[int], chunk_size: int
+                ) -> Iterator[Chunk]:
+        raw: Any = conn.connection.driver_connection
+        with driver_errors(conn, raw), raw.cursor() as cursor:
+            for arrays in pgcopy.copy_out(cursor, query, oids, chunk_size, exact=[0]):
+                yield self._chunk(arrays[0].tolist(), arrays[1:])
 
     def _cursor(self, conn: Connection, chunk_size: int, resume: Resume) -> Iterator[Chunk]:
         # `yield_per` makes a server-side cursor (psycopg: a named cursor): the
