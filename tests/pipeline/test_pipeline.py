@@ -14,7 +14,6 @@ from modelport.dataplane import DataPlane, ModelConfig
 from modelport.errors import ConfigError
 from modelport.pipeline import Frame, MemoryRetriever, MemoryWriter, Pipeline
 from modelport.server import create_app
-from modelport.server.pipelines import score_keys
 from modelport.service import Service
 from small_models import DropsFirstRow, cancer
 
@@ -38,7 +37,7 @@ def add_flag(frame: Frame) -> Frame:
     return frame
 
 
-async def test_http_trigger_retrieves_scores_writes_and_reports_missing_keys(settings, reg) -> None:
+async def test_run_retrieves_scores_writes_and_reports_missing_keys(settings, reg) -> None:
     X, clf = cancer()
     rows = patients()
     rows[1003]["mean radius"] = "oops"  # type: ignore[assignment]
@@ -46,7 +45,7 @@ async def test_http_trigger_retrieves_scores_writes_and_reports_missing_keys(set
     dp = DataPlane(reg, settings, [ModelConfig(ref="cancer@production")])
     await dp.start(follow=False)
     pipe = Pipeline("score", "cancer", dp, retriever=retriever, writer=writer, post=add_flag)
-    results = await score_keys(pipe, [1000, 1001, 1003, 42])
+    results = await pipe.run([1000, 1001, 1003, 42])
     await dp.stop()
     expected = clf.predict(X[:2])  # type: ignore[attr-defined,index]
     assert [results[1000]["predictions"], results[1001]["predictions"]] == expected.tolist()

@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelport.dataplane import DataPlane
+from modelport.datatypes import jsonable
 from modelport.errors import ConfigError, InvalidInput, ModelOutputError
 from modelport.pipeline.base import Frame, Key, Retriever, Writer
 from modelport.signature import Signature
@@ -151,6 +152,22 @@ class Pipeline:
         for component in self.components:
             await component.close()
 
+    async def run(self, keys: Sequence[Key]) -> dict[Key, dict[str, Any]]:
+        """Retrieve, score, write; a result or an error per key (what the HTTP trigger
+        answers, and the way to call a pipeline from Python)."""
+        if self.retriever is None:
+            raise ConfigError(f"pipeline {self.name!r} has no retriever to look keys up with")
+        frame = await self.retriever.get(list(dict.fromkeys(keys)))
+        scored = await self.score(frame)
+        await self.write(scored)
+        answers: dict[Key, dict[str, Any]] = {
+            k: {"error": f"no data for key {k!r}"} for k in keys}
+        for reject in scored.rejects:
+            answers[reject.key] = {"error": reject.reason}
+        for key, record in zip(scored.results.keys, _json_records(scored.results), strict=True):
+            answers[key] = record
+        return answers
+
     async def score(self, frame: Frame) -> Scored:
         """Every step but the writer: `pre`, the rows checked against the model's
         signature (the misfits set aside), the model, `post`. Triggers call this, then
@@ -248,6 +265,12 @@ def _rows(values: Any, rows: list[int]) -> Any:
     if isinstance(values, np.ndarray):
         return values[np.asarray(rows, dtype=np.intp)]
     return [values[i] for i in rows]
+
+
+def _json_records(frame: Frame) -> list[dict[str, Any]]:
+    cols = {k: jsonable(v) if isinstance(v, np.ndarray) else list(v)
+            for k, v in frame.columns.items()}
+    return [{k: cols[k][i] for k in cols} for i in range(len(frame))]
 
 
 def import_object(path: str, where: str) -> Any:

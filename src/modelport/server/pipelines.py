@@ -5,14 +5,12 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any
 
-import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from modelport.datatypes import jsonable
-from modelport.errors import ConfigError, InvalidInput, NotFound
-from modelport.pipeline import Frame, Pipeline
+from modelport.errors import InvalidInput, NotFound
+from modelport.pipeline import Pipeline
 from modelport.server.responses import JSON, read_json
 
 MAX_KEYS = 10_000
@@ -33,7 +31,7 @@ async def run(request: Request) -> Response:
     request.state.model, request.state.route = pipeline.model, "pipeline"
     body = await read_json(request)
     keys = _keys(body)
-    results = await score_keys(pipeline, keys)
+    results = await pipeline.run(keys)
     answer: dict[str, Any] = {"pipeline": pipeline.name, "model": pipeline.model}
     if pipeline.model is not None:
         deployment = pipeline.dataplane.deployment(pipeline.model)
@@ -43,29 +41,6 @@ async def run(request: Request) -> Response:
     else:
         answer["results"] = [{"key": k, **results[k]} for k in keys]
     return JSON(answer)
-
-
-async def score_keys(pipeline: Pipeline, keys: list[Hashable]
-                     ) -> dict[Hashable, dict[str, Any]]:
-    """Retrieve, score, write; a result or an error per key."""
-    if pipeline.retriever is None:
-        raise ConfigError(f"pipeline {pipeline.name!r} has no retriever to look keys up with")
-    frame = await pipeline.retriever.get(list(dict.fromkeys(keys)))
-    scored = await pipeline.score(frame)
-    await pipeline.write(scored)
-    answers: dict[Hashable, dict[str, Any]] = {
-        k: {"error": f"no data for key {k!r}"} for k in keys}
-    for reject in scored.rejects:
-        answers[reject.key] = {"error": reject.reason}
-    for key, record in zip(scored.results.keys, _json_records(scored.results), strict=True):
-        answers[key] = record
-    return answers
-
-
-def _json_records(frame: Frame) -> list[dict[str, Any]]:
-    cols = {k: jsonable(v) if isinstance(v, np.ndarray) else list(v)
-            for k, v in frame.columns.items()}
-    return [{k: cols[k][i] for k in cols} for i in range(len(frame))]
 
 
 def _keys(body: Any) -> list[Hashable]:
