@@ -1,5 +1,10 @@
 """Where a batch job's input comes from: a query (of keys or of rows), or a file of rows.
 
+The one reader of batch input: a job's input is not its pipeline's retriever (a query
+on any database, a file named on the command line), and what a job needs of it
+(resuming, a count, an identity for the job id) belongs here; retrievers only look
+keys up.
+
 A source hands out chunks in a deterministic order and can start again part-way: a
 query after the last committed key (it is read in key order, so "after" is exact), a
 file after the rows already consumed. Sources are synchronous (SQLAlchemy, psycopg,
