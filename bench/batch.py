@@ -195,7 +195,7 @@ class Progress:
         self.total: int | None = None
         self.done = 0
 
-    def start(self, total: int | None, done: int) -> None:
+    def start(self, total: int | None, done: int, since: float) -> None:
         self.total, self.done = total, done
 
     def advance(self, rows: int) -> None:

@@ -231,7 +231,7 @@ class EndToEnd:
         await pipe.start()
         # made before the clock starts, as a deployed stream's table is there before
         # it starts: one row written, then deleted
-        await pipe.process(Frame.from_records(["warm-up"], self.records[:1]))
+        await pipe.write(await pipe.score(Frame.from_records(["warm-up"], self.records[:1])))
         with engine.begin() as conn:
             conn.execute(text(f"DELETE FROM {table}"))
         await broker.start()

@@ -1,4 +1,4 @@
-"""File components: CSV, Parquet and JSON lines written, scanned and looked up."""
+"""File components: CSV, Parquet and JSON lines written and looked up."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def scores(keys: list[int]) -> Frame:
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
-async def test_written_rows_scan_and_look_up(tmp_path: Path, suffix: str) -> None:
+async def test_written_rows_look_up(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"scores{suffix}"
     writer = FileWriter(path)
     await writer.start()
@@ -37,9 +37,7 @@ async def test_written_rows_scan_and_look_up(tmp_path: Path, suffix: str) -> Non
 
     retriever = FileRetriever(path)
     await retriever.start()
-    chunks = [c async for c in retriever.scan(500)]
-    assert [len(c) for c in chunks] == [500, 500, 500, 500, 100]  # regrouped exactly
-    assert [k for c in chunks for k in c.keys] == list(range(2100))
+    assert (await retriever.get(list(range(2100)))).keys == list(range(2100))
 
     got = await retriever.get([701, "2", 99_999, 0])
     assert got.keys == [701, "2", 0]  # the caller's keys; a string finds an integer key
@@ -91,8 +89,7 @@ async def test_parquet_is_not_appended_to_but_a_folder_gains_part_files(tmp_path
         await writer.close()
     assert len(list(folder.glob("part-*.parquet"))) == 2
     retriever = FileRetriever(folder)
-    assert sorted(k for c in [c async for c in retriever.scan(3)] for k in c.keys) == \
-        list(range(10))
+    assert (await retriever.get(list(range(10)))).keys == list(range(10))
 
 
 async def test_configuration_errors(tmp_path: Path) -> None:

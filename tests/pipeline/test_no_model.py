@@ -16,11 +16,12 @@ def upper_track(frame: Frame) -> Frame:
     return frame
 
 
-async def test_process_hands_the_frame_to_the_writer(settings: Settings) -> None:
+async def test_score_and_write_hand_the_frame_to_the_writer(settings: Settings) -> None:
     dp = DataPlane(Registry(settings=settings), settings, [])
     writer = MemoryWriter()
     pipe = Pipeline("fold", None, dp, writer=writer, pre=upper_track)
-    scored = await pipe.process(Frame(["m1", "m2"], {"user": ["u1", "u2"], "track": ["a", "b"]}))
+    scored = await pipe.score(Frame(["m1", "m2"], {"user": ["u1", "u2"], "track": ["a", "b"]}))
+    await pipe.write(scored)
     assert scored.rejects == []
     assert writer.rows == {"m1": {"user": "u1", "track": "A"},
                            "m2": {"user": "u2", "track": "B"}}

@@ -13,8 +13,10 @@ from modelport.config import ServiceConfig, load_config
 from modelport.dataplane import DataPlane, ModelConfig
 from modelport.errors import ConfigError
 from modelport.pipeline import Frame, MemoryRetriever, MemoryWriter, Pipeline
+from modelport.pipeline.pipeline import validate_rows
 from modelport.server import create_app
 from modelport.service import Service
+from modelport.signature import FieldSpec, Signature
 from small_models import DropsFirstRow, cancer
 
 
@@ -109,10 +111,28 @@ async def test_rows_a_model_answers_wrongly_are_rejected_not_written(settings, r
     pipe = Pipeline("score", "drops", dp, writer=writer)
     frame = Frame([7, 8, 9], {"input": np.asarray([[1.0, 2, 3], [4, 5, 6], [7, 8, 9]])})
     try:
-        scored = await pipe.process(frame)
+        scored = await pipe.score(frame)
+        await pipe.write(scored)
     finally:
         await dp.stop()
     assert writer.rows == {}
     assert [r.key for r in scored.rejects] == [7, 8, 9]
     assert scored.rejects[0].reason == ("model drops:1 answered 2 rows of 'predictions' for a "
                                         "batch of 3 rows; no answer from it is used")
+
+
+def test_validate_rows_sets_misfits_aside_naming_the_field() -> None:
+    signature = Signature(layout="columns",
+                          inputs=[FieldSpec(name="a", datatype="FP64"),
+                                  FieldSpec(name="b", datatype="FP64")])
+    fine = {"a": np.asarray([1.0, 2.0]), "b": np.asarray([3.0, 4.0])}
+    batch, good, rejects = validate_rows(signature, ["x", "y"], fine)
+    assert batch is not None and good == [0, 1] and rejects == []
+    mixed = {"a": [1.0, "oops", 3.0], "b": [4.0, 5.0, 6.0]}
+    batch, good, rejects = validate_rows(signature, ["x", "y", "z"], mixed)
+    assert batch is not None and batch["a"].tolist() == [1.0, 3.0]
+    assert good == [0, 2]
+    assert [(r.key, r.reason) for r in rejects] == [
+        ("y", "column 'a': expected FP64, got string 'oops'")]
+    batch, good, rejects = validate_rows(signature, ["y"], {"a": ["oops"], "b": [5.0]})
+    assert batch is None and good == [] and [r.key for r in rejects] == ["y"]

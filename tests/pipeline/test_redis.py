@@ -105,16 +105,6 @@ async def test_many_keys_one_round_trip_and_hash_values_parsed(redis, prefix) ->
     await retriever.close()
 
 
-async def test_scan_walks_every_key_under_the_prefix(redis, prefix) -> None:
-    writer = RedisWriter(REDIS_URL, prefix=prefix)
-    await writer.write(scores(list(range(25))))
-    retriever = RedisRetriever(REDIS_URL, prefix=prefix)
-    chunks = [c async for c in retriever.scan(10)]
-    await writer.close()
-    await retriever.close()
-    assert sorted(int(k) for c in chunks for k in c.keys) == list(range(25))  # type: ignore[call-overload]
-
-
 async def test_unreachable_redis_is_a_fast_503_naming_it_without_password() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -27,7 +27,8 @@ async def test_each_row_carries_the_version_that_scored_it(settings: Settings) -
     pipe = Pipeline("recs", "recs", dp, writer=writer, version_column="model_version")
     try:
         frame = Frame(["u1", "u2"], {"history": np.array([["a", ""], ["", ""]], dtype=object)})
-        scored = await pipe.process(frame)
+        scored = await pipe.score(frame)
+        await pipe.write(scored)
     finally:
         await dp.stop()
     assert scored.results.columns["model_version"].tolist() == [2, 2]

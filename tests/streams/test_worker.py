@@ -93,8 +93,8 @@ async def test_unacknowledged_messages_come_back_and_are_written_once(dataplane)
     # a worker that "dies" after writing but before acking: its messages come back
     dying = MemoryBroker(bus, "patients", ack_wait=0.1)
     messages = await dying.fetch(10, 0.1)
-    await pipe.process(Frame.from_records([f"p{i}" for i in range(10)],
-                                          [orjson.loads(m.payload)["data"] for m in messages]))
+    await pipe.write(await pipe.score(Frame.from_records(
+        [f"p{i}" for i in range(10)], [orjson.loads(m.payload)["data"] for m in messages])))
     await asyncio.sleep(0.15)
     worker = StreamWorker(pipe, MemoryBroker(bus, "patients"), dead_letter_subject="dlq",
                           fetch_timeout=0.05)

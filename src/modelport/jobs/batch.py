@@ -188,7 +188,7 @@ class BatchJob:
         previous: asyncio.Task[None] | None = None
         try:
             async for chunk, found in self._chunks(resume):
-                scored = await self.pipeline.process(found, write=False)
+                scored = await self.pipeline.score(found)
                 writing = asyncio.create_task(self._write(scored))
                 previous = asyncio.create_task(self._commit(
                     previous, writing, chunk, found, scored, cp, state, result))
@@ -203,9 +203,8 @@ class BatchJob:
             raise
 
     async def _write(self, scored: Scored) -> None:
-        writer = self.pipeline.writer
-        if not self.options.dry_run and writer is not None and len(scored.results):
-            await writer.write(scored.results)
+        if not self.options.dry_run:
+            await self.pipeline.write(scored)
 
     async def _commit(self, previous: asyncio.Task[None] | None, writing: asyncio.Task[None],
                       chunk: Chunk, found: Frame, scored: Scored, cp: Checkpoint,

@@ -1,5 +1,10 @@
 """Where a batch job's input comes from: a query (of keys or of rows), or a file of rows.
 
+The one reader of batch input: a job's input is not its pipeline's retriever (a query
+on any database, a file named on the command line), and what a job needs of it
+(resuming, a count, an identity for the job id) belongs here; retrievers only look
+keys up.
+
 A source hands out chunks in a deterministic order and can start again part-way: a
 query after the last committed key (it is read in key order, so "after" is exact), a
 file after the rows already consumed. Sources are synchronous (SQLAlchemy, psycopg,
@@ -24,11 +29,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from modelport.connections.sql import sql_error
+from modelport.connections.sql import driver_errors, make_engine, sql_error
 from modelport.errors import ConfigError
 from modelport.pipeline import Frame, Key, pgcopy
 from modelport.pipeline.columns import column
-from modelport.pipeline.sqlconn import driver_errors, make_engine
 
 
 @dataclass
@@ -153,21 +157,29 @@ class KeyQuery(Source):
             return
         try:
             with self.engine.connect() as conn:
-                if conn.dialect.name == "postgresql":
-                    raw: Any = conn.connection.driver_connection
-                    with driver_errors(conn, raw), raw.cursor() as cursor:
-                        after = None if resume.last_key is None else _literal(
-                            resume.last_key, raw)
-                        query = self._ordered(after)
-                        oids = [oid for _, oid in pgcopy.describe(cursor, query)]
-                        if pgcopy.readable(oids):
-                            for arrays in pgcopy.copy_out(cursor, query, oids, chunk_size,
-                                                          exact=[0]):
-                                yield self._chunk(arrays[0].tolist(), arrays[1:])
-                            return
-                yield from self._cursor(conn, chunk_size, resume)
+                copied = self._copy(conn, chunk_size, resume) \
+                    if conn.dialect.name == "postgresql" else None
+                yield from copied or self._cursor(conn, chunk_size, resume)
         except SQLAlchemyError as exc:
             raise sql_error("reading the keys", exc) from exc
+
+    def _copy(self, conn: Connection, chunk_size: int, resume: Resume
+              ) -> Iterator[Chunk] | None:
+        """PostgreSQL: the rows as one binary COPY cut into columns; None when a column
+        is not a number (the cursor reads those)."""
+        raw: Any = conn.connection.driver_connection
+        after = None if resume.last_key is None else _literal(resume.last_key, raw)
+        query = self._ordered(after)
+        with driver_errors(conn, raw), raw.cursor() as cursor:
+            oids = [oid for _, oid in pgcopy.describe(cursor, query)]
+        return self._copied(conn, query, oids, chunk_size) if pgcopy.readable(oids) else None
+
+    def _copied(self, conn: Connection, query: str, oids: list[int], chunk_size: int
+                ) -> Iterator[Chunk]:
+        raw: Any = conn.connection.driver_connection
+        with driver_errors(conn, raw), raw.cursor() as cursor:
+            for arrays in pgcopy.copy_out(cursor, query, oids, chunk_size, exact=[0]):
+                yield self._chunk(arrays[0].tolist(), arrays[1:])
 
     def _cursor(self, conn: Connection, chunk_size: int, resume: Resume) -> Iterator[Chunk]:
         # `yield_per` makes a server-side cursor (psycopg: a named cursor): the

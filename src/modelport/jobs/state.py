@@ -22,11 +22,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from modelport.connections.sql import sql_error
+from modelport.connections.sql import make_engine, sql_error
 from modelport.errors import ConfigError
 from modelport.jobs.definition import differences
 from modelport.pipeline import Key
-from modelport.pipeline.sqlconn import make_engine
 
 CHECKPOINTS = "mp_batch_checkpoints"
 # non-str keys: column names may be str subclasses (SQLAlchemy's quoted_name)

@@ -9,7 +9,7 @@ message leaves exactly one row per key.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,12 +76,10 @@ class Component(ABC):  # noqa: B024 - every hook has a sensible default
 class Retriever(Component):
     @abstractmethod
     async def get(self, keys: Sequence[Key]) -> Frame:
-        """Rows for `keys` (in any order); keys without data are simply absent."""
+        """Rows for `keys` (in any order); keys without data are simply absent.
 
-    async def scan(self, chunk_size: int) -> AsyncIterator[Frame]:
-        """Every row, in chunks (batch jobs over a whole table or file)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot scan; give the job keys")
-        yield  # pragma: no cover - makes this an async generator
+        A batch job reads its input through `modelport.jobs.sources` (a query of keys
+        or rows, or a file), and only looks keys up here: retrievers never scan."""
 
 
 class Writer(Component):

@@ -1,9 +1,8 @@
 """Files as pipeline components: CSV, Parquet and JSON lines (pyarrow: the `files` extra).
 
 `FileRetriever` reads a file, or a folder of files of one format (what a `FileWriter`
-on a folder leaves), through `pyarrow.dataset`: `scan` streams it in chunks without
-loading it whole; `get` loads it once into memory with an index on the key column,
-and again only when a file changes.
+on a folder leaves), through `pyarrow.dataset`: `get` loads it once into memory with an index on the
+key column, and again only when a file changes.
 
 `FileWriter` appends: files have no keys to upsert on. A batch job gets exactly one
 row per key from its checkpoints (a chunk is written, then checkpointed); a chunk
@@ -25,7 +24,7 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -96,26 +95,6 @@ class FileRetriever(Retriever):
     async def check(self) -> None:
         await asyncio.to_thread(self._dataset)
 
-    async def scan(self, chunk_size: int) -> AsyncIterator[Frame]:
-        """Every row in file order, `chunk_size` rows at a time (the last chunk fewer)."""
-        dataset = await asyncio.to_thread(self._dataset)
-        reader = dataset.scanner(batch_size=chunk_size).to_reader()
-        pending: list[pa.RecordBatch] = []
-        rows = 0
-        while batch := await asyncio.to_thread(_next_batch, reader):
-            pending.append(batch)
-            rows += batch.num_rows
-            if rows < chunk_size:
-                continue  # CSV blocks and row groups come in their own sizes: regroup
-            table = pa.Table.from_batches(pending)
-            whole = (rows // chunk_size) * chunk_size
-            for start in range(0, whole, chunk_size):
-                yield self._frame(table.slice(start, chunk_size))
-            pending = table.slice(whole).to_batches()
-            rows -= whole
-        if rows:
-            yield self._frame(pa.Table.from_batches(pending))
-
     async def get(self, keys: Sequence[Key]) -> Frame:
         async with self._loading:  # one load at a time, not one per waiting request
             await asyncio.to_thread(self._load)
@@ -147,13 +126,6 @@ class FileRetriever(Retriever):
         keys = table.column(self.key).to_pylist()
         return Frame(keys, {name: _numpy(table.column(name)) for name in table.column_names
                             if name != self.key})
-
-
-def _next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
-    try:
-        return reader.read_next_batch()
-    except StopIteration:
-        return None
 
 
 def _lookup(index: dict[Any, int], key: Key) -> int | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from modelport.pipeline.base import Frame, Key, Retriever, Writer
@@ -17,12 +17,6 @@ class MemoryRetriever(Retriever):
         self.calls.append(list(keys))
         found = [k for k in keys if k in self.rows]
         return Frame.from_records(found, [self.rows[k] for k in found])
-
-    async def scan(self, chunk_size: int) -> AsyncIterator[Frame]:
-        keys = list(self.rows)
-        for i in range(0, len(keys), chunk_size):
-            part = keys[i:i + chunk_size]
-            yield Frame.from_records(part, [self.rows[k] for k in part])
 
 
 class MemoryWriter(Writer):

@@ -146,11 +146,13 @@ class Pipeline:
             await component.close()
 
     async def run(self, keys: Sequence[Key]) -> dict[Key, dict[str, Any]]:
-        """The HTTP trigger: retrieve, score, write; a result or an error per key."""
+        """Retrieve, score, write; a result or an error per key (what the HTTP trigger
+        answers, and the way to call a pipeline from Python)."""
         if self.retriever is None:
             raise ConfigError(f"pipeline {self.name!r} has no retriever to look keys up with")
         frame = await self.retriever.get(list(dict.fromkeys(keys)))
-        scored = await self.process(frame)
+        scored = await self.score(frame)
+        await self.write(scored)
         answers: dict[Key, dict[str, Any]] = {
             k: {"error": f"no data for key {k!r}"} for k in keys}
         for reject in scored.rejects:
@@ -159,20 +161,24 @@ class Pipeline:
             answers[key] = record
         return answers
 
-    async def process(self, frame: Frame, *, write: bool = True) -> Scored:
-        """Score a frame and write its results: what batch and stream triggers call.
-
-        `write=False` runs every step but the writer (a batch job's dry run)."""
+    async def score(self, frame: Frame) -> Scored:
+        """Every step but the writer: `pre`, the rows checked against the model's
+        signature (the misfits set aside), the model, `post`. Triggers call this, then
+        `write`, and choose how the two overlap (a batch job scores the next chunk while
+        the last one is written)."""
         if self.pre is not None and len(frame):
             frame = self.pre(frame)
-        scored = await self.score(frame)
+        scored = await self._predict(frame)
         if self.post is not None and len(scored.results):
             scored.results = self.post(scored.results)
-        if write and self.writer is not None and len(scored.results):
-            await self.writer.write(scored.results)
         return scored
 
-    async def score(self, frame: Frame) -> Scored:
+    async def write(self, scored: Scored) -> None:
+        """Store the results with the writer (nothing to do without one, or no rows)."""
+        if self.writer is not None and len(scored.results):
+            await self.writer.write(scored.results)
+
+    async def _predict(self, frame: Frame) -> Scored:
         if not len(frame):
             return Scored(Frame([], {}))
         if self.model is None:
@@ -180,16 +186,9 @@ class Pipeline:
         deployment = self.dataplane.deployment(self.model)
         signature = deployment.model.signature
         inputs, consumed = self._inputs(frame, signature)
-        good = list(range(len(frame)))
-        rejects: list[Reject] = []
-        try:
-            batch = signature.validate(inputs)
-        except InvalidInput:
-            # find the rows at fault, one by one, only when the chunk as a whole fails
-            good, rejects = _split_rejects(frame, inputs, signature.validate)
-            if not good:
-                return Scored(Frame([], {}), rejects)
-            batch = signature.validate({k: _rows(v, good) for k, v in inputs.items()})
+        batch, good, rejects = validate_rows(signature, frame.keys, inputs)
+        if batch is None:
+            return Scored(Frame([], {}), rejects)
         try:
             outputs = await self.dataplane.predict(deployment, batch,
                                                    source=f"pipeline:{self.name}")
@@ -231,18 +230,28 @@ class Pipeline:
         return inputs, set(names)
 
 
-def _split_rejects(frame: Frame, inputs: dict[str, Any], validate: Callable[..., Any]
-                   ) -> tuple[list[int], list[Reject]]:
+def validate_rows(signature: Signature, keys: Sequence[Key], inputs: dict[str, Any]
+                  ) -> tuple[dict[str, Any] | None, list[int], list[Reject]]:
+    """The one check of a pipeline's rows against the model's signature: the model's
+    batch (None when no row fits), the rows in it, and the rows set aside, each with
+    the reason naming the field at fault."""
+    try:
+        return signature.validate(inputs), list(range(len(keys))), []
+    except InvalidInput:
+        pass
+    # find the rows at fault, one by one, only when the chunk as a whole fails
     good: list[int] = []
     rejects: list[Reject] = []
-    for i, key in enumerate(frame.keys):
+    for i, key in enumerate(keys):
         try:
-            validate({k: _rows(v, [i]) for k, v in inputs.items()})
+            signature.validate({k: _rows(v, [i]) for k, v in inputs.items()})
         except InvalidInput as exc:
             rejects.append(Reject(key, exc.message.replace(" at row 0", "")))
         else:
             good.append(i)
-    return good, rejects
+    if not good:
+        return None, good, rejects
+    return signature.validate({k: _rows(v, good) for k, v in inputs.items()}), good, rejects
 
 
 def _rows(values: Any, rows: list[int]) -> Any:

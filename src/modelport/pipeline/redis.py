@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import orjson
@@ -126,20 +126,6 @@ class RedisRetriever(_Redis, Retriever):
             raise ModelportError(f"{self.where}: {self.name(key)!r} holds a JSON "
                                  f"{type(record).__name__}, not an object")
         return record
-
-    async def scan(self, chunk_size: int) -> AsyncIterator[Frame]:
-        """Every key under the prefix (keys come back as strings), in chunks; Redis's
-        SCAN may return a key twice when the key space changes meanwhile."""
-        batch: list[Key] = []
-        with self.errors():
-            async for name in self.client.scan_iter(match=f"{_glob(self.prefix)}*",
-                                                    count=chunk_size):
-                batch.append(name[len(self.prefix):])
-                if len(batch) >= chunk_size:
-                    yield await self.get(batch)
-                    batch = []
-            if batch:
-                yield await self.get(batch)
 
 
 class RedisWriter(_Redis, Writer):

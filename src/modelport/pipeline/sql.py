@@ -4,8 +4,7 @@ PostgreSQL (`postgresql://`, psycopg 3: the `postgres` extra), MariaDB/MySQL
 (`mysql://` or `mariadb://`, PyMySQL: the `mysql` extra) and SQLite (`sqlite:///file`).
 
 - `SqlRetriever` looks many keys up in one statement (`key = ANY(:keys)` on
-  PostgreSQL, an `IN (...)` list elsewhere, split past `IN_CHUNK` keys) and scans a
-  table or query through a server-side cursor, so memory stays bounded. On
+  PostgreSQL, an `IN (...)` list elsewhere, split past `IN_CHUNK` keys). On
   PostgreSQL a lookup of `COPY_MIN_ROWS` keys or more in a table of numbers comes
   back as binary COPY, cut into columns by numpy (`pgcopy`), not as a tuple per row.
 - `SqlWriter` (`sqlwrite.py`) upserts on the key (`ON CONFLICT … DO UPDATE`, MariaDB's
@@ -25,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -57,10 +56,9 @@ __all__ = ["ANY_CHUNK", "COPY_MIN_ROWS", "INLINE_KEYS", "IN_CHUNK", "SqlRetrieve
 class SqlRetriever(SqlComponent, Retriever):
     """Rows of `table` by its `key` column, or of a `query`.
 
-    `query` either has an expanding `:keys` parameter (`... WHERE user_id IN :keys`) and
-    serves `get` only, or has none: then `get` filters it as a subquery on `key` and
-    `scan` streams it. `columns` picks a table's columns (default: all); the key column
-    becomes the frame's keys, not a column.
+    `query` either has an expanding `:keys` parameter (`... WHERE user_id IN :keys`), or
+    has none: then `get` filters it as a subquery on `key`. `columns` picks a table's
+    columns (default: all); the key column becomes the frame's keys, not a column.
     """
 
     def __init__(self, url: str, table: str | None = None, key: str = "id",
@@ -268,31 +266,6 @@ class SqlRetriever(SqlComponent, Retriever):
         if match is not None and None in keys:  # rows for keys nobody asked for
             frame = frame.take([i for i, k in enumerate(keys) if k is not None])
         return frame
-
-    async def scan(self, chunk_size: int) -> AsyncIterator[Frame]:
-        """Every row in chunks, through a server-side cursor; a table comes in key order
-        (so a batch job can say how far it got), a query in its own order."""
-        with self.errors():
-            statement = await asyncio.to_thread(self._scan_statement)
-            conn = await asyncio.to_thread(self.engine.connect)
-            try:
-                streaming = conn.execution_options(stream_results=True, yield_per=chunk_size)
-                result = await asyncio.to_thread(streaming.execute, statement)
-                names = list(result.keys())
-                while rows := await asyncio.to_thread(result.fetchmany, chunk_size):
-                    yield self._frame(names, rows, None)
-            finally:
-                await asyncio.to_thread(conn.close)
-
-    def _scan_statement(self) -> Executable:
-        if self.query is None:
-            table = self._reflect()
-            key = table.c[self.key]
-            return select(key, *self._columns(table)).order_by(key)
-        if _KEYS_PARAM.search(self.query):
-            raise ConfigError("sql retriever: a query with :keys cannot be scanned; give "
-                              "one without it (get() then filters it on the key column)")
-        return text(self.query)
 
 
 def _coerce(keys: list[Any], type_: TypeEngine[Any]) -> list[Any]:

@@ -49,7 +49,7 @@ from modelport.errors import (
     Overloaded,
 )
 from modelport.monitoring.metrics import Metrics
-from modelport.pipeline import Frame, Key, Pipeline, Reject
+from modelport.pipeline import Frame, Key, Pipeline, Reject, Scored
 from modelport.signature import Signature
 from modelport.streams.base import Broker, DeadLetter, Message
 from modelport.streams.codec import Codec, TypedDecoder
@@ -205,8 +205,7 @@ class StreamWorker:
             for r in rounds:
                 try:
                     r.scored = await self._retry(
-                        functools.partial(self.pipeline.process, r.frame, write=False),
-                        "score")
+                        functools.partial(self.pipeline.score, r.frame), "score")
                 except _Abandoned:
                     raise
                 except Exception as exc:  # narrowed down to its messages when written
@@ -271,14 +270,13 @@ class StreamWorker:
 
     async def _write_round(self, r: Round) -> list[Reject]:
         """Write a scored round; the rows rejected, by the model's signature or the sink."""
-        writer = self.pipeline.writer
         if r.error is None and r.scored is not None:
-            results = r.scored.results
-            if writer is None or not len(results):
-                return r.scored.rejects
+            scored = r.scored
+            if self.pipeline.writer is None or not len(scored.results):
+                return scored.rejects
             try:
-                await self._retry(lambda: writer.write(results), "write")
-                return r.scored.rejects
+                await self._retry(functools.partial(self.pipeline.write, scored), "write")
+                return scored.rejects
             except _Abandoned:
                 raise
             except Exception as exc:
@@ -303,7 +301,7 @@ class StreamWorker:
         middle = len(frame) // 2
         for half in (frame.take(range(middle)), frame.take(range(middle, len(frame)))):
             try:
-                scored = await self._retry(functools.partial(self.pipeline.process, half),
+                scored = await self._retry(functools.partial(self._score_write, half),
                                            "write")
             except (_Abandoned, ConfigError):
                 raise
@@ -315,6 +313,11 @@ class StreamWorker:
                 rejects += scored.rejects
                 written += len(half) - len(scored.rejects)
         return rejects, written
+
+    async def _score_write(self, frame: Frame) -> Scored:
+        scored = await self.pipeline.score(frame)
+        await self.pipeline.write(scored)
+        return scored
 
     async def _retry(self, action: Callable[[], Awaitable[T]], what: str, *,
                      abandon: bool = True) -> T:

@@ -75,7 +75,8 @@ async def run_nightly(system: System, settings: Settings | None = None) -> Batch
                            BatchOptions(chunk_size=CHUNK, job_id=f"{system.prefix}nightly"),
                            home=system.data_dir)
             result = await job.run()
-            await service.pipeline("nightly").process(Frame([POPULAR], {"history": [None]}))
+            nightly = service.pipeline("nightly")
+            await nightly.write(await nightly.score(Frame([POPULAR], {"history": [None]})))
         finally:
             await service.stop()
     log.info("nightly batch: %d users in %.1fs", result.written, result.seconds)

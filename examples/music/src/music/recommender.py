@@ -98,7 +98,8 @@ class Recommender:
         impression = new_id()
         frame.columns["k"], frame.columns["impression"] = [k], [impression]
         try:
-            scored = await self.pipeline.process(frame)
+            scored = await self.pipeline.score(frame)
+            await self.pipeline.write(scored)
             if scored.rejects:
                 raise ModelportError(scored.rejects[0].reason)
         except InvalidInput:
