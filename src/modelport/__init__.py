@@ -2,9 +2,11 @@
 
 The public API: what building and running a service takes. Names beyond the registry's
 load on first use, so `import modelport` loads no web framework, broker client or
-pipeline component, and starts nothing. `modelport.pipeline` (components) and
-`modelport.streams` (brokers, the stream worker and runner) are public packages too:
-their `__all__` is part of the API.
+pipeline component, and starts nothing. These packages are public too, their
+`__all__` part of the API: `modelport.pipeline` (components), `modelport.streams`
+(brokers, the stream worker and runner), `modelport.jobs` (batch jobs, the scheduler,
+reports), `modelport.server` (the app, its JSON responses, running it) and
+`modelport.flavors` (models of our own kinds, e.g. `FactorModel`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from modelport.signature import Signature
 if TYPE_CHECKING:
     from modelport.config import ServiceConfig
     from modelport.dataplane import ModelConfig
+    from modelport.logs import configure_logging
+    from modelport.monitoring.metrics import Metrics
     from modelport.pipeline import Frame, Pipeline, PipelineConfig, Retriever, Writer
     from modelport.server import create_app
     from modelport.service import Service
@@ -36,6 +40,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "ModelConfig": "modelport.dataplane",
+    "Metrics": "modelport.monitoring.metrics",
+    "configure_logging": "modelport.logs",
     "Frame": "modelport.pipeline",
     "Pipeline": "modelport.pipeline",
     "PipelineConfig": "modelport.pipeline",
@@ -63,6 +69,7 @@ __all__ = [
     "ConfigError",
     "Frame",
     "InvalidInput",
+    "Metrics",
     "Model",
     "ModelConfig",
     "ModelVersion",
@@ -79,5 +86,6 @@ __all__ = [
     "Settings",
     "Signature",
     "Writer",
+    "configure_logging",
     "create_app",
 ]
