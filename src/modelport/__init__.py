@@ -28,7 +28,7 @@ from modelport.settings import Settings
 from modelport.signature import Signature
 
 if TYPE_CHECKING:
-    from modelport.config import ServiceConfig
+    from modelport.config import ServiceConfig, load_config
     from modelport.dataplane import ModelConfig
     from modelport.logs import configure_logging
     from modelport.monitoring.metrics import Metrics
@@ -49,6 +49,7 @@ _LAZY = {
     "Writer": "modelport.pipeline",
     "Service": "modelport.service",
     "ServiceConfig": "modelport.config",
+    "load_config": "modelport.config",
     "create_app": "modelport.server",  # the web framework loads with it
 }
 
@@ -88,4 +89,5 @@ __all__ = [
     "Writer",
     "configure_logging",
     "create_app",
+    "load_config",
 ]

@@ -23,12 +23,10 @@ from typing import Annotated
 
 import typer
 
-from modelport.cli.context import state
-from modelport.config import ServiceConfig, load_config
-from modelport.errors import ConfigError, NotFound
+from modelport.cli.context import load_service_config, state
+from modelport.errors import ConfigError
 from modelport.logs import configure_logging
 from modelport.service import Service
-from modelport.settings import environment
 from modelport.streams.runner import StreamRunner, describe, stream_config, stream_worker
 
 
@@ -52,7 +50,10 @@ def stream(
     """Consume a stream (Redis Streams, NATS JetStream, Kafka) through a pipeline: score,
     write, then acknowledge; dead-letter what cannot be processed."""
     cli = state(ctx)
-    service_config = _only(load_config(config, environment()), pipeline, config)
+    service_config = load_service_config(config, pipeline=pipeline)
+    if service_config.pipelines[0].stream is None:
+        raise ConfigError(f"{config}: pipeline {pipeline!r} has no stream: section "
+                          "(broker, dead_letter, batch_size, …); see docs/streams.md")
     live = sys.stdout.isatty()
     configure_logging(json=not live)
     with cli.registry() as reg:
@@ -62,16 +63,3 @@ def stream(
                               where=describe(stream_config(service, pipeline)))
         return asyncio.run(runner.main(burst=burst, drain_timeout=drain_timeout,
                                        metrics_port=metrics_port, metrics_host=metrics_host))
-
-
-def _only(config: ServiceConfig, pipeline: str, path: Path) -> ServiceConfig:
-    """The service with just this pipeline and its model (load nothing else)."""
-    wanted = next((p for p in config.pipelines if p.name == pipeline), None)
-    if wanted is None:
-        names = ", ".join(p.name for p in config.pipelines) or "none"
-        raise NotFound(f"no pipeline named {pipeline!r} in {path} (pipelines: {names})")
-    if wanted.stream is None:
-        raise ConfigError(f"{path}: pipeline {pipeline!r} has no stream: section "
-                          "(broker, dead_letter, batch_size, …); see docs/streams.md")
-    return config.model_copy(update={
-        "pipelines": [wanted], "models": [m for m in config.models if m.ref == wanted.model]})
