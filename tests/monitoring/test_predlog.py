@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from sklearn.linear_model import LogisticRegression
 from starlette.testclient import TestClient
 
-from modelport import Registry, Settings
-from modelport.dataplane import DataPlane, ModelConfig
+from modelport import Registry, Service, ServiceConfig, Settings
+from modelport.dataplane import ModelConfig
 from modelport.monitoring.logstore import LogStore, percentile
 from modelport.monitoring.metrics import Metrics
 from modelport.monitoring.predlog import PredictionLog
@@ -228,10 +228,11 @@ def test_the_data_plane_logs_every_route_with_request_ids(
         sample_rate=1.0, seed=0, flush_interval_s=3600)})
     with Registry(settings=settings) as reg:
         reg.register("clf", clf, sample_input=X[:5])
-        plog = PredictionLog.from_settings(settings)
-        dp = DataPlane(reg, settings, [ModelConfig(ref="clf:1")], prediction_log=plog)
+        service = Service(settings, ServiceConfig(models=[ModelConfig(ref="clf:1")]), reg,
+                          follow=False)
+        assert service.prediction_log is not None  # monitoring is on by default
         ids = []
-        with TestClient(create_app(settings, dp, follow=False)) as client:
+        with TestClient(create_app(service)) as client:
             for i in range(12):
                 r = client.post("/models/clf/predict", json={"instances": X[i:i + 2].tolist()})
                 assert r.status_code == 200, r.text

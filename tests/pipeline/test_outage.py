@@ -120,7 +120,7 @@ def serve(settings: Settings, reg: Registry, tmp_path: Path, retriever: str) -> 
     path.write_text(f"pipelines:\n  - name: score\n    model: cancer@production\n"
                     f"    retriever: {retriever}\n")
     service = Service(settings, load_config(path, {}), reg)
-    return TestClient(create_app(settings, service.dataplane, pipelines=service.pipelines))
+    return TestClient(create_app(service))
 
 
 def run(client: TestClient, key: int) -> Any:

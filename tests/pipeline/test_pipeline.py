@@ -71,7 +71,7 @@ pipelines:
     config = load_config(config_file, {"ALIAS": "production"})
     service = Service(settings, config, reg)
     service.pipelines["score"].retriever = MemoryRetriever(patients(3))  # injected by a test
-    app = create_app(settings, service.dataplane, pipelines=service.pipelines)
+    app = create_app(service)
     with TestClient(app) as c:
         one = c.post("/pipelines/score/run", json={"key": 1001})
         many = c.post("/pipelines/score/run", json={"keys": [1000, 7]})

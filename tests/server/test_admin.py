@@ -15,7 +15,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from starlette.testclient import TestClient
 
-from modelport.dataplane import DataPlane, ModelConfig
+from modelport import ModelConfig, Service, ServiceConfig
 from modelport.errors import AliasNotFound, ConfigError
 from modelport.registry import Registry
 from modelport.security import KeyStore, add_key
@@ -65,8 +65,8 @@ def server_settings(settings: Settings, **server: Any) -> Settings:
 
 def client(settings: Settings, reg: Registry, keys: KeyStore | None = None) -> TestClient:
     # follow=False: only POST /admin/refresh can make the server notice an alias move
-    dp = DataPlane(reg, settings, [ModelConfig(ref=f"{NAME}@production")])
-    return TestClient(create_app(settings, dp, follow=False, keys=keys))
+    config = ServiceConfig(models=[ModelConfig(ref=f"{NAME}@production")])
+    return TestClient(create_app(Service(settings, config, reg, follow=False), keys=keys))
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -20,8 +20,7 @@ import uvicorn
 from sklearn.datasets import load_breast_cancer
 from sklearn.linear_model import LogisticRegression
 
-from modelport import Registry, Settings
-from modelport.dataplane import DataPlane, ModelConfig
+from modelport import ModelConfig, Registry, Service, ServiceConfig, Settings
 from modelport.server import create_app
 
 CHROMIUM = os.environ.get("MODELPORT_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -42,7 +41,8 @@ def url(settings: Settings) -> Iterator[str]:
     registry = Registry(settings=settings)
     registry.register("cancer", LogisticRegression(max_iter=5000).fit(X, y),
                       sample_input=X[:3])
-    app = create_app(settings, DataPlane(registry, settings, [ModelConfig(ref="cancer:1")]))
+    app = create_app(Service(settings, ServiceConfig(models=[ModelConfig(ref="cancer:1")]),
+                             registry))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -12,8 +12,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from modelport import Registry, Settings
-from modelport.dataplane import DataPlane
+from modelport import Service, Settings
 from modelport.server import create_app
 
 
@@ -30,8 +29,7 @@ def test_extra_routes_come_first_and_lifespan_wraps_serving(settings: Settings) 
         yield
         events.append("stop")
 
-    dp = DataPlane(Registry(settings=settings), settings, [])
-    app = create_app(settings, dp, follow=False, lifespan=lifespan,
+    app = create_app(Service(settings, follow=False), lifespan=lifespan,
                      extra_routes=[Route("/", page, methods=["GET"])])
     with TestClient(app) as client:
         assert client.get("/").text == "hello music"  # the app's page, not modelport's
@@ -54,8 +52,7 @@ def test_a_typed_routes_refusals_come_in_the_one_error_shape(settings: Settings)
     async def play(user: int, body: Play) -> dict[str, int]:
         return {"user": user, "track": body.track}
 
-    dp = DataPlane(Registry(settings=settings), settings, [])
-    app = create_app(settings, dp, follow=False, extra_routes=router.routes)
+    app = create_app(Service(settings, follow=False), extra_routes=router.routes)
     with TestClient(app) as client:
         ok = client.post("/plays/7", json={"track": 3, "seconds": 1.5})
         wrong = client.post("/plays/seven", json={"track": "three"})

@@ -19,8 +19,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from starlette.testclient import TestClient
 
-from modelport import Registry, Settings
-from modelport.dataplane import DataPlane, ModelConfig
+from modelport import ModelConfig, Registry, Service, ServiceConfig, Settings
+from modelport.dataplane import DataPlane
 from modelport.errors import FlavorError
 from modelport.server import create_app
 from modelport.settings import BatchingSettings, ServerSettings
@@ -57,7 +57,7 @@ def toy(reg: Registry, name: str, obj: object) -> int:
 
 
 def client(settings: Settings, reg: Registry, *configs: ModelConfig) -> TestClient:
-    return TestClient(create_app(settings, DataPlane(reg, settings, list(configs))))
+    return TestClient(create_app(Service(settings, ServiceConfig(models=list(configs)), reg)))
 
 
 def test_predict_rows_and_records_match_the_model(settings, reg, data) -> None:
@@ -162,11 +162,11 @@ def test_body_over_the_limit_gets_413(settings, reg) -> None:
 
 async def _serve(settings: Settings, reg: Registry,
                  *configs: ModelConfig) -> tuple[DataPlane, httpx.AsyncClient]:
-    dp = DataPlane(reg, settings, list(configs))
-    app = create_app(settings, dp, follow=False)
-    await dp.start(follow=False)
+    service = Service(settings, ServiceConfig(models=list(configs)), reg, follow=False)
+    app = create_app(service)
+    await service.start()
     transport = httpx.ASGITransport(app=app)
-    return dp, httpx.AsyncClient(transport=transport, base_url="http://mp")
+    return service.dataplane, httpx.AsyncClient(transport=transport, base_url="http://mp")
 
 
 @pytest.fixture
@@ -200,9 +200,10 @@ async def test_full_queue_gets_a_fast_503_with_retry_after(slow_server) -> None:
 async def test_a_full_queue_refuses_before_reading_the_body(settings, reg) -> None:
     settings.batching = BatchingSettings(max_batch_size=1, max_queue=2)
     reg.register("gated", Gated(), sample_input=np.ones((1, 3)))
-    dp = DataPlane(reg, settings, [ModelConfig(ref="gated:1", trusted=True)])
-    app = create_app(settings, dp, follow=False)
-    await dp.start(follow=False)
+    service = Service(settings, ServiceConfig(models=[ModelConfig(ref="gated:1", trusted=True)]),
+                      reg, follow=False)
+    dp, app = service.dataplane, create_app(service)
+    await service.start()
     model = type(dp.endpoints["gated"].current.model.flavor.model)
     gate, entered = model.gate, model.entered
     gate.clear()
@@ -237,7 +238,7 @@ async def test_a_full_queue_refuses_before_reading_the_body(settings, reg) -> No
     gate.set()
     answers = await asyncio.gather(*admitted)
     await http.aclose()
-    await dp.stop()
+    await service.stop()
     assert read == []  # refused from the queue's state alone
     assert sent[0]["status"] == 503
     assert [a.json()["predictions"] for a in answers] == [[0.0], [2.0], [4.0]]

@@ -26,8 +26,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from starlette.testclient import TestClient
 from tritonclient.utils import InferenceServerException
 
-from modelport import Registry, Settings
-from modelport.dataplane import DataPlane, ModelConfig
+from modelport import ModelConfig, Registry, Service, ServiceConfig, Settings
 from modelport.server import create_app
 from modelport.server import v2_codec as codec
 from modelport.server.v2 import to_batch
@@ -48,8 +47,8 @@ class Served:
 
     def app(self, *refs: str) -> Any:
         configs = [ModelConfig(ref=r) for r in refs or ("cancer", "cancer-array", "colors")]
-        return create_app(self.settings, DataPlane(self.registry, self.settings, configs),
-                          follow=False)
+        return create_app(Service(self.settings, ServiceConfig(models=configs), self.registry,
+                                  follow=False))
 
 
 @pytest.fixture(scope="module")

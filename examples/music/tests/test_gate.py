@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from modelport import Registry
-from modelport.errors import NotFound
+from modelport import NotFound, Registry
 
 from music.als import AlsParams
 from music.gate import publish

@@ -7,7 +7,7 @@ import uuid
 import numpy as np
 import orjson
 import pytest
-from modelport.errors import InvalidInput
+from modelport import InvalidInput
 from modelport.pipeline import Frame
 
 from music.history import RedisHistory, SqlHistory, entries, merge, shown

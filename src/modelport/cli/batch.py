@@ -31,12 +31,9 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from modelport.cli.context import CliState, state
-from modelport.config import ServiceConfig, load_config
-from modelport.errors import NotFound
+from modelport.cli.context import CliState, load_service_config, state
 from modelport.jobs.batch import BatchJob, BatchOptions, BatchResult, source_for
 from modelport.service import Service
-from modelport.settings import environment
 
 
 def batch(
@@ -75,7 +72,7 @@ def batch(
     """Score a query's keys or rows, or a file's rows, through a pipeline, in resumable
     chunks."""
     cli = state(ctx)
-    service_config = _only(load_config(config, environment()), pipeline, config)
+    service_config = load_service_config(config, pipeline=pipeline)
     options = BatchOptions(
         chunk_size=chunk_size or service_config.pipelines[0].chunk_size, dry_run=dry_run,
         job_id=job_id, rejects_file=rejects, fresh=fresh)
@@ -108,16 +105,6 @@ async def _run(service: Service, job: BatchJob, progress: RichReporter) -> Batch
             return result
     finally:
         await service.stop()
-
-
-def _only(config: ServiceConfig, pipeline: str, path: Path) -> ServiceConfig:
-    """The service with just this pipeline and its model (load nothing else)."""
-    wanted = next((p for p in config.pipelines if p.name == pipeline), None)
-    if wanted is None:
-        names = ", ".join(p.name for p in config.pipelines) or "none"
-        raise NotFound(f"no pipeline named {pipeline!r} in {path} (pipelines: {names})")
-    return config.model_copy(update={
-        "pipelines": [wanted], "models": [m for m in config.models if m.ref == wanted.model]})
 
 
 LABEL = len("would be written")

@@ -2,7 +2,9 @@
 
 `main()` builds the settings once and the top-level callback turns them, with the global
 options applied, into a `CliState` on the Typer context; commands ask for it with
-`state(ctx)` and open the registry with `state(ctx).registry()`.
+`state(ctx)`, open the registry with `state(ctx).registry()` and read the service they
+run with `load_service_config(path, pipeline=…)`: a command parses its arguments and loads a
+`Service`; the triggers (server, stream runner, batch jobs, scheduler) do the rest.
 """
 
 from __future__ import annotations
@@ -12,16 +14,18 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from modelport.errors import ConfigError
-from modelport.settings import Settings
+from modelport.errors import ConfigError, NotFound
+from modelport.settings import Settings, environment
 
 if TYPE_CHECKING:
+    from modelport.config import ServiceConfig
     from modelport.registry import Registry
 
 
@@ -58,6 +62,22 @@ def state(ctx: typer.Context) -> CliState:
     if not isinstance(obj, CliState):
         raise ConfigError("the modelport command was invoked without its settings")
     return obj
+
+
+def load_service_config(path: Path, *, pipeline: str | None = None) -> ServiceConfig:
+    """The service `path` describes (`${ENV}` filled from the environment); with
+    `pipeline`, just that pipeline and its model, so that nothing else loads."""
+    from modelport.config import load_config
+
+    config = load_config(path, environment())
+    if pipeline is None:
+        return config
+    wanted = next((p for p in config.pipelines if p.name == pipeline), None)
+    if wanted is None:
+        names = ", ".join(p.name for p in config.pipelines) or "none"
+        raise NotFound(f"no pipeline named {pipeline!r} in {path} (pipelines: {names})")
+    return config.model_copy(update={
+        "pipelines": [wanted], "models": [m for m in config.models if m.ref == wanted.model]})
 
 
 def one_line(message: str) -> str:

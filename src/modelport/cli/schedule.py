@@ -10,13 +10,11 @@ from typing import Annotated
 
 import typer
 
-from modelport.cli.context import state
-from modelport.config import load_config
+from modelport.cli.context import load_service_config, state
 from modelport.errors import ConfigError
 from modelport.jobs.scheduler import Scheduler, add_pipeline_batches
 from modelport.logs import configure_logging
 from modelport.service import Service
-from modelport.settings import environment
 
 log = logging.getLogger("modelport.jobs.scheduler")
 
@@ -36,7 +34,7 @@ def schedule(
 ) -> None:
     """Run the batch jobs of pipelines with schedule: (cron, UTC) and keys:."""
     cli = state(ctx)
-    service_config = load_config(config, environment())
+    service_config = load_service_config(config)
     scheduled = [p for p in service_config.pipelines if p.schedule]
     if not scheduled:
         raise ConfigError(f"{config}: nothing to schedule (no pipeline has schedule:)")

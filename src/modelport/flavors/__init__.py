@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import importlib
 from pathlib import PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelport.errors import FlavorError
 from modelport.flavors.base import Flavor
+
+if TYPE_CHECKING:
+    from modelport.flavors.factors import FactorModel
 
 FLAVORS: dict[str, str] = {
     "sklearn": "modelport.flavors.sklearn:SklearnFlavor",
@@ -65,4 +68,12 @@ def infer_flavor(obj: Any) -> str:
     )
 
 
-__all__ = ["FLAVORS", "Flavor", "get_flavor", "infer_flavor"]
+def __getattr__(name: str) -> Any:
+    if name == "FactorModel":  # loads numpy's factor code only when asked for
+        from modelport.flavors.factors import FactorModel
+
+        return FactorModel
+    raise AttributeError(f"module 'modelport.flavors' has no attribute {name!r}")
+
+
+__all__ = ["FLAVORS", "FactorModel", "Flavor", "get_flavor", "infer_flavor"]

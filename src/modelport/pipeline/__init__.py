@@ -1,8 +1,39 @@
-"""Pipelines: `retriever → model → writer`, with components injected by configuration."""
+"""Pipelines: `retriever → model → writer`, with components injected by configuration.
+
+Public: `__all__`. The components over a backing service (SQL, Redis) load on first use,
+with their client libraries. `SqlComponent` is the base of a SQL component of your own
+(the engine's lifecycle, errors translated); `make_engine` makes an engine as they do.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from modelport.pipeline.base import Component, Frame, Key, Retriever, Writer
 from modelport.pipeline.memory import MemoryRetriever, MemoryWriter
 from modelport.pipeline.pipeline import Pipeline, PipelineConfig, Reject, Scored
+
+if TYPE_CHECKING:
+    from modelport.pipeline.redis import RedisRetriever, RedisWriter
+    from modelport.pipeline.sql import SqlRetriever, SqlWriter
+    from modelport.pipeline.sqlconn import SqlComponent, make_engine
+
+_LAZY = {
+    "RedisRetriever": "modelport.pipeline.redis",
+    "RedisWriter": "modelport.pipeline.redis",
+    "SqlRetriever": "modelport.pipeline.sql",
+    "SqlWriter": "modelport.pipeline.sql",
+    "SqlComponent": "modelport.pipeline.sqlconn",
+    "make_engine": "modelport.pipeline.sqlconn",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'modelport.pipeline' has no attribute {name!r}")
+
 
 __all__ = [
     "Component",
@@ -12,8 +43,14 @@ __all__ = [
     "MemoryWriter",
     "Pipeline",
     "PipelineConfig",
+    "RedisRetriever",
+    "RedisWriter",
     "Reject",
     "Retriever",
     "Scored",
+    "SqlComponent",
+    "SqlRetriever",
+    "SqlWriter",
     "Writer",
+    "make_engine",
 ]

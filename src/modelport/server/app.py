@@ -1,10 +1,9 @@
-"""The app factory: builds a server from settings and a data plane; nothing at import."""
+"""The app factory: builds a server on a `Service`; nothing at import."""
 
 from __future__ import annotations
 
 import contextlib
-import gc
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -17,9 +16,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from modelport import __version__
-from modelport.dataplane import DataPlane
 from modelport.errors import ModelportError
-from modelport.pipeline import Pipeline
 from modelport.security import KeyStore
 from modelport.server import admin, docs, predict, v2
 from modelport.server import pipelines as pipeline_routes
@@ -31,20 +28,19 @@ from modelport.server.responses import (
     handle_http_error,
     handle_validation_error,
 )
-from modelport.service import start_pipelines
-from modelport.settings import Settings
+from modelport.service import Service
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
-def create_app(settings: Settings, dataplane: DataPlane, *, follow: bool = True,
-               keys: KeyStore | None = None,
-               pipelines: Mapping[str, Pipeline] | None = None,
+def create_app(service: Service, *, keys: KeyStore | None = None,
                extra_routes: Sequence[BaseRoute] = (),
                lifespan: Lifespan | None = None) -> FastAPI:
-    """A server for `dataplane`'s models; starting it loads them, stopping drains them.
+    """A server for `service`'s models and pipelines: starting it starts the service
+    (unless it was started before: `modelport serve` starts and checks it first),
+    stopping it stops the service, which drains the models.
 
-    `pipelines` (built over the same data plane) get `POST /pipelines/{name}/run`.
+    The service's pipelines get `POST /pipelines/{name}/run`.
 
     `extra_routes` mount an application's own routes beside modelport's (a domain API
     over a pipeline, a web page): they are matched first, so one of them may take `/`,
@@ -53,21 +49,18 @@ def create_app(settings: Settings, dataplane: DataPlane, *, follow: bool = True,
     connections): entered once the models are loaded and the pipelines started, exited
     before they are drained.
 
-    `keys` are the API keys it accepts; by default those of `settings.server.api_keys_file`
-    (none when unset: then the admin API refuses every request).
+    `keys` are the API keys it accepts; by default those of the service's
+    `settings.server.api_keys_file` (none when unset: then the admin API refuses every
+    request).
     """
+    settings, dataplane = service.settings, service.dataplane
     keys = keys if keys is not None else KeyStore.from_settings(settings)
 
     @contextlib.asynccontextmanager
     async def serve(app: FastAPI) -> AsyncIterator[None]:
-        if not dataplane.started:  # `modelport serve` starts (and checks) it before
-            await dataplane.start(follow=follow)
-            await start_pipelines(app.state.pipelines.values())
-        # Models, their libraries and the app are loaded for good: move them out of the
-        # collector's sight, or every full collection rescans ~200k objects and stalls
-        # the loop (it shows in the p99 at high concurrency).
-        gc.collect()
-        gc.freeze()
+        if not service.started:
+            await service.start()
+        service.settle()  # the models, their libraries and the app are loaded for good
         try:
             if lifespan is None:
                 yield
@@ -75,9 +68,7 @@ def create_app(settings: Settings, dataplane: DataPlane, *, follow: bool = True,
                 async with lifespan(app):
                     yield
         finally:
-            await dataplane.stop()
-            for pipeline in app.state.pipelines.values():
-                await pipeline.close()
+            await service.stop()
 
     async def metrics(request: Request) -> Response:
         for name, ep in dataplane.endpoints.items():
@@ -119,10 +110,11 @@ def create_app(settings: Settings, dataplane: DataPlane, *, follow: bool = True,
                             RequestValidationError: handle_validation_error,
                             Exception: handle_error},
     )
+    app.state.service = service
     app.state.dataplane = dataplane
     # an application's own routes are something to serve, models or not
     dataplane.ready_without_models = bool(extra_routes)
-    app.state.pipelines = dict(pipelines or {})
+    app.state.pipelines = service.pipelines
     app.state.settings = settings
     app.openapi = lambda: openapi_schema(app, dataplane)  # type: ignore[method-assign]
     return app

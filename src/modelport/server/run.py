@@ -17,7 +17,6 @@ import uvloop
 from modelport.config import ServiceConfig
 from modelport.errors import ConfigError
 from modelport.logs import configure_logging
-from modelport.registry import Registry
 from modelport.server.app import create_app
 from modelport.server.protocol import DrainingHttpToolsProtocol
 from modelport.service import Service
@@ -73,25 +72,24 @@ def serve(settings: Settings, config: ServiceConfig, sock: socket.socket | None 
 
 async def _serve(settings: Settings, config: ServiceConfig, sock: socket.socket,
                  on_ready: Callable[[Service], None] | None) -> None:
-    with Registry(settings=settings) as registry:
-        service = Service(settings, config, registry)
-        await service.start(strict=True)
-        app = create_app(settings, service.dataplane, pipelines=service.pipelines)
-        log.info("serving %s on http://%s:%s", ", ".join(m.ref for m in config.models),
-                 settings.server.host, settings.server.port)
-        if on_ready is not None:
-            on_ready(service)
-        server = uvicorn.Server(uvicorn.Config(
-            app,
-            http=DrainingHttpToolsProtocol,
-            log_config=None,
-            access_log=False,  # our RequestContext middleware writes the access log
-            timeout_graceful_shutdown=math.ceil(settings.server.request_timeout_s),
-            backlog=BACKLOG,
-        ))
-        # the app's lifespan stops the service once the server has drained
-        with sigterm_exits_cleanly():
-            await server.serve(sockets=[sock])
+    service = Service(settings, config)
+    await service.start(strict=True)
+    app = create_app(service)
+    log.info("serving %s on http://%s:%s", ", ".join(m.ref for m in config.models),
+             settings.server.host, settings.server.port)
+    if on_ready is not None:
+        on_ready(service)
+    server = uvicorn.Server(uvicorn.Config(
+        app,
+        http=DrainingHttpToolsProtocol,
+        log_config=None,
+        access_log=False,  # our RequestContext middleware writes the access log
+        timeout_graceful_shutdown=math.ceil(settings.server.request_timeout_s),
+        backlog=BACKLOG,
+    ))
+    # the app's lifespan stops the service once the server has drained
+    with sigterm_exits_cleanly():
+        await server.serve(sockets=[sock])
 
 
 @contextlib.contextmanager

@@ -1,8 +1,9 @@
 """Streams: a broker as a pipeline's trigger, one module per broker.
 
-Broker clients (redis, nats-py, aiokafka) are imported only when their broker is used.
-`StreamWorker` and `StreamWriter` load on first use too: they import the pipeline
-package, which imports this package's configuration (a pipeline's `stream:` section).
+Public: `__all__`. Broker clients (redis, nats-py, aiokafka) are imported only when
+their broker is used. `StreamWorker`, `StreamWriter` and `StreamRunner` load on first
+use too: they import the pipeline package, which imports this package's configuration
+(a pipeline's `stream:` section).
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ from modelport.streams.base import Broker, DeadLetter, Message
 from modelport.streams.config import StreamConfig
 
 if TYPE_CHECKING:
+    from modelport.streams.kafka import KafkaBroker
+    from modelport.streams.memory import MemoryBroker, MemoryBus
+    from modelport.streams.nats import JetStreamBroker
+    from modelport.streams.redis import RedisStreamsBroker
+    from modelport.streams.runner import StreamRunner, stream_worker
     from modelport.streams.worker import StreamWorker
     from modelport.streams.writer import StreamWriter
 
@@ -24,7 +30,17 @@ BROKERS: dict[str, str] = {
     "nats": "modelport.streams.nats:JetStreamBroker",
     "kafka": "modelport.streams.kafka:KafkaBroker",
 }
-_LAZY = {"StreamWorker": "modelport.streams.worker", "StreamWriter": "modelport.streams.writer"}
+_LAZY = {
+    "StreamWorker": "modelport.streams.worker",
+    "StreamWriter": "modelport.streams.writer",
+    "StreamRunner": "modelport.streams.runner",
+    "stream_worker": "modelport.streams.runner",
+    "MemoryBroker": "modelport.streams.memory",
+    "MemoryBus": "modelport.streams.memory",
+    "RedisStreamsBroker": "modelport.streams.redis",
+    "JetStreamBroker": "modelport.streams.nats",
+    "KafkaBroker": "modelport.streams.kafka",
+}
 
 
 def broker_class(kind: str) -> Any:
@@ -45,5 +61,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'modelport.streams' has no attribute {name!r}")
 
 
-__all__ = ["BROKERS", "Broker", "DeadLetter", "Message", "StreamConfig", "StreamWorker",
-           "StreamWriter", "broker_class"]
+__all__ = ["BROKERS", "Broker", "DeadLetter", "JetStreamBroker", "KafkaBroker",
+           "MemoryBroker", "MemoryBus", "Message", "RedisStreamsBroker", "StreamConfig",
+           "StreamRunner", "StreamWorker", "StreamWriter", "broker_class", "stream_worker"]

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pandas as pd
-from modelport.flavors.factors import FactorModel
+from modelport.flavors import FactorModel
 from scipy import sparse
 from threadpoolctl import threadpool_limits
 

@@ -27,14 +27,16 @@ from pathlib import Path
 from typing import IO, Any, ClassVar, TypeVar
 
 from fastapi import FastAPI
-from modelport import Registry, Settings
-from modelport.config import ServiceConfig
-from modelport.dataplane import ModelConfig
-from modelport.logs import configure_logging
-from modelport.pipeline import Retriever
-from modelport.server import create_app
-from modelport.service import Service
-from modelport.streams import Broker, StreamWorker
+from modelport import (
+    ModelConfig,
+    Retriever,
+    Service,
+    ServiceConfig,
+    Settings,
+    configure_logging,
+    create_app,
+)
+from modelport.streams import Broker, StreamRunner
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
@@ -59,7 +61,6 @@ def build_app(system: System, roles: Collection[str] = ROLES, *,
         raise ValueError(f"unknown role(s) {', '.join(sorted(unknown))}; roles: {ROLES}")
     single_threaded_blas()
     settings = settings or system.settings()
-    registry = Registry(settings=settings)
     # on the event loop: a request's fold-in and scoring cost less than the
     # thread hop they would otherwise pay for. No wait for company: requests that come
     # in while a batch runs form the next one anyway, and with 16 clients waiting on
@@ -68,10 +69,9 @@ def build_app(system: System, roles: Collection[str] = ROLES, *,
                                     batching=settings.batching.model_copy(
                                         update={"max_delay_ms": 0.0}))
     models = [recommender_model] if "recommender" in roles else []
-    service = Service(settings, ServiceConfig(name="music", models=models), registry)
-    pipes = {}
+    service = Service(settings, ServiceConfig(name="music", models=models))
     if "recommender" in roles:
-        pipes["recommender"] = recommender.recommender_pipeline(system, service.dataplane)
+        service.add(recommender.recommender_pipeline(system, service))
     routes: list[BaseRoute] = []
     if "recommender" in roles:
         routes += [*recommender.routes, *web.routes]
@@ -83,35 +83,35 @@ def build_app(system: System, roles: Collection[str] = ROLES, *,
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         running = Running(Store(system))
-        app.state.store, app.state.system, app.state.registry = running.store, system, registry
+        app.state.store, app.state.system = running.store, system
+        app.state.registry = service.registry
         app.state.events_url = events_url
         try:
             catalog = await asyncio.to_thread(running.store.catalog)
             if "recommender" in roles:
                 topk = await running.open(system.topk_retriever())
                 app.state.recommender = recommender.Recommender(
-                    pipes["recommender"], topk, catalog)
+                    service.pipeline("recommender"), topk, catalog)
             if "events" in roles:
                 publisher = await running.open(system.broker("events"))
                 app.state.events = events.Events(running.store, publisher, system.stream,
                                                  catalog)
             if "worker" in roles:
-                app.state.worker = realtime.realtime_worker(system, service.dataplane)
-                running.worker = app.state.worker
-                running.spawn(realtime.run_worker(app.state.worker), "realtime")
+                running.runner = realtime.realtime_runner(system, service)
+                app.state.worker = running.runner.worker
+                running.spawn(running.runner.run(), "realtime")
             if "nightly" in roles and running.hold(system.data_dir / "nightly.lock"):
                 jobs = nightly.scheduler(system, settings, cron=cron,
-                                         metrics=service.dataplane.metrics)
+                                         metrics=service.metrics)
                 running.spawn(jobs.run_forever(), "nightly")
             elif "nightly" in roles:
                 log.info("the nightly jobs run in another process of this system")
             yield
         finally:
             await running.stop()
-            registry.close()
 
-    return create_app(settings, service.dataplane, pipelines=pipes, extra_routes=routes,
-                      lifespan=lifespan)
+    # the app starts the service (the models, the pipelines), then enters `lifespan`
+    return create_app(service, extra_routes=routes, lifespan=lifespan)
 
 
 class Running:
@@ -119,7 +119,7 @@ class Running:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.worker: StreamWorker | None = None
+        self.runner: StreamRunner | None = None
         self.tasks: list[asyncio.Task[Any]] = []
         self.opened: list[Any] = []
         self.locks: list[IO[bytes]] = []
@@ -153,8 +153,8 @@ class Running:
         self.tasks.append(task)
 
     async def stop(self) -> None:
-        if self.worker is not None:
-            self.worker.stop()  # the batch in flight is written and acknowledged first
+        if self.runner is not None:
+            self.runner.stop()  # the batch in flight is written and acknowledged first
         for task in self.tasks:
             if task.get_name() != "realtime":
                 task.cancel()

@@ -16,8 +16,7 @@ from typing import Any
 
 import orjson
 import pandas as pd
-from modelport import Registry
-from modelport.errors import NotFound
+from modelport import NotFound, Registry
 
 from music.als import AlsParams
 from music.data import Config, Dataset, generate

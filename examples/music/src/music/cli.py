@@ -16,8 +16,7 @@ from typing import Annotated
 
 import pandas as pd
 import typer
-from modelport import Registry, Settings
-from modelport.errors import ModelportError
+from modelport import ModelportError, Registry, Settings
 from typer.exceptions import TyperException
 
 from music.als import AlsParams

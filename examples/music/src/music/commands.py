@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from modelport.logs import configure_logging
+from modelport import configure_logging
 
 from music.system import System
 
@@ -93,7 +93,7 @@ def up(
         "nightly jobs in one of them); --full, the recommender's.")] = 1,
 ) -> None:
     """Set everything up (what is missing) and run the whole system."""
-    from modelport.server.run import listen
+    from modelport.server import listen
 
     from music.data import Config
 
@@ -216,7 +216,7 @@ def report_cmd(
 ) -> None:
     """The daily modelport report of the recommender: traffic, latency, outputs, versions
     and their metrics, drift of the histories it was asked with."""
-    from modelport.jobs.report import generate, window
+    from modelport.jobs import generate, window
 
     from music.nightly import report_path
     from music.system import MODEL
@@ -237,8 +237,7 @@ def run_server(app: Any, host: str, port: int, *, workers: int = 1,
 
         raise typer.Exit(processes.run(app, host, port, workers))
     import uvicorn
-    from modelport.server.protocol import DrainingHttpToolsProtocol
-    from modelport.server.run import listen, sigterm_exits_cleanly
+    from modelport.server import DrainingHttpToolsProtocol, listen, sigterm_exits_cleanly
 
     sock = sock or listen(host, port)
     server = uvicorn.Server(uvicorn.Config(

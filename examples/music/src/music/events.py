@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from modelport.errors import InvalidInput
-from modelport.server.responses import JSON, read_json
+from modelport import InvalidInput
+from modelport.server import JSON, read_json
 from modelport.streams import Broker
 from starlette.requests import Request
 from starlette.responses import Response

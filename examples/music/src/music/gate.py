@@ -34,9 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-from modelport import Registry
-from modelport.errors import NotFound
-from modelport.registry import ModelVersion
+from modelport import ModelVersion, NotFound, Registry
 
 from music.metrics import Scores, paired_interval, score_users
 from music.split import HoldOut, recent_histories

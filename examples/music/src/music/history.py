@@ -20,11 +20,8 @@ from typing import Any
 import numpy as np
 import orjson
 import sqlalchemy as sa
-from modelport.dataplane import DataPlane
-from modelport.errors import InvalidInput
-from modelport.pipeline import Frame, Writer
-from modelport.pipeline.redis import RedisWriter
-from modelport.pipeline.sqlconn import SqlComponent
+from modelport import InvalidInput, Service
+from modelport.pipeline import Frame, RedisWriter, SqlComponent, Writer
 
 from music.system import HISTORY_KEEP
 
@@ -170,11 +167,11 @@ class HistoryTensor:
     the model answers them with popular tracks and says so (`cold`).
     """
 
-    def __init__(self, dataplane: DataPlane, model: str) -> None:
-        self.dataplane, self.model = dataplane, model
+    def __init__(self, service: Service, model: str) -> None:
+        self.service, self.model = service, model
 
     def width(self, longest: int) -> int:
-        signature = self.dataplane.deployment(self.model).model.signature
+        signature = self.service.dataplane.deployment(self.model).model.signature
         shape = next(s.shape for s in signature.inputs if s.name == "history")
         return shape[-1] if shape and shape[-1] > 0 else max(longest, 1)
 

@@ -19,9 +19,8 @@ import time
 import uuid
 from typing import Any
 
-from modelport.errors import ModelportError
-from modelport.pipeline import Frame, Writer
-from modelport.pipeline.sql import SqlWriter
+from modelport import ModelportError
+from modelport.pipeline import Frame, SqlWriter, Writer
 
 log = logging.getLogger("music.impressions")
 

@@ -20,15 +20,17 @@ import logging
 import time
 from pathlib import Path
 
-from modelport import Registry, Settings
-from modelport.config import ServiceConfig
-from modelport.dataplane import ModelConfig
-from modelport.jobs import BatchJob, BatchOptions, BatchResult, KeyQuery
-from modelport.jobs.report import report_job
-from modelport.jobs.scheduler import Scheduler
-from modelport.monitoring.metrics import Metrics
-from modelport.pipeline import Frame, Pipeline
-from modelport.service import Service
+from modelport import (
+    Frame,
+    Metrics,
+    ModelConfig,
+    Pipeline,
+    Registry,
+    Service,
+    ServiceConfig,
+    Settings,
+)
+from modelport.jobs import BatchJob, BatchOptions, BatchResult, KeyQuery, Scheduler, report_job
 
 from music.history import HistoryTensor, shown
 from music.recommender import POPULAR
@@ -53,10 +55,10 @@ def stamp(frame: Frame) -> Frame:
 def nightly_service(system: System, settings: Settings, registry: Registry) -> Service:
     config = ServiceConfig(name="music-nightly", models=[ModelConfig(ref=system.model_ref)])
     service = Service(settings, config, registry)
-    service.pipelines["nightly"] = Pipeline(
+    service.add(Pipeline(
         "nightly", MODEL, service.dataplane, retriever=system.history_retriever(),
-        writer=system.topk_writer(), pre=HistoryTensor(service.dataplane, MODEL),
-        post=stamp, version_column="model_version")
+        writer=system.topk_writer(), pre=HistoryTensor(service, MODEL),
+        post=stamp, version_column="model_version"))
     return service
 
 

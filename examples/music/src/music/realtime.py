@@ -1,7 +1,9 @@
 """The realtime worker: listens from the stream folded into users' histories.
 
-A modelport `StreamWorker` over a pipeline without a model: each batch of listens goes
-to the history store's fold writer, and is acknowledged only once written. The
+A modelport `StreamWorker` over a pipeline without a model, run by a `StreamRunner` on
+the server's service (it opens and closes the pipeline and the broker, and keeps the
+stream's lag gauge): each batch of listens goes to the history store's fold writer, and
+is acknowledged only once written. The
 recommender folds the user in from that history on each request, so the next
 recommendation reflects a listen as soon as the worker has written it (well within a
 second: the worker waits at most `FETCH_TIMEOUT_S` for a batch, and a fold is one
@@ -14,10 +16,9 @@ fold merges by listen id, so a listen folded twice is kept once.
 
 from __future__ import annotations
 
-from modelport.dataplane import DataPlane
-from modelport.pipeline import Pipeline, Writer
-from modelport.server.responses import JSON
-from modelport.streams import StreamWorker
+from modelport import Pipeline, Service, Writer
+from modelport.server import JSON
+from modelport.streams import StreamRunner, StreamWorker
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -35,25 +36,15 @@ def history_writer(system: System) -> Writer:
     return SqlHistory(system.database, system.table("history"))
 
 
-def realtime_worker(system: System, dataplane: DataPlane) -> StreamWorker:
-    pipeline = Pipeline("realtime", None, dataplane, writer=history_writer(system))
-    return StreamWorker(pipeline, system.broker("realtime"),
-                        dead_letter_subject=system.dead_letters, batch_size=BATCH,
-                        fetch_timeout=FETCH_TIMEOUT_S, metrics=dataplane.metrics,
-                        max_backoff=5.0)
-
-
-async def run_worker(worker: StreamWorker) -> None:
-    """Open the pipeline and the broker, process until `worker.stop()`, close both."""
-    await worker.pipeline.start()
-    try:
-        await worker.broker.start()
-        try:
-            await worker.run()
-        finally:
-            await worker.broker.close()
-    finally:
-        await worker.pipeline.close()
+def realtime_runner(system: System, service: Service) -> StreamRunner:
+    """The worker on `service`: `await runner.run()` opens the pipeline and the broker,
+    processes until `runner.stop()`, and closes both."""
+    pipeline = Pipeline("realtime", None, service.dataplane, writer=history_writer(system))
+    worker = StreamWorker(pipeline, system.broker("realtime"),
+                          dead_letter_subject=system.dead_letters, batch_size=BATCH,
+                          fetch_timeout=FETCH_TIMEOUT_S, metrics=service.metrics,
+                          max_backoff=5.0)
+    return StreamRunner(service, worker, where=system.stream)
 
 
 async def status(request: Request) -> Response:

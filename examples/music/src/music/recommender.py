@@ -20,10 +20,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from modelport.dataplane import DataPlane
-from modelport.errors import InvalidInput, ModelportError, NotFound, NotReady
-from modelport.pipeline import Frame, Pipeline, Retriever
-from modelport.server.responses import JSON
+from modelport import (
+    Frame,
+    InvalidInput,
+    ModelportError,
+    NotFound,
+    NotReady,
+    Pipeline,
+    Retriever,
+    Service,
+)
+from modelport.server import JSON
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -40,12 +47,12 @@ POPULAR = "__popular__"
 MAX_K = TOP_K
 
 
-def recommender_pipeline(system: System, dataplane: DataPlane) -> Pipeline:
+def recommender_pipeline(system: System, service: Service) -> Pipeline:
     return Pipeline(
-        "recommender", MODEL, dataplane,
+        "recommender", MODEL, service.dataplane,
         retriever=system.history_retriever(),
         writer=ImpressionLog(system.database, system.table("impressions")),
-        pre=HistoryTensor(dataplane, MODEL), post=shown, version_column="model_version")
+        pre=HistoryTensor(service, MODEL), post=shown, version_column="model_version")
 
 
 @dataclass

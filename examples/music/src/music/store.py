@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pandas as pd
 import sqlalchemy as sa
-from modelport.pipeline.sqlconn import make_engine
+from modelport.pipeline import make_engine
 
 from music.system import HISTORY_KEEP, System
 

@@ -20,11 +20,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from modelport import Settings
-from modelport.pipeline import Retriever, Writer
-from modelport.pipeline.redis import RedisRetriever, RedisWriter
-from modelport.pipeline.sql import SqlRetriever, SqlWriter
-from modelport.streams import Broker
-from modelport.streams.memory import MemoryBroker, MemoryBus
+from modelport.pipeline import (
+    RedisRetriever,
+    RedisWriter,
+    Retriever,
+    SqlRetriever,
+    SqlWriter,
+    Writer,
+)
+from modelport.streams import Broker, MemoryBroker, MemoryBus
 
 Mode = Literal["embedded", "full"]
 
@@ -137,13 +141,13 @@ class System:
         if url is None:
             return MemoryBroker(self.bus, self.stream, ack_wait=5.0)
         if url.startswith("nats://"):
-            from modelport.streams.nats import JetStreamBroker
+            from modelport.streams import JetStreamBroker
 
             # ack_wait: how long a listen fetched by a worker that died waits to come back
             return JetStreamBroker(url, self.stream, self.stream, durable=f"{self.prefix}{group}",
                                    ack_wait=5.0)
         if url.startswith(("redis://", "rediss://")):
-            from modelport.streams.redis import RedisStreamsBroker
+            from modelport.streams import RedisStreamsBroker
 
             return RedisStreamsBroker(url, self.stream, group=f"{self.prefix}{group}",
                                       consumer=self.consumer, claim_idle_ms=5_000)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from modelport.flavors.factors import FactorModel
+from modelport.flavors import FactorModel
 
 from music.als import GRID, AlsParams, Matrix, fit_als, interaction_matrix
 from music.als import popularity_model as fit_popularity

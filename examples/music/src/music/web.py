@@ -12,9 +12,8 @@ import html
 from importlib import resources
 from typing import Any
 
-from modelport.errors import NotFound
-from modelport.registry import Registry
-from modelport.server.responses import JSON
+from modelport import NotFound, Registry
+from modelport.server import JSON
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
@@ -82,7 +81,7 @@ def _versions(registry: Registry, alias: str,
 async def report(request: Request) -> Response:
     """The modelport report of the recommender over the last `since` (default 24h),
     made on demand: traffic, latency, outputs, versions, drift."""
-    from modelport.jobs.report import generate, window
+    from modelport.jobs import generate, window
 
     since = request.query_params.get("since", "24h")
     start, end = window(since)  # a bad window is a 400 naming it

@@ -46,7 +46,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
 def serve_one(factory: str, host: str, port: int) -> None:
     """One process: its own socket, the app built by calling `factory` (module:name)."""
     import uvicorn
-    from modelport.server.protocol import DrainingHttpToolsProtocol
+    from modelport.server import DrainingHttpToolsProtocol
 
     config = uvicorn.Config(factory, factory=True, loop="uvloop", http=DrainingHttpToolsProtocol,
                             log_config=None, access_log=False, backlog=2048,
