@@ -15,9 +15,10 @@ from modelport.pipeline.memory import MemoryRetriever, MemoryWriter
 from modelport.pipeline.pipeline import Pipeline, PipelineConfig, Reject, Scored
 
 if TYPE_CHECKING:
+    from modelport.connections.sql import make_engine
     from modelport.pipeline.redis import RedisRetriever, RedisWriter
     from modelport.pipeline.sql import SqlRetriever, SqlWriter
-    from modelport.pipeline.sqlconn import SqlComponent, make_engine
+    from modelport.pipeline.sqlconn import SqlComponent
 
 _LAZY = {
     "RedisRetriever": "modelport.pipeline.redis",
@@ -25,7 +26,7 @@ _LAZY = {
     "SqlRetriever": "modelport.pipeline.sql",
     "SqlWriter": "modelport.pipeline.sql",
     "SqlComponent": "modelport.pipeline.sqlconn",
-    "make_engine": "modelport.pipeline.sqlconn",
+    "make_engine": "modelport.connections.sql",
 }
 
 
