@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError
 from aiokafka.structs import ConsumerRecord
 
@@ -142,6 +142,25 @@ async def test_producer_options_are_settable(kafka: str, topic: str) -> None:
     await broker.close()
     assert KafkaBroker(kafka, topic, "g")._producer_options == {
         "acks": "all", "enable_idempotence": False}
+
+
+async def test_batches_publishing_at_once_share_one_producer(kafka: str, topic: str) -> None:
+    # two batches of a worker dead-letter side by side: each once started a producer, and
+    # the one overwritten leaked (unclosed, its sender task destroyed pending)
+    broker = KafkaBroker(kafka, topic, "g")
+    started: list[Any] = []
+    start = AIOKafkaProducer.start
+
+    async def counted(self: AIOKafkaProducer) -> None:
+        started.append(self)
+        await start(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(AIOKafkaProducer, "start", counted)
+        await asyncio.gather(*(broker.publish(f"{topic}.dlq", [b"x%d" % i], keys=["k"])
+                               for i in range(3)))
+    assert len(started) == 1 and broker._producer is started[0]
+    await broker.close()
 
 
 @pytest.mark.skipif(os.environ.get("MODELPORT_TEST_KAFKA") is not None,

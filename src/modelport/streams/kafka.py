@@ -75,8 +75,10 @@ class KafkaBroker(Broker):
         self._inflight: dict[TopicPartition, deque[list[Any]]] = {}
         self._attempts: dict[tuple[TopicPartition, int], int] = {}
         # one consumer per broker: a second one started while the first joins the group
-        # would stay in it, holding partitions nobody reads
+        # would stay in it, holding partitions nobody reads; one producer too: two batches
+        # dead-lettering at once would each start one, and one would leak unclosed
         self._consumer_lock = asyncio.Lock()
+        self._producer_lock = asyncio.Lock()
 
     @property
     def where(self) -> str:
@@ -109,12 +111,13 @@ class KafkaBroker(Broker):
             return self._consumer
 
     async def _producer_started(self) -> AIOKafkaProducer:
-        if self._producer is None:
-            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers,
-                                        **self._producer_options)
-            await _started(producer)
-            self._producer = producer
-        return self._producer
+        async with self._producer_lock:
+            if self._producer is None:
+                producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers,
+                                            **self._producer_options)
+                await _started(producer)
+                self._producer = producer
+            return self._producer
 
     async def start(self) -> None:
         with self.errors():
