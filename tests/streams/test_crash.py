@@ -10,7 +10,7 @@ seconds of Python start-up (scikit-learn). The messages are published in parts, 
 next one just before each kill: however long a restart or a Kafka rebalance takes on a
 loaded machine, the survivor cannot finish the stream before the last kill (it did on
 Kafka, and the test then waited for a victim holding messages that no longer existed).
-The pipeline's pre step takes 0.3 s per batch of 100 (a heavier model, in effect), so
+The pipeline's pre step takes 0.1 s per batch of 100 (a heavier model, in effect), so
 a batch is in flight long enough to be killed in. The brokers hand a killed worker's
 messages back after 1.5-2 s (claim idle, ack wait), Kafka once the group has
 rebalanced without it (its session timeout, then a join).
@@ -47,7 +47,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(300)]
 MESSAGES = 20_000
 KILLS = 5
 BATCH = 100
-STEP_S = 0.3  # the pre step's time per batch: ~330 messages/s per worker
+STEP_S = 0.1  # the pre step's time per batch: ~1,000 messages/s per worker
 HERE = Path(__file__).resolve().parent
 POISON_EVERY = 200  # 100 poison messages among the 20,000
 
