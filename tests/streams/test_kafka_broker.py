@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiokafka import TopicPartition
-from aiokafka.errors import CommitFailedError
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaConnectionError
 from aiokafka.structs import ConsumerRecord
 
 from modelport.errors import ConfigError, ModelportError
@@ -28,6 +28,9 @@ class FakeConsumer:
         self.batches = batches
         self.commits: list[dict[TopicPartition, int]] = []
         self.refuse = False
+        self.fail: Exception | None = None  # the next commit raises it
+        self.gate: asyncio.Event | None = None  # commits wait for it, once entered
+        self.entered = asyncio.Event()
 
     async def getmany(self, timeout_ms: int, max_records: int
                       ) -> dict[TopicPartition, list[ConsumerRecord[Any, Any]]]:
@@ -37,6 +40,12 @@ class FakeConsumer:
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         if self.refuse:
             raise CommitFailedError("the group has rebalanced")
+        if self.fail is not None:
+            exc, self.fail = self.fail, None
+            raise exc
+        self.entered.set()
+        if self.gate is not None:
+            await self.gate.wait()
         self.commits.append(dict(offsets))
 
 
@@ -72,6 +81,30 @@ async def test_a_commit_refused_by_a_rebalance_is_not_an_error() -> None:
     consumer.refuse = True
     await broker.ack(messages)  # logged: the partition's new owner processes them again
     assert consumer.commits == []
+
+
+async def test_acks_during_a_commit_share_the_next_one() -> None:
+    broker, consumer = fake([{TP0: [0, 1, 2], TP1: [7]}])
+    m0, m1, m2, m7 = await broker.fetch(10, 0)
+    consumer.gate = asyncio.Event()
+    first = asyncio.create_task(broker.ack([m0]))
+    await consumer.entered.wait()  # its commit is in flight
+    later = [asyncio.create_task(broker.ack(ms)) for ms in ([m1], [m2], [m7])]
+    while broker._settled != {TP0: 3, TP1: 8}:  # all three have settled theirs
+        await asyncio.sleep(0)
+    consumer.gate.set()
+    await asyncio.gather(first, *later)
+    assert consumer.commits == [{TP0: 1}, {TP0: 3, TP1: 8}]  # two commits for four acks
+
+
+async def test_a_commit_that_failed_is_made_by_the_retried_ack() -> None:
+    broker, consumer = fake([{TP0: [0, 1]}])
+    messages = await broker.fetch(10, 0)
+    consumer.fail = KafkaConnectionError("coordinator gone")
+    with pytest.raises(ModelportError):
+        await broker.ack(messages)  # an outage: the worker retries the ack
+    await broker.ack(messages)
+    assert consumer.commits == [{TP0: 2}]
 
 
 async def test_revoked_partitions_are_forgotten() -> None:
@@ -142,6 +175,25 @@ async def test_producer_options_are_settable(kafka: str, topic: str) -> None:
     await broker.close()
     assert KafkaBroker(kafka, topic, "g")._producer_options == {
         "acks": "all", "enable_idempotence": False}
+
+
+async def test_batches_publishing_at_once_share_one_producer(kafka: str, topic: str) -> None:
+    # two batches of a worker dead-letter side by side: each once started a producer, and
+    # the one overwritten leaked (unclosed, its sender task destroyed pending)
+    broker = KafkaBroker(kafka, topic, "g")
+    started: list[Any] = []
+    start = AIOKafkaProducer.start
+
+    async def counted(self: AIOKafkaProducer) -> None:
+        started.append(self)
+        await start(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(AIOKafkaProducer, "start", counted)
+        await asyncio.gather(*(broker.publish(f"{topic}.dlq", [b"x%d" % i], keys=["k"])
+                               for i in range(3)))
+    assert len(started) == 1 and broker._producer is started[0]
+    await broker.close()
 
 
 @pytest.mark.skipif(os.environ.get("MODELPORT_TEST_KAFKA") is not None,

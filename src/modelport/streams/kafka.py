@@ -4,7 +4,8 @@ write.
 Kafka keeps one number per partition for a group, the committed offset: everything
 below it counts as processed. So an ack commits, per partition, the offset after the
 highest message of an unbroken run of settled ones, never past a message still in
-flight. The consequences, stated plainly:
+flight; acks that come while a commit is in flight share the next one. The
+consequences, stated plainly:
 
 - A crash between the write and the commit delivers the batch again, to whichever
   member gets the partition: written twice, absorbed by the idempotent (upserting)
@@ -74,9 +75,16 @@ class KafkaBroker(Broker):
         # with whether it has been settled (acked or dead-lettered)
         self._inflight: dict[TopicPartition, deque[list[Any]]] = {}
         self._attempts: dict[tuple[TopicPartition, int], int] = {}
+        # per partition, the offset settled messages allow committing, and the one
+        # committed: acks that come while a commit is in flight share the next one
+        self._settled: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, int] = {}
+        self._commit_lock = asyncio.Lock()
         # one consumer per broker: a second one started while the first joins the group
-        # would stay in it, holding partitions nobody reads
+        # would stay in it, holding partitions nobody reads; one producer too: two batches
+        # dead-lettering at once would each start one, and one would leak unclosed
         self._consumer_lock = asyncio.Lock()
+        self._producer_lock = asyncio.Lock()
 
     @property
     def where(self) -> str:
@@ -109,12 +117,13 @@ class KafkaBroker(Broker):
             return self._consumer
 
     async def _producer_started(self) -> AIOKafkaProducer:
-        if self._producer is None:
-            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers,
-                                        **self._producer_options)
-            await _started(producer)
-            self._producer = producer
-        return self._producer
+        async with self._producer_lock:
+            if self._producer is None:
+                producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers,
+                                            **self._producer_options)
+                await _started(producer)
+                self._producer = producer
+            return self._producer
 
     async def start(self) -> None:
         with self.errors():
@@ -154,7 +163,6 @@ class KafkaBroker(Broker):
         for m in messages:
             tp, offset = m.handle
             settled.setdefault(tp, set()).add(offset)
-        offsets: dict[TopicPartition, int] = {}
         for tp, done in settled.items():
             inflight = self._inflight.get(tp)
             if inflight is None:  # revoked by a rebalance: its new owner processes it
@@ -162,28 +170,40 @@ class KafkaBroker(Broker):
             for entry in inflight:
                 if entry[0] in done:
                     entry[1] = True
-            committed = None
+            last = None
             while inflight and inflight[0][1]:  # only an unbroken run of settled ones
-                committed = inflight.popleft()[0]
-                self._attempts.pop((tp, committed), None)
-            if committed is not None:
-                offsets[tp] = committed + 1  # Kafka's offset: the next one to read
-        if not offsets:
-            return
-        with self.errors():
-            consumer = await self._consumer_started()
-            try:
-                await consumer.commit(offsets)
-            except CommitFailedError as exc:
-                # a rebalance took the partitions: the written batch is redelivered to
-                # their new owner and upserted again, which changes nothing
-                log.warning("commit refused after a rebalance (%s); the new owner of the "
-                            "partitions processes this batch again", exc)
+                last = inflight.popleft()[0]
+                self._attempts.pop((tp, last), None)
+            if last is not None:
+                self._settled[tp] = last + 1  # Kafka's offset: the next one to read
+        # one commit at a time; an ack that waited for one finds its offsets in it, or
+        # commits everything settled meanwhile at once (a commit is a round trip to the
+        # group coordinator, and batches written side by side ack side by side)
+        async with self._commit_lock:
+            offsets = {tp: offset for tp, offset in self._settled.items()
+                       if offset > self._committed.get(tp, -1) and tp in self._inflight}
+            if not offsets:
+                return
+            with self.errors():
+                consumer = await self._consumer_started()
+                try:
+                    await consumer.commit(offsets)
+                except CommitFailedError as exc:
+                    # a rebalance took the partitions: the written batch is redelivered
+                    # to their new owner and upserted again, which changes nothing
+                    log.warning("commit refused after a rebalance (%s); the new owner of "
+                                "the partitions processes this batch again", exc)
+                    for tp in offsets:
+                        self._settled.pop(tp, None)
+                    return
+            self._committed.update(offsets)
 
     def forget(self, partitions: Sequence[TopicPartition]) -> None:
         """Partitions taken away by a rebalance: their offsets are another member's."""
         for tp in partitions:
             self._inflight.pop(tp, None)
+            self._settled.pop(tp, None)
+            self._committed.pop(tp, None)
         self._attempts = {k: v for k, v in self._attempts.items() if k[0] not in partitions}
 
     # --- publishing and lag -------------------------------------------------------------
