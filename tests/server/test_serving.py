@@ -438,11 +438,6 @@ async def test_a_fast_model_can_run_on_the_event_loop(settings, reg, data) -> No
     assert threads and set(threads) == {threading.get_ident()}  # no thread but the loop's
 
 
-def test_on_the_loop_or_in_processes_not_both() -> None:
-    with pytest.raises(ValueError, match="not both"):
-        ModelConfig(ref="m@production", on_loop=True, workers=2)
-
-
 async def test_a_model_answering_the_wrong_rows_fails_its_callers_never_mixes_them(
         settings, reg) -> None:
     settings.batching = BatchingSettings(max_batch_size=64, max_delay_ms=5)
