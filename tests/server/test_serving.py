@@ -25,6 +25,7 @@ from modelport.errors import FlavorError
 from modelport.server import create_app
 from modelport.settings import BatchingSettings, ServerSettings
 from small_models import DropsFirstRow, Gated
+from waiting import until
 
 
 @pytest.fixture(scope="module")
@@ -217,8 +218,7 @@ async def test_a_full_queue_refuses_before_reading_the_body(settings, reg) -> No
     admitted = [ask(0)]
     assert await asyncio.to_thread(entered.wait, 30)  # in the model, held at the gate
     admitted += [ask(1), ask(2)]
-    while not batcher.full:
-        await asyncio.sleep(0)
+    await until(lambda: batcher.full, what="the queue filled")
     read: list[str] = []
     sent: list[dict[str, object]] = []
 
@@ -265,11 +265,15 @@ async def test_alias_moves_under_load_without_a_failed_request(settings, reg, da
         while not stop.is_set():
             answers.append(await http.post("/models/cancer/predict", json=rows))
 
+    async def answered(n: int) -> None:
+        before = len(answers)
+        await until(lambda: len(answers) >= before + n, what=f"{n} more answers")
+
     workers = [asyncio.create_task(load()) for _ in range(16)]
     for version in (v2, v1, v2, v1, v2):
         await asyncio.to_thread(reg.set_alias, "cancer", "production", version)
         await dp.refresh()
-        await asyncio.sleep(0.1)
+        await answered(20)  # by this version, before the alias moves again
     stop.set()
     await asyncio.gather(*workers)
     await http.aclose()
