@@ -32,9 +32,9 @@ class SlowDouble:
         return {"y": batch["x"] * 2}
 
 
-class GatedDouble:
-    """A model that holds each call until the test opens `gate`: the test knows the
-    model is busy (`entered`) without guessing how long anything takes."""
+class HeldDouble:
+    """A coroutine model that holds each call until the test opens `gate`: the test
+    knows the model is busy (`entered`) without guessing how long anything takes."""
 
     def __init__(self) -> None:
         self.gate = asyncio.Event()
@@ -103,7 +103,7 @@ async def test_a_failing_batch_fails_every_caller_and_the_batcher_keeps_serving(
 
 
 async def test_full_queue_is_refused_fast_with_retry_after() -> None:
-    model = GatedDouble()
+    model = HeldDouble()
     batcher = AdaptiveBatcher(model, max_batch_size=1, max_delay_ms=0, max_queue=2)
     first = asyncio.ensure_future(batcher.submit(rows(0)))
     await model.entered.wait()  # the model is busy with the first request
@@ -119,7 +119,7 @@ async def test_full_queue_is_refused_fast_with_retry_after() -> None:
 
 
 async def test_request_past_its_deadline_gets_504_and_is_skipped() -> None:
-    model = GatedDouble()
+    model = HeldDouble()
     batcher = AdaptiveBatcher(model, max_batch_size=1, max_delay_ms=0)
     busy = asyncio.ensure_future(batcher.submit(rows(0)))
     await model.entered.wait()
@@ -133,7 +133,7 @@ async def test_request_past_its_deadline_gets_504_and_is_skipped() -> None:
 
 
 async def test_a_caller_that_goes_away_is_skipped() -> None:
-    model = GatedDouble()
+    model = HeldDouble()
     batcher = AdaptiveBatcher(model, max_batch_size=1, max_delay_ms=0)
     busy = asyncio.ensure_future(batcher.submit(rows(0)))
     await model.entered.wait()  # the model is busy with the first request
@@ -149,7 +149,7 @@ async def test_a_caller_that_goes_away_is_skipped() -> None:
 
 
 async def test_close_drains_queued_requests() -> None:
-    model = GatedDouble()
+    model = HeldDouble()
     batcher = AdaptiveBatcher(model, max_batch_size=2, max_delay_ms=0)
     pending = [asyncio.ensure_future(batcher.submit(rows(i))) for i in range(6)]
     await model.entered.wait()
@@ -249,7 +249,7 @@ async def test_a_lane_refuses_past_its_queue_and_fans_failures_out() -> None:
     first = asyncio.ensure_future(batcher.submit(rows(0)))
     await asyncio.to_thread(model.entered.wait, 30)
     queued = [asyncio.ensure_future(batcher.submit(rows(i))) for i in (1, 2)]
-    await asyncio.sleep(0)  # both are in the queue now
+    await until(lambda: batcher.full, what="both in the queue")
     with pytest.raises(Overloaded):
         await batcher.submit(rows(3))
     model.gate.set()
@@ -281,7 +281,7 @@ async def test_closing_lanes_drains_or_refuses_what_waits() -> None:
     running = asyncio.ensure_future(batcher.submit(rows(0)))
     await asyncio.to_thread(model.entered.wait, 30)
     waiting = asyncio.ensure_future(batcher.submit(rows(1)))
-    await asyncio.sleep(0)
+    await until(lambda: batcher.depth == 1, what="the second request queued")
     closing = asyncio.ensure_future(batcher.close(drain=False))
     with pytest.raises(Overloaded):
         await waiting  # refused, not run
