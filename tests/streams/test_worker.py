@@ -378,7 +378,9 @@ async def test_batches_are_written_side_by_side_and_the_last_message_about_an_id
         return dataplane.metrics.registry.get_sample_value(
             "modelport_batch_size_sum", {"model": "cancer", "version": "1"})
 
-    before = batch_rows()  # the smoke test's sample
+    # the smoke test's sample, counted once its batch is (a lane counts it after answering)
+    await until(lambda: batch_rows() is not None, what="the smoke test's batch counted")
+    before = batch_rows()
     writer = SlowWriter(lambda: batch_rows() - before)
     broker = MemoryBroker(bus, "patients")
     worker = StreamWorker(Pipeline("score", "cancer", dataplane, writer=writer), broker,
