@@ -12,6 +12,7 @@ import pytest
 from modelport.batching import AdaptiveBatcher
 from modelport.errors import DeadlineExceeded, ModelportError, Overloaded
 from modelport.signature import Batch
+from waiting import until
 
 
 def rows(*values: float) -> Batch:
@@ -28,6 +29,23 @@ class SlowDouble:
     async def __call__(self, batch: Batch) -> Batch:
         self.calls.append(len(batch["x"]))
         await asyncio.sleep(self.delay)
+        return {"y": batch["x"] * 2}
+
+
+class HeldDouble:
+    """A coroutine model that holds each call until the test opens `gate`: the test
+    knows the model is busy (`entered`) without guessing how long anything takes."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+        self.calls: list[list[float]] = []
+        """The rows of each call."""
+
+    async def __call__(self, batch: Batch) -> Batch:
+        self.calls.append(batch["x"].tolist())
+        self.entered.set()
+        await self.gate.wait()
         return {"y": batch["x"] * 2}
 
 
@@ -70,7 +88,6 @@ async def test_a_failing_batch_fails_every_caller_and_the_batcher_keeps_serving(
     async def flaky(batch: Batch) -> Batch:
         nonlocal calls
         calls += 1
-        await asyncio.sleep(0.01)
         if calls == 1:
             raise RuntimeError("boom")
         return {"y": batch["x"]}
@@ -86,54 +103,63 @@ async def test_a_failing_batch_fails_every_caller_and_the_batcher_keeps_serving(
 
 
 async def test_full_queue_is_refused_fast_with_retry_after() -> None:
-    model = SlowDouble(delay=0.2)
+    model = HeldDouble()
     batcher = AdaptiveBatcher(model, max_batch_size=1, max_delay_ms=0, max_queue=2)
     first = asyncio.ensure_future(batcher.submit(rows(0)))
-    await asyncio.sleep(0.01)  # the model is busy with the first request
+    await model.entered.wait()  # the model is busy with the first request
     queued = [asyncio.ensure_future(batcher.submit(rows(i))) for i in (1, 2)]
-    await asyncio.sleep(0)
+    await until(lambda: batcher.full, what="the two requests queued")
     with pytest.raises(Overloaded) as info:
         await batcher.submit(rows(3))
     assert info.value.status_code == 503 and info.value.retry_after >= 1
+    model.gate.set()
     await asyncio.gather(first, *queued)  # what was accepted is still answered
+    assert model.calls == [[0.0], [1.0], [2.0]]
     await batcher.close()
 
 
 async def test_request_past_its_deadline_gets_504_and_is_skipped() -> None:
-    model = SlowDouble(delay=0.2)
+    model = HeldDouble()
     batcher = AdaptiveBatcher(model, max_batch_size=1, max_delay_ms=0)
     busy = asyncio.ensure_future(batcher.submit(rows(0)))
-    await asyncio.sleep(0.01)
+    await model.entered.wait()
     with pytest.raises(DeadlineExceeded):
         await batcher.submit(rows(1), timeout=0.05)
+    model.gate.set()
     await busy
-    await asyncio.sleep(0.05)
-    assert model.calls == [1]  # the abandoned request never reached the model
+    await batcher.submit(rows(2))  # queued behind the abandoned one: answered after it
+    assert model.calls == [[0.0], [2.0]]  # the abandoned request never reached the model
     await batcher.close()
 
 
 async def test_a_caller_that_goes_away_is_skipped() -> None:
-    model = SlowDouble(delay=0.2)
+    model = HeldDouble()
     batcher = AdaptiveBatcher(model, max_batch_size=1, max_delay_ms=0)
     busy = asyncio.ensure_future(batcher.submit(rows(0)))
-    await asyncio.sleep(0.01)  # the model is busy with the first request
+    await model.entered.wait()  # the model is busy with the first request
     gone = asyncio.ensure_future(batcher.submit(rows(1), timeout=5))
-    await asyncio.sleep(0)
+    await until(lambda: batcher.depth == 1, what="the second request queued")
     gone.cancel()  # say, the client disconnected
+    model.gate.set()
     await busy
-    await asyncio.sleep(0.05)
+    await batcher.submit(rows(2))
     assert gone.cancelled()
-    assert model.calls == [1]  # the cancelled request never reached the model
+    assert model.calls == [[0.0], [2.0]]  # the cancelled request never reached the model
     await batcher.close()
 
 
 async def test_close_drains_queued_requests() -> None:
-    model = SlowDouble(delay=0.02)
+    model = HeldDouble()
     batcher = AdaptiveBatcher(model, max_batch_size=2, max_delay_ms=0)
     pending = [asyncio.ensure_future(batcher.submit(rows(i))) for i in range(6)]
-    await asyncio.sleep(0)
-    await batcher.close(drain=True)
+    await model.entered.wait()
+    await until(lambda: batcher.depth == 4, what="two rows in the model, four queued")
+    closing = asyncio.create_task(batcher.close(drain=True))
+    await until(lambda: batcher.depth == 5, what="close() queued behind the requests")
+    model.gate.set()
+    await closing
     assert [p.result()["y"].tolist() for p in pending] == [[2.0 * i] for i in range(6)]
+    assert model.calls == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
 
 
 async def test_waiting_for_company_is_bounded_by_max_delay_in_all() -> None:
@@ -223,7 +249,7 @@ async def test_a_lane_refuses_past_its_queue_and_fans_failures_out() -> None:
     first = asyncio.ensure_future(batcher.submit(rows(0)))
     await asyncio.to_thread(model.entered.wait, 30)
     queued = [asyncio.ensure_future(batcher.submit(rows(i))) for i in (1, 2)]
-    await asyncio.sleep(0)  # both are in the queue now
+    await until(lambda: batcher.full, what="both in the queue")
     with pytest.raises(Overloaded):
         await batcher.submit(rows(3))
     model.gate.set()
@@ -255,7 +281,7 @@ async def test_closing_lanes_drains_or_refuses_what_waits() -> None:
     running = asyncio.ensure_future(batcher.submit(rows(0)))
     await asyncio.to_thread(model.entered.wait, 30)
     waiting = asyncio.ensure_future(batcher.submit(rows(1)))
-    await asyncio.sleep(0)
+    await until(lambda: batcher.depth == 1, what="the second request queued")
     closing = asyncio.ensure_future(batcher.close(drain=False))
     with pytest.raises(Overloaded):
         await waiting  # refused, not run

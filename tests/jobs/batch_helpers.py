@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from modelport import Registry, Settings
 from small_models import cancer
+from waiting import wait_for as wait_for  # the jobs tests import it from here
 
 HERE = Path(__file__).parent
 
@@ -130,15 +131,6 @@ def start(home: Path, url: str, *args: str, **extra: str) -> subprocess.Popen[st
     return subprocess.Popen([sys.executable, "-m", "modelport", *args],
                             env=env(home, url, **extra), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-
-
-def wait_for(predicate: Any, timeout: float = 60, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def slow(frame: Any) -> Any:

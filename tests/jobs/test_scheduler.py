@@ -24,6 +24,7 @@ from modelport.errors import ConfigError
 from modelport.jobs.scheduler import Scheduler, add_pipeline_batches
 from modelport.monitoring.metrics import Metrics
 from modelport.service import Service
+from waiting import until
 
 T0 = datetime(2026, 1, 1, 10, 0, 30, tzinfo=UTC)
 
@@ -74,7 +75,7 @@ async def test_a_job_still_running_is_skipped_not_overlapped(caplog) -> None:
     scheduler = Scheduler(metrics=metrics, clock=lambda: T0)
     scheduler.add("slow", "* * * * *", slow)
     scheduler.run_pending(at(1))
-    await asyncio.sleep(0)
+    await until(lambda: started == 1, what="the first run begun")
     with caplog.at_level(logging.WARNING, "modelport.jobs.scheduler"):
         assert scheduler.run_pending(at(2)) == []
     assert "job slow still running: skipped" in caplog.text

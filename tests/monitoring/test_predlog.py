@@ -132,18 +132,18 @@ async def test_a_full_buffer_drops_and_counts_instead_of_waiting(url: str) -> No
 
 async def test_a_stuck_database_never_slows_recording(url: str) -> None:
     plog = make_log(url, sample_rate=1.0, buffer_size=100, flush_interval_s=0.01)
-    release = threading.Event()
+    entered, release = threading.Event(), threading.Event()
     write = plog.store.write
 
     def stuck(*args: object) -> None:
-        release.wait(10)
-        time.sleep(0.3)  # still writing when stop() comes: it must wait, not lose this
+        entered.set()
+        assert release.wait(60), "the test never released the write"
         write(*args)  # type: ignore[arg-type]
 
     plog.store.write = stuck  # type: ignore[method-assign]
     await plog.start()
     plog.record("m", 1, "predict", row(), out(), 1.0)
-    await asyncio.sleep(0.1)  # the flusher is now stuck in its thread
+    assert await asyncio.to_thread(entered.wait, 60)  # the flusher is stuck in its thread
     slowest = 0.0
     for _ in range(1000):
         t = time.perf_counter()
@@ -151,8 +151,11 @@ async def test_a_stuck_database_never_slows_recording(url: str) -> None:
         slowest = max(slowest, time.perf_counter() - t)
     assert slowest < 0.05
     assert plog.dropped == 1000 - 100
+    stopping = asyncio.create_task(plog.stop())
+    await asyncio.sleep(0)  # a turn of the loop: stop() has begun, the write is under way
+    assert not stopping.done()  # it waits for the write, rather than lose its rows
     release.set()
-    await plog.stop()
+    await stopping
     assert len(stored(url)) == 101
     assert sum(int(t["calls"]) for t in stored(url, "mp_traffic")) == 1001  # type: ignore[call-overload]
 

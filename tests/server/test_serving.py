@@ -25,6 +25,7 @@ from modelport.errors import FlavorError
 from modelport.server import create_app
 from modelport.settings import BatchingSettings, ServerSettings
 from small_models import DropsFirstRow, Gated
+from waiting import until
 
 
 @pytest.fixture(scope="module")
@@ -218,8 +219,7 @@ async def test_a_full_queue_refuses_before_reading_the_body(settings, reg) -> No
     admitted = [ask(0)]
     assert await asyncio.to_thread(entered.wait, 30)  # in the model, held at the gate
     admitted += [ask(1), ask(2)]
-    while not batcher.full:
-        await asyncio.sleep(0)
+    await until(lambda: batcher.full, what="the queue filled")
     read: list[str] = []
     sent: list[dict[str, object]] = []
 
@@ -266,11 +266,15 @@ async def test_alias_moves_under_load_without_a_failed_request(settings, reg, da
         while not stop.is_set():
             answers.append(await http.post("/models/cancer/predict", json=rows))
 
+    async def answered(n: int) -> None:
+        before = len(answers)
+        await until(lambda: len(answers) >= before + n, what=f"{n} more answers")
+
     workers = [asyncio.create_task(load()) for _ in range(16)]
     for version in (v2, v1, v2, v1, v2):
         await asyncio.to_thread(reg.set_alias, "cancer", "production", version)
         await dp.refresh()
-        await asyncio.sleep(0.1)
+        await answered(20)  # by this version, before the alias moves again
     stop.set()
     await asyncio.gather(*workers)
     await http.aclose()
@@ -437,11 +441,6 @@ async def test_a_fast_model_can_run_on_the_event_loop(settings, reg, data) -> No
     await dp.stop()
     assert [a.json()["predictions"][0] for a in answers] == expected
     assert threads and set(threads) == {threading.get_ident()}  # no thread but the loop's
-
-
-def test_on_the_loop_or_in_processes_not_both() -> None:
-    with pytest.raises(ValueError, match="not both"):
-        ModelConfig(ref="m@production", on_loop=True, workers=2)
 
 
 async def test_a_model_answering_the_wrong_rows_fails_its_callers_never_mixes_them(

@@ -200,17 +200,26 @@ def test_metrics_are_served_while_consuming(tmp_path: Path, home: Path, stream: 
     config = write_config(tmp_path, stream, pre="stream_steps:slow")
     port = 9400 + os.getpid() % 500
     proc = start(home, config, "--metrics-port", str(port), step_s=0.2)
+    expected = ['modelport_stream_messages_total{outcome="processed",pipeline="score"}',
+                'modelport_stream_lag{pipeline="score"}']
+    scraped = [""]
+
+    def reported() -> bool:  # a batch acknowledged, and the first lag query answered
+        try:
+            scraped[0] = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                                timeout=5).read().decode()
+        except OSError:  # not listening yet
+            return False
+        return all(line in scraped[0] for line in expected)
+
     try:
         wait_until(lambda: rows(tmp_path) >= 10, 90, proc)
-        time.sleep(5.5)  # one lag update
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        wait_until(reported, 90, proc)
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
     finally:
         stop(proc)
-    text = body.decode()
-    assert 'modelport_stream_messages_total{outcome="processed",pipeline="score"}' in text
-    assert 'modelport_stream_lag{pipeline="score"}' in text
+    assert all(line in scraped[0] for line in expected)
 
 
 def test_the_drain_timeout_abandons_a_stuck_batch_unacknowledged(

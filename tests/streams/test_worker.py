@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import orjson
 import pytest
@@ -17,6 +17,7 @@ from modelport.pipeline import Frame, MemoryWriter, Pipeline
 from modelport.streams.base import Message
 from modelport.streams.memory import MemoryBroker, MemoryBus
 from modelport.streams.worker import StreamWorker
+from waiting import until
 
 
 @pytest.fixture
@@ -125,8 +126,7 @@ async def test_stop_finishes_the_batch_in_flight(dataplane) -> None:
     worker = StreamWorker(pipe, MemoryBroker(bus, "patients"), dead_letter_subject="dlq",
                           batch_size=10, fetch_timeout=0.05)
     task = asyncio.create_task(worker.run())
-    while not writer.rows:
-        await asyncio.sleep(0.001)
+    await until(lambda: writer.rows, what="a batch written")
     worker.stop()
     stats = await asyncio.wait_for(task, 5)
     assert stats.processed == len(writer.rows)  # everything written was acknowledged
@@ -340,16 +340,26 @@ async def test_binary_payloads_are_dead_lettered_byte_for_byte(dataplane) -> Non
 
 
 class SlowWriter(MemoryWriter):
-    """Takes its time, the first frame longest; notes how many frames it held at once."""
+    """Holds the first frame until the next batch has been scored (so that batch finds
+    it still being written), and the second until the write of a third has begun (two
+    side by side), whatever the machine's speed; notes how many it held at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, rows_scored: Callable[[], float]) -> None:
         super().__init__()
-        self.active = self.peak = 0
+        self.active = self.peak = self.begun = 0
+        self.rows_scored = rows_scored
+        self.third = asyncio.Event()
 
     async def write(self, frame: Frame) -> None:
         self.active += 1
         self.peak = max(self.peak, self.active)
-        await asyncio.sleep(0.3 if self.writes == 0 and self.active == 1 else 0.02)
+        self.begun += 1
+        if self.begun == 1:
+            await until(lambda: self.rows_scored() >= 16, what="the second batch scored")
+        elif self.begun == 2:
+            await asyncio.wait_for(self.third.wait(), 60)
+        elif self.begun == 3:
+            self.third.set()
         await super().write(frame)
         self.active -= 1
 
@@ -364,7 +374,14 @@ async def test_batches_are_written_side_by_side_and_the_last_message_about_an_id
     bus.append("patients", orjson.dumps({"id": "twin", "data": later}))
     for i in range(8, 30):  # batches 3 and 4: other ids, written beside the others
         bus.append("patients", orjson.dumps({"id": f"q{i}", "data": records[i % 8]}))
-    writer = SlowWriter()
+    def batch_rows() -> float:  # the rows the model has been given
+        return dataplane.metrics.registry.get_sample_value(
+            "modelport_batch_size_sum", {"model": "cancer", "version": "1"})
+
+    # the smoke test's sample, counted once its batch is (a lane counts it after answering)
+    await until(lambda: batch_rows() is not None, what="the smoke test's batch counted")
+    before = batch_rows()
+    writer = SlowWriter(lambda: batch_rows() - before)
     broker = MemoryBroker(bus, "patients")
     worker = StreamWorker(Pipeline("score", "cancer", dataplane, writer=writer), broker,
                           dead_letter_subject="dlq", batch_size=8, fetch_timeout=0.05)

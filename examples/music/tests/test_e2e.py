@@ -39,6 +39,7 @@ from music import bootstrap
 from music.als import AlsParams
 from music.store import Store
 from music.system import ALIAS, MODEL, System
+from waiting import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -209,16 +210,23 @@ def test_2_killing_the_worker_loses_no_listen(stack: Stack) -> None:
                 i += 1
                 time.sleep(0.01)
 
+    def posted_more(n: int) -> None:  # the producer posts `n` more listens
+        before = sum(len(ids) for ids in posted.values())
+        wait_for(lambda: sum(len(ids) for ids in posted.values()) >= before + n, 60,
+                 f"{n} more listens posted")
+
     producer = threading.Thread(target=post_listens)
     producer.start()
     try:
-        time.sleep(1.0)
+        wait_for(lambda: any(set(posted[u][:]) & set(history_ids(stack, u)) for u in people),
+                 60, "a posted listen folded")
+        posted_more(20)  # the worker is busy with them
         stack.procs["worker"].send_signal(signal.SIGKILL)  # mid-batch, no goodbye
         stack.procs["worker"].wait()
-        time.sleep(1.5)  # listens keep coming while no worker runs
+        posted_more(30)  # listens keep coming while no worker runs
         stack.start("worker")
         stack.wait_ready("worker")
-        time.sleep(1.0)
+        posted_more(30)
     finally:
         stop.set()
         producer.join()
@@ -284,7 +292,8 @@ def test_4_promote_and_roll_back_under_traffic_without_a_failed_request(stack: S
             back = registry.rollback(MODEL, ALIAS, reason="e2e: worse in production")
             assert back.version == 1
             wait_for_version(1)
-            time.sleep(0.5)
+            served = len(seen)
+            wait_for(lambda: len(seen) >= served + 20, 60, "traffic after the rollback")
     finally:
         stop.set()
         for t in threads:
