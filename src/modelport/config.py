@@ -88,6 +88,9 @@ class PipelineEntry(PipelineConfig):
 class ServiceConfig(BaseModel):
     """What one service runs."""
 
+    # a misspelt key is refused, naming it, rather than leaving a default silently
+    model_config = ConfigDict(extra="forbid")
+
     name: str = "modelport"
     models: list[ModelConfig] = Field(default_factory=list)
     pipelines: list[PipelineEntry] = Field(default_factory=list)
@@ -138,4 +141,6 @@ def load_config(path: Path, env: Mapping[str, str]) -> ServiceConfig:
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path}: {key}: {first['msg']}") from exc
+        message = ("not an option here (misspelt?)" if first["type"] == "extra_forbidden"
+                   else first["msg"])
+        raise ConfigError(f"{path}: {key}: {message}") from exc

@@ -20,7 +20,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from modelport.batching import AdaptiveBatcher, Infer, Predict
 from modelport.errors import (
@@ -44,6 +44,9 @@ log = logging.getLogger("modelport.dataplane")
 
 class ModelConfig(BaseModel):
     """One model a service serves, as written under `models:` in modelport.yaml."""
+
+    # a misspelt key is refused, naming it, rather than leaving a default silently
+    model_config = ConfigDict(extra="forbid")
 
     ref: str
     """`name@alias` (follows the alias) or `name:version` (pinned)."""

@@ -61,6 +61,9 @@ class PipelineConfig(BaseModel):
     """What a pipeline is built from: its entry under `pipelines:` in modelport.yaml,
     less the options of the triggers that run it (`modelport.config.PipelineEntry`)."""
 
+    # a misspelt key is refused, naming it, rather than leaving a default silently
+    model_config = ConfigDict(extra="forbid")
+
     name: str
     model: str
     """The model, as `name@alias` or `name:version` (served by this service)."""
