@@ -2,8 +2,8 @@
 
 Public: `__all__`. Broker clients (redis, nats-py, aiokafka) are imported only when
 their broker is used. `StreamWorker`, `StreamWriter` and `StreamRunner` load on first
-use too: they import the pipeline package, which imports this package's configuration
-(a pipeline's `stream:` section).
+use too, so that naming a broker or its configuration does not load the pipeline and
+service machinery.
 """
 
 from __future__ import annotations
