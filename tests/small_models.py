@@ -21,11 +21,20 @@ def cancer() -> tuple[Any, Any]:
 
 class DropsFirstRow:
     """Twice each row's sum, but one row short for any batch of more than one (the first
-    row is lost): a model whose answers cannot be matched to its rows."""
+    row is lost): a model whose answers cannot be matched to its rows. Its `gate` and
+    `entered` work as `Gated`'s, so a test can queue requests behind a call."""
+
+    import threading
+
+    gate = threading.Event()
+    gate.set()
+    entered = threading.Event()
 
     def predict(self, x: Any) -> Any:
         import numpy as np
 
+        type(self).entered.set()
+        assert type(self).gate.wait(60), "the test never opened the gate"
         out = np.asarray(x, dtype=np.float64).sum(axis=1) * 2
         return out[1:] if len(out) > 1 else out
 
