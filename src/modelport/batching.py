@@ -241,20 +241,13 @@ class AdaptiveBatcher:
             if first is _STOP:
                 return
             items, rows = [first], first.rows
-            deadline: float | None = None
+            if rows < self.max_batch_size and self._last_size > 1 and self.max_delay > 0:
+                self._await_loop_turn()
             while rows < self.max_batch_size:
                 try:
                     nxt = self._tqueue.get_nowait()
                 except queue.Empty:
-                    if self._last_size <= 1 or self.max_delay <= 0:
-                        break
-                    # others were here last time: wait for company, max_delay in all
-                    now = time.monotonic()
-                    deadline = now + self.max_delay if deadline is None else deadline
-                    try:
-                        nxt = self._tqueue.get(timeout=max(deadline - now, 0))
-                    except queue.Empty:
-                        break
+                    break
                 if nxt is _STOP:
                     stopping = True
                     break
@@ -270,6 +263,19 @@ class AdaptiveBatcher:
                 self._run_in_lane(items)
             if stopping and carry is not None:  # drained: the carried request too
                 self._run_in_lane([carry])
+
+    def _await_loop_turn(self) -> None:
+        """Others were here last time: let the event loop finish taking in the requests
+        that have arrived (the rest of its turn) before the batch closes, for at most
+        `max_delay`. One wake-up, not one per arrival: waiting on the queue instead
+        would wake this thread, and take the GIL from the loop, for every request."""
+        assert self._loop is not None
+        turned = threading.Event()
+        try:
+            self._loop.call_soon_threadsafe(turned.set)
+        except RuntimeError:  # the loop is gone
+            return
+        turned.wait(self.max_delay)
 
     def _run_in_lane(self, items: list[_Item]) -> None:
         started = time.perf_counter()
