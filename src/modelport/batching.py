@@ -4,6 +4,15 @@ A batch closes on size, or as soon as the model is free: an idle model runs a lo
 request at once (no fixed window to wait out), while requests that arrive during a
 model call queue up and form the next batch. `max_delay_ms` adds a short wait for
 company only when the last batch showed there is concurrency to wait for.
+
+A model given as a plain function runs on the batcher's own threads ("lanes"), which
+take the next batch off the queue themselves as soon as the last one is done: the
+event loop only admits requests and hands answers back. Under overload the loop is
+busy refusing the excess, and a model that needed loop turns between batches would
+sit idle behind that work while its queue is full (goodput collapses). On lanes the
+wait for company is the rest of the loop's current turn (the requests it is taking
+in), bounded by `max_delay_ms`. A coroutine function (a model run on the loop) is
+batched by a task on the loop instead.
 """
 
 from __future__ import annotations
