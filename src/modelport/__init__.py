@@ -11,8 +11,7 @@ reports), `modelport.server` (the app, its JSON responses, running it) and
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from modelport.errors import (
     ConfigError,
@@ -22,6 +21,7 @@ from modelport.errors import (
     NotReady,
     Overloaded,
 )
+from modelport.lazy import lazy_exports
 from modelport.model import Model
 from modelport.registry import ModelVersion, Registry
 from modelport.settings import Settings
@@ -54,12 +54,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # looked up once
-        return value
-    raise AttributeError(f"module 'modelport' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 def __dir__() -> list[str]:

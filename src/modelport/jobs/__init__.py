@@ -5,12 +5,12 @@ Public: `__all__`; the report's functions load on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from modelport.jobs.batch import EXIT_REJECTED, BatchJob, BatchOptions, BatchResult, source_for
 from modelport.jobs.scheduler import Scheduler, add_pipeline_batches
 from modelport.jobs.sources import FileRows, KeyQuery, Source
+from modelport.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from modelport.jobs.report import generate, report_job, window
@@ -19,10 +19,7 @@ _LAZY = {"generate": "modelport.jobs.report", "report_job": "modelport.jobs.repo
          "window": "modelport.jobs.report"}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'modelport.jobs' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [

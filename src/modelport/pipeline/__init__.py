@@ -7,9 +7,9 @@ with their client libraries. `SqlComponent` is the base of a SQL component of yo
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from modelport.lazy import lazy_exports
 from modelport.pipeline.base import Component, Frame, Key, Retriever, Writer
 from modelport.pipeline.memory import MemoryRetriever, MemoryWriter
 from modelport.pipeline.pipeline import Pipeline, PipelineConfig, Reject, Scored
@@ -30,10 +30,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'modelport.pipeline' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [

@@ -7,9 +7,9 @@ does (`listen`, `DrainingHttpToolsProtocol`, `sigterm_exits_cleanly`), loaded on
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from modelport.lazy import lazy_exports
 from modelport.server.app import create_app
 from modelport.server.responses import JSON, read_json
 
@@ -24,10 +24,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'modelport.server' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = ["JSON", "DrainingHttpToolsProtocol", "create_app", "listen", "read_json",

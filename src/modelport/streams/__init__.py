@@ -12,6 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from modelport.errors import ConfigError
+from modelport.lazy import lazy_exports
 from modelport.streams.base import Broker, DeadLetter, Message
 from modelport.streams.config import StreamConfig
 
@@ -55,10 +56,7 @@ def broker_class(kind: str) -> Any:
             from exc
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'modelport.streams' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = ["BROKERS", "Broker", "DeadLetter", "JetStreamBroker", "KafkaBroker",
