@@ -111,18 +111,23 @@ def pinned(core: int | None) -> list[str]:
 
 
 def start_server(home: Path, port: int, core: int | None) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "MODELPORT_HOME": str(home), "PYTHONPATH": str(HERE),
+    # the sleeper model's module is here; a PYTHONPATH of the caller's is kept after it
+    path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "MODELPORT_HOME": str(home), "PYTHONPATH": path,
            "MODELPORT_BATCHING__MAX_BATCH_SIZE": "1", "MODELPORT_BATCHING__MAX_DELAY_MS": "0",
            "MODELPORT_BATCHING__MAX_QUEUE": str(QUEUE), "MODELPORT_SERVER__ACCESS_LOG": "false"}
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (the server writes to it while it runs)
     proc = subprocess.Popen(
         [*pinned(core), sys.executable, "-m", "modelport", "serve", "sleeper:1", "--trusted",
-         "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if healthy(port):
             return proc
         if proc.poll() is not None:
-            raise SystemExit("the server exited before it was ready")
+            log.seek(0)
+            said = log.read().decode(errors="replace")[-2000:]
+            raise SystemExit(f"the server exited before it was ready:\n{said}")
         time.sleep(0.2)
     proc.kill()
     raise SystemExit("the server was not ready in 60 s")

@@ -242,6 +242,53 @@ async def test_lanes_run_queued_batches_while_the_event_loop_is_busy() -> None:
     await batcher.close()
 
 
+class SleepyDouble:
+    """A plain-function model that takes `delay` seconds a call (the GIL released, as
+    numerical code does) and records the batch sizes."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.calls: list[int] = []
+
+    def __call__(self, batch: Batch) -> Batch:
+        self.calls.append(len(batch["x"]))
+        time.sleep(self.delay)
+        return {"y": batch["x"] * 2}
+
+
+async def test_a_closed_loop_of_callers_is_batched_as_one_cohort() -> None:
+    """Callers that send their next request as soon as they are answered: after a
+    batch with company the lane lets the event loop finish its turn, in which the
+    answered callers come back, so they do not split into cohorts that alternate in
+    half-size batches (each batch pays the model's fixed cost)."""
+    model = SleepyDouble(0.02)
+    batcher = AdaptiveBatcher(model, max_batch_size=64, max_delay_ms=2)
+    callers = 16
+
+    async def caller(i: int) -> None:
+        for _ in range(8):
+            assert (await batcher.submit(rows(i)))["y"].tolist() == [2.0 * i]
+
+    await asyncio.gather(*(caller(i) for i in range(callers)))
+    await batcher.close()
+    # the first caller finds the model idle and runs alone, the rest queue behind it;
+    # from then on, one batch of everybody
+    settled = model.calls[3:]
+    assert sorted(settled)[len(settled) // 2] == callers, model.calls
+
+
+async def test_waiting_for_callers_that_do_not_come_back_ends_early() -> None:
+    """An open stream of callers: the ones answered are gone. The wait for company
+    after a batch is `max_delay` at most, not as long as a model call."""
+    model = SleepyDouble(0.3)
+    batcher = AdaptiveBatcher(model, max_batch_size=64, max_delay_ms=2)
+    await asyncio.gather(*(batcher.submit(rows(i)) for i in range(8)))  # 1, then 7
+    started = time.perf_counter()
+    assert (await batcher.submit(rows(1)))["y"].tolist() == [2.0]
+    assert time.perf_counter() - started < 0.3 + 0.25  # the call, and no 0.3 s wait
+    await batcher.close()
+
+
 async def test_a_lane_refuses_past_its_queue_and_fans_failures_out() -> None:
     model = GatedDouble()
     model.gate.clear()

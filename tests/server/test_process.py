@@ -300,3 +300,74 @@ def test_serve_refuses_a_pipeline_it_cannot_run_before_saying_serving(
     assert done.stdout == ""
     lines = [line for line in done.stderr.splitlines() if not line.startswith("{")]
     assert len(lines) == 1 and lines[0].startswith(f"error: pipeline p: {fill(said)}"), lines
+
+
+def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response off `sock`: status, headers (lower-case names), body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        assert chunk, f"the connection closed mid-response: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    while len(body) < int(headers["content-length"]):
+        chunk = sock.recv(4096)
+        assert chunk, "the connection closed mid-body"
+        body += chunk
+    assert len(body) == int(headers["content-length"]), "more than one response came"
+    return int(status_line.split()[1]), headers, body
+
+
+def test_a_full_queue_is_refused_from_the_request_head_and_the_connection_lives_on(
+        tmp_path: Path) -> None:
+    proc, port, gate, started = serve_gated(tmp_path, MODELPORT_BATCHING__MAX_BATCH_SIZE="1",
+                                            MODELPORT_BATCHING__MAX_QUEUE="1")
+    url = f"http://127.0.0.1:{port}"
+    body = b'{"instances": [[5, 0, 0]]}'
+    predict = (b"POST /models/gated/predict HTTP/1.1\r\nHost: x\r\nX-Request-ID: req-7\r\n"
+               b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+               % (len(body), body))
+
+    def ask(i: int) -> httpx.Response:
+        return httpx.post(f"{url}/models/gated/predict", json={"instances": [[i, 0, 0]]},
+                          timeout=30)
+
+    try:
+        gate.unlink()
+        started.unlink()
+        with ThreadPoolExecutor(2) as pool:
+            held = pool.submit(ask, 1)
+            while not started.exists():  # one in the model …
+                time.sleep(0.01)
+            queued = pool.submit(ask, 2)
+            while 'modelport_queue_depth{model="gated"} 1.0' not in httpx.get(
+                    f"{url}/metrics").text:  # … and one queued: the queue is full
+                time.sleep(0.01)
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(predict)
+                status, headers, answer = _read_response(sock)
+                assert status == 503
+                assert headers["retry-after"] == "1"
+                assert headers["x-request-id"] == "req-7"
+                assert headers["content-type"] == "application/json"
+                assert "queue is full" in answer.decode()
+                # the body was skipped, not read as the next request: the same
+                # connection serves the next one
+                sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert _read_response(sock)[0] == 200
+                # a request that closes its connection is refused the usual way
+                sock.sendall(predict.replace(b"Host: x\r\n", b"Host: x\r\nConnection: close\r\n"))
+                status, headers, answer = _read_response(sock)
+                assert status == 503 and headers["connection"] == "close"
+            gate.touch()
+            assert [held.result().json()["predictions"], queued.result().json()["predictions"]] \
+                == [[2.0], [4.0]]
+        metrics = httpx.get(f"{url}/metrics").text
+        assert 'modelport_rejections_total{model="gated",reason="queue_full"} 2.0' in metrics
+        assert 'model="gated",route="predict",status="503",version="1"} 2.0' in metrics
+    finally:
+        proc.terminate()
+        proc.wait()
+        proc.stderr.close()  # type: ignore[union-attr]

@@ -20,8 +20,9 @@ from modelport.errors import ModelportError
 from modelport.security import KeyStore
 from modelport.server import admin, docs, predict, v2
 from modelport.server import pipelines as pipeline_routes
+from modelport.server.admission import Admission
 from modelport.server.auth import ApiKeyGuard
-from modelport.server.middleware import Admission, BodyLimit, RequestContext
+from modelport.server.middleware import BodyLimit, RequestContext
 from modelport.server.openapi import openapi_schema
 from modelport.server.responses import (
     handle_error,
@@ -103,7 +104,8 @@ def create_app(service: Service, *, keys: KeyStore | None = None,
             Middleware(ApiKeyGuard, keys=keys,
                        require_predict_key=settings.server.require_predict_key),
             # after the key check, before anything reads the body
-            Middleware(Admission, dataplane=dataplane),
+            Middleware(Admission, dataplane=dataplane, keys=keys,
+                       require_predict_key=settings.server.require_predict_key),
             Middleware(BodyLimit, max_bytes=settings.server.max_body_bytes),
         ],
         exception_handlers={ModelportError: handle_error, HTTPException: handle_http_error,
@@ -112,6 +114,8 @@ def create_app(service: Service, *, keys: KeyStore | None = None,
     )
     app.state.service = service
     app.state.dataplane = dataplane
+    # for the HTTP protocol, which refuses from a request's head (server.run)
+    app.state.admission = Admission(None, dataplane, keys, settings.server.require_predict_key)
     # an application's own routes are something to serve, models or not
     dataplane.ready_without_models = bool(extra_routes)
     app.state.pipelines = service.pipelines

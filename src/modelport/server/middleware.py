@@ -1,23 +1,19 @@
-"""Pure ASGI middleware: request ids, access logs and metrics; early admission; body
-size limits."""
+"""Pure ASGI middleware: request ids, access logs and metrics; body size limits
+(admission: `server.admission`)."""
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelport.errors import Overloaded, PayloadTooLarge
+from modelport.errors import PayloadTooLarge
 from modelport.monitoring.metrics import Metrics
 from modelport.server.responses import error_response
-
-if TYPE_CHECKING:
-    from modelport.dataplane import DataPlane
 
 access = logging.getLogger("modelport.access")
 _CACHED = 1024  # label sets whose metric children RequestContext keeps at hand
@@ -81,40 +77,6 @@ class RequestContext:
             if len(self._timings) < _CACHED:
                 self._timings[key] = timing
         timing.observe(elapsed)
-
-
-_PREDICT = re.compile(r"/models/([^/]+)/predict|/v2/models/([^/]+)(?:/versions/[^/]+)?/infer")
-
-
-class Admission:
-    """503 for a prediction whose model's queue is full, before its body is read.
-
-    Under overload most requests are refused; refusing them after reading, parsing and
-    validating their bodies spends the core the admitted ones need (goodput falls far
-    below capacity). Here a refusal costs a dictionary look-up. The batcher's own check
-    stays the last word: this one only looks at the queue as it is now.
-    """
-
-    def __init__(self, app: ASGIApp, dataplane: DataPlane) -> None:
-        self.app = app
-        self.dataplane = dataplane
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            match = _PREDICT.fullmatch(scope["path"])
-            name = match and (match[1] or match[2])
-            endpoint = self.dataplane.endpoints.get(name) if name else None
-            current = endpoint.current if endpoint is not None else None
-            if current is not None and current.batcher.full:
-                state = scope.setdefault("state", {})
-                state["model"], state["version"] = name, current.version
-                state["route"] = "predict" if match and match[1] else "v2"
-                self.dataplane.metrics.rejections.labels(name, "queue_full").inc()
-                response = error_response(Overloaded(current.batcher.full_message(),
-                                                     retry_after=1.0))
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 class BodyLimit:

@@ -1,11 +1,17 @@
 """The HTTP/1.1 protocol the server runs: uvicorn's httptools one, with a drain that
-answers requests on idle keep-alive connections instead of resetting them."""
+answers requests on idle keep-alive connections instead of resetting them, and
+admission from the request's head (`server.admission`)."""
 
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
+from typing import Any, cast
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from modelport.server.admission import Admission
 
 # How long an idle keep-alive connection stays open once the drain begins: a client
 # may have sent its next request before it could see the close; a longer wait only
@@ -21,6 +27,7 @@ class DrainingHttpToolsProtocol(HttpToolsProtocol):
 
     draining = False
     drain_close: asyncio.TimerHandle | None = None
+    admission: Admission | None = None  # set by `http_protocol`
 
     def shutdown(self) -> None:
         self.draining = True
@@ -40,6 +47,8 @@ class DrainingHttpToolsProtocol(HttpToolsProtocol):
         if self.drain_close is not None:
             self.drain_close.cancel()
             self.drain_close = None
+        if self.admission is not None and not self.draining and self._refused():
+            return
         super().on_headers_complete()
         if self.draining and self.cycle is not None:
             self.cycle.keep_alive = False  # the answer says `Connection: close`
@@ -49,3 +58,43 @@ class DrainingHttpToolsProtocol(HttpToolsProtocol):
             self.drain_close.cancel()
             self.drain_close = None
         super().connection_lost(exc)
+
+    def _refused(self) -> bool:
+        """Answer 503 from the request's head when admission refuses it, and skip its
+        body; a pipelined request (one still running before it) or one that closes
+        its connection takes the usual way."""
+        assert self.admission is not None
+        if self.cycle is not None and not self.cycle.response_complete:
+            return False
+        if self.parser.get_http_version() != "1.1" or not self.parser.should_keep_alive():
+            return False
+        raw = httptools.parse_url(self.url).path
+        path = urllib.parse.unquote(raw.decode("ascii")) if b"%" in raw \
+            else raw.decode("ascii")
+        refused = self.admission.refusal(self.parser.get_method().decode("ascii"), path,
+                                         self.headers)
+        if refused is None:
+            return False
+        request_id = next((v for n, v in self.headers if n == b"x-request-id"), None)
+        self.transport.write(self.admission.response(
+            refused, request_id, self.server_state.default_headers))
+        # an answered cycle: the parser's body and message-complete callbacks skip it
+        self.cycle = cast(RequestResponseCycle, _Answered())
+        self.on_response_complete()
+        return True
+
+
+class _Answered:
+    """Stands in for the cycle of a request answered from its head."""
+
+    response_complete = True
+    keep_alive = True
+
+    def __init__(self) -> None:
+        self.message_event = asyncio.Event()
+
+
+def http_protocol(admission: Admission) -> type[DrainingHttpToolsProtocol]:
+    """The protocol class for a server whose predictions `admission` admits."""
+    attributes: dict[str, Any] = {"admission": admission}
+    return type("AdmittingHttpToolsProtocol", (DrainingHttpToolsProtocol,), attributes)

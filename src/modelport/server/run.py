@@ -18,7 +18,7 @@ from modelport.config import ServiceConfig
 from modelport.errors import ConfigError
 from modelport.logs import configure_logging
 from modelport.server.app import create_app
-from modelport.server.protocol import DrainingHttpToolsProtocol
+from modelport.server.protocol import http_protocol
 from modelport.service import Service
 from modelport.settings import Settings
 
@@ -81,7 +81,7 @@ async def _serve(settings: Settings, config: ServiceConfig, sock: socket.socket,
         on_ready(service)
     server = uvicorn.Server(uvicorn.Config(
         app,
-        http=DrainingHttpToolsProtocol,
+        http=http_protocol(app.state.admission),
         log_config=None,
         access_log=False,  # our RequestContext middleware writes the access log
         timeout_graceful_shutdown=math.ceil(settings.server.request_timeout_s),

@@ -1,0 +1,121 @@
+"""Admission: a prediction whose model's queue is full is refused from the request's
+head alone, before its body is read, parsed or validated.
+
+Under overload most requests are refused. Refusing them after reading and decoding
+their bodies spends the core the admitted ones need, and a refusal that waits its turn
+on the event loop behind every other connection's work is slow to tell the client to
+go elsewhere. So the server's HTTP protocol asks `Admission.refusal` as soon as a
+request's head is parsed and, when it says no, writes the 503 itself: no ASGI task,
+no middleware, no JSON encoding (`server.protocol`). The `Admission` middleware asks
+the same question for an app served by another ASGI server. The batcher's own check
+stays the last word: this one only looks at the queue as it is now.
+
+Refusals made in the protocol have no access-log line (a flood of them would drown the
+log); they are counted as requests with status 503 and as rejections `queue_full`.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from prometheus_client import Counter
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from modelport.errors import Overloaded
+from modelport.security import KeyStore
+from modelport.server.auth import presented_key, required_scope
+from modelport.server.responses import error_response
+
+if TYPE_CHECKING:
+    from modelport.dataplane import DataPlane
+
+_PREDICT = re.compile(r"/models/([^/]+)/predict|/v2/models/([^/]+)(?:/versions/[^/]+)?/infer")
+RETRY_AFTER_S = 1.0
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A prediction refused for a full queue: whose, and what to tell the client."""
+
+    model: str
+    version: str
+    route: str
+    message: str
+
+
+class Admission:
+    """Decides from a request's head whether a prediction is refused now; also the
+    ASGI middleware that applies the decision (after the key check, before the body)."""
+
+    def __init__(self, app: ASGIApp | None, dataplane: DataPlane, keys: KeyStore,
+                 require_predict_key: bool) -> None:
+        self.app = app
+        self.dataplane = dataplane
+        self.keys = keys
+        self.require_predict_key = require_predict_key
+        # labelled children, cached (as RequestContext does): rejections, 503s
+        self._rejections: dict[str, Counter] = {}
+        self._requests: dict[tuple[str, str, str], Counter] = {}
+
+    def refusal(self, method: str, path: str,
+                headers: Iterable[tuple[bytes, bytes]]) -> Refusal | None:
+        """The refusal for this request, or None to let it through. A request the key
+        check would turn away is let through: it gets its 401/403 first."""
+        if method != "POST":
+            return None
+        match = _PREDICT.fullmatch(path)
+        if match is None:
+            return None
+        name = match[1] or match[2]
+        endpoint = self.dataplane.endpoints.get(name)
+        current = endpoint.current if endpoint is not None else None
+        if current is None or not current.batcher.full:
+            return None
+        if required_scope(path, self.require_predict_key) is not None:
+            key = presented_key({"headers": headers})
+            known = self.keys.authenticate(key) if key is not None else None
+            if known is None or not known.allows("predict"):
+                return None
+        rejected = self._rejections.get(name)
+        if rejected is None:
+            rejected = self._rejections[name] = self.dataplane.metrics.rejections.labels(
+                name, "queue_full")
+        rejected.inc()
+        route = "predict" if match[1] else "v2"
+        return Refusal(name, str(current.version), route, current.batcher.full_message())
+
+    def response(self, refused: Refusal, request_id: bytes | None,
+                 default_headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+        """The whole HTTP/1.1 503 for `refused`, as the error handlers would write it,
+        counted as a request (the protocol writes it: no middleware sees it)."""
+        key = (refused.model, refused.version, refused.route)
+        count = self._requests.get(key)
+        if count is None:
+            count = self._requests[key] = self.dataplane.metrics.requests.labels(*key, "503")
+        count.inc()
+        body = error_response(Overloaded(refused.message, retry_after=RETRY_AFTER_S)).body
+        head = [b"HTTP/1.1 503 Service Unavailable",
+                *(name + b": " + value for name, value in default_headers),
+                b"content-type: application/json",
+                b"content-length: %d" % len(body),
+                b"retry-after: %d" % max(1, round(RETRY_AFTER_S)),
+                b"x-request-id: " + (request_id or uuid.uuid4().hex.encode())]
+        return b"\r\n".join(head) + b"\r\n\r\n" + bytes(body)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert self.app is not None
+        refused = self.refusal(scope["method"], scope["path"], scope["headers"]) \
+            if scope["type"] == "http" else None
+        if refused is None:
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        state["model"], state["version"] = refused.model, refused.version
+        state["route"] = refused.route
+        response = error_response(Overloaded(refused.message, retry_after=RETRY_AFTER_S))
+        await response(scope, receive, send)
+
