@@ -54,6 +54,9 @@ def test_popularity_model_ranks_by_plays_without_the_history() -> None:
                                              dtype=object)})
     assert out["items"][0][:3].tolist() == ["x", "w", "z"]  # ties keep the id order
     assert out["items"][1][:2].tolist() == ["x", "y"]  # cold: the same ranking
+    # a cold answer's scores: the share of listeners who played each (x: a, b, d of 4),
+    # on the scale of a known listener's predicted preference, not play counts
+    assert out["scores"][1][:2].tolist() == [0.75, 0.5]
     assert out["items"][2][:2].tolist() == ["y", "z"]
     assert out["cold"].tolist() == [False, True, False]
 
