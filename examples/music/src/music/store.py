@@ -174,10 +174,9 @@ class Store:
         """The listener list shows plays and top genre from `users`: one more play, and
         for a listener with few plays (a new one), the genre they now play most."""
         users, listens, catalog = self.t["users"], self.t["listens"], self.t["catalog"]
-        if conn.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        insert: Any = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
         # one statement: two first listens of a new user at once both count
         upsert = insert(users).values(user_id=user, listens=1)
         conn.execute(upsert.on_conflict_do_update(
