@@ -192,6 +192,8 @@ def test_page_users_and_model_panel(client: TestClient, system: System) -> None:
     model = client.get("/api/model").json()
     assert model["serving"] == 1 and model["production"] == 1
     assert model["versions"][0]["metrics"]["recall@10"] > 0
+    metrics = model["versions"][0]["metrics"]
+    assert metrics["genre_share@10"] > metrics["genre_catalog_share"] > 0
     # 60 users: too few for the gate to decide; with no production yet, `music up`
     # promotes it anyway and says so in the alias history
     assert model["versions"][0]["gate"] == "undecided"

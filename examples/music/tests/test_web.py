@@ -108,6 +108,7 @@ def test_pick_a_listener_play_a_track_and_watch_the_recommendations_change(
         page.wait_for_selector("#model-body .version")
         panel = page.locator("#model-panel").inner_text()
         assert "recall@10" in panel and "v1" in panel
+        assert "top 10 in favourite genre" in panel  # the taste check, from the registry
         assert "music-recommender v" in page.locator("#model-badge").inner_text()
         page.wait_for_timeout(300)
         shot = Path(os.environ.get("MUSIC_SCREENSHOT") or tmp_path / "screenshot.png")

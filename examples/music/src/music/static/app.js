@@ -207,11 +207,14 @@ async function play(item, button) {
 const METRIC_NAMES = {
   "recall@10": "recall@10", "ndcg@10": "NDCG@10", "coverage@10": "coverage@10",
   "baseline_recall@10": "popularity recall@10",
+  "genre_share@10": "top 10 in favourite genre",
+  "genre_catalog_share": "that genre in the catalogue",
 };
 
 function fmt(name, value) {
   if (typeof value !== "number") return String(value);
-  return name.startsWith("coverage") ? `${(100 * value).toFixed(1)}%` : value.toFixed(4);
+  const share = name.startsWith("coverage") || name.startsWith("genre");
+  return share ? `${(100 * value).toFixed(1)}%` : value.toFixed(4);
 }
 
 async function loadModel() {
