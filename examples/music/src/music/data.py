@@ -84,6 +84,7 @@ HOURLY = np.array([0.45, 0.30, 0.20, 0.14, 0.12, 0.15, 0.30, 0.55, 0.70, 0.65, 0
 WEEKEND = 1.25
 """Saturdays and Sundays against weekdays."""
 
+
 @dataclass
 class Dataset:
     catalog: pd.DataFrame
