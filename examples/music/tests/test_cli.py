@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
@@ -16,8 +17,11 @@ def test_generate_then_train_registers_and_promotes(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / "data"
     assert run(["generate", "--users", "300", "--tracks", "1000", "--listens", "30000",
-                "--seed", "3", "--out", str(data)]) == 0
+                "--seed", "3", "--end", "2025-03-01", "--out", str(data)]) == 0
     assert "generated 30,000 listens by 300 users of 1,000 tracks" in capsys.readouterr().out
+    ts = pd.read_parquet(data / "listens.parquet")["ts"]
+    assert pd.Timestamp("2024-09-02", tz="UTC") <= ts.min() < ts.max() <= pd.Timestamp(
+        "2025-03-01", tz="UTC")  # the 180 days before --end
     assert sorted(p.name for p in data.iterdir()) == [
         "catalog.parquet", "listens.parquet", "users.parquet"]
 
@@ -29,6 +33,13 @@ def test_generate_then_train_registers_and_promotes(
     out = capsys.readouterr().out
     assert "popularity" in out and "recall@10" in out and "95% interval" in out
     assert "registered music-recommender:1 (music-recommender-popularity:1); promoted" in out
+    # the catalogue has genres: the report says how much of a top 10 follows the taste
+    taste = re.search(r"taste: of each listener's top 10, in their favourite genre: "
+                      r"ALS ([\d.]+)%, popularity ([\d.]+)%; that genre is ([\d.]+)% of the "
+                      r"catalogue and ([\d.]+)% of their own listens", out)
+    assert taste is not None, out
+    als, popularity, catalog, own = map(float, taste.groups())
+    assert catalog < 20 < 40 < min(als, own) and popularity < als
     with Registry(settings=Settings(home=home)) as registry:
         version = registry.resolve("music-recommender@production")
     assert version.params["factors"] == 16 and version.params["alpha"] == 5.0
@@ -37,6 +48,7 @@ def test_generate_then_train_registers_and_promotes(
     assert version.tags["split"] == "per-user time split: last 20% of each user's events"
     low, high = version.metrics["recall@10_low"], version.metrics["recall@10_high"]
     assert f"[{low:.4f}, {high:.4f}]" in out and version.metrics["users"] > 100
+    assert version.metrics["genre_share@10"] == pytest.approx(als / 100, abs=0.001)
 
 
 def test_errors_are_one_line_and_exit_1(tmp_path: Path,
@@ -50,6 +62,9 @@ def test_errors_are_one_line_and_exit_1(tmp_path: Path,
 
     assert run(["evaluate", "--interactions", str(tmp_path / "absent.parquet")]) == 1
     assert "no such file" in capsys.readouterr().err
+
+    assert run(["generate", "--end", "last friday", "--out", str(tmp_path / "d")]) == 2
+    assert "'last friday' is not a date (YYYY-MM-DD)" in capsys.readouterr().err
 
     assert run(["train"]) == 2  # usage: one of --interactions or --movielens
     assert "exactly one of --interactions PATH or --movielens" in capsys.readouterr().err

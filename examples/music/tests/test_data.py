@@ -52,6 +52,16 @@ def test_tastes_are_narrow_and_favourites_repeat(small: Dataset) -> None:
     top_genre_share = listens.groupby("user", observed=True)["genre"].agg(
         lambda g: g.value_counts().iloc[0] / len(g))
     assert top_genre_share.median() > 0.3  # 16 genres: uniform taste would give ~0.1
+    # a listener's top genre (the page's "mostly soul") is the genre they play most: it
+    # was the top of their taste draw, another genre for one listener in five, whose
+    # recommendations then followed what they played, not what the page said
+    stated = small.users.set_index("user")["top_genre"]
+    counts = listens.groupby(["user", "genre"], observed=True).size()
+    best = counts.groupby(level="user", observed=True).transform("max")
+    # ties: any of the genres played most is right
+    tops = counts[counts == best].reset_index()
+    assert set(zip(stated.index, stated, strict=True)) <= set(
+        zip(tops["user"], tops["genre"], strict=True))
     repeats = small.listens.duplicated(["user", "item"]).mean()
     assert 0.2 < repeats < 0.8
 
@@ -64,7 +74,7 @@ def test_sessions_are_ordered_and_never_overlap(small: Dataset, small_config: Co
     gap = np.diff(listens["ts"].to_numpy()).astype("timedelta64[ms]").astype(np.int64) / 1000
     # the next track starts only after the previous one has played through
     assert (gap[same_user] >= listens["duration_s"].to_numpy()[:-1][same_user] - 0.002).all()
-    start = pd.Timestamp(small_config.start, tz="UTC")
+    start = small_config.start
     assert listens["ts"].min() >= start
     assert listens["ts"].max() <= start + pd.Timedelta(days=small_config.days + 1)
     joined = listens.merge(small.users[["user", "joined"]].astype({"user": "category"}),
@@ -73,6 +83,22 @@ def test_sessions_are_ordered_and_never_overlap(small: Dataset, small_config: Co
     # sessions: most consecutive plays of a user are back to back, some hours apart
     back_to_back = gap[same_user] < listens["duration_s"].to_numpy()[:-1][same_user] + 10
     assert 0.8 < back_to_back.mean() < 0.97
+
+
+def test_listening_has_a_daily_rhythm_and_ends_today(small: Dataset) -> None:
+    # the listens were spread evenly over the clock, from 2024-01-01 to 2024-06-29:
+    # a history read "6/28/2024" for every entry, and 4 am was as busy as 8 pm
+    hours = small.listens["ts"].dt.hour
+    night, evening = hours.between(2, 5).mean(), hours.between(18, 21).mean()
+    assert night < 0.1 < 0.2 < evening  # an even clock gives 4 hours of 24 (0.17) each
+    weekend = small.listens["ts"].dt.day_of_week >= 5
+    assert weekend.mean() > 2 / 7 + 0.02
+    today = pd.Timestamp.now(tz="UTC").floor("D")
+    assert today - pd.Timedelta(days=1) < small.listens["ts"].max() <= today
+    # a fixed end gives the same window whenever it is generated
+    fixed = generate(Config(users=20, tracks=50, listens=500, days=30, end="2024-06-30"))
+    assert fixed.listens["ts"].max() <= pd.Timestamp("2024-06-30", tz="UTC")
+    assert fixed.listens["ts"].min() >= pd.Timestamp("2024-05-31", tz="UTC")
 
 
 def test_written_files_load_as_interactions(small: Dataset, small_config: Config,

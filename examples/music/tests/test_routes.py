@@ -56,6 +56,41 @@ def test_unknown_user_gets_popular_tracks_flagged_cold(client: TestClient) -> No
     assert len(body["items"]) == 10
 
 
+def test_cold_and_warm_scores_are_on_one_scale(client: TestClient, system: System) -> None:
+    # a known listener's score is the model's predicted preference (about 0 to 1); a
+    # new listener's is the share of listeners who played the track, on that scale,
+    # not a play count (it was 9493.0 beside a known listener's 0.9)
+    warm = [i["score"] for i in client.get(
+        f"/users/{some_user(system)}/recommendations").json()["items"]]
+    cold = [i["score"] for i in client.get("/users/someone-new/recommendations").json()["items"]]
+    assert all(0 < s <= 1 for s in cold), cold
+    assert 0 < max(warm) < 2, warm
+    assert cold == sorted(cold, reverse=True)
+
+
+def test_the_listener_list_counts_a_play_and_lists_a_new_listener(
+        client: TestClient, system: System) -> None:
+    user = some_user(system)
+    (before,) = [u for u in client.get(f"/api/users?q={user}").json()["users"]
+                 if u["user_id"] == user]
+    assert client.post("/listens", json={"user": user, "track": "t001"}).status_code == 201
+    (after,) = [u for u in client.get(f"/api/users?q={user}").json()["users"]
+                if u["user_id"] == user]
+    assert after["listens"] == before["listens"] + 1
+    # a listener the data set did not have: listed after their first play, with the
+    # genre they played (the page showed "no history yet" for them)
+    assert client.get("/api/users?q=fresh-ear").json()["users"] == []
+    genre = client.get("/tracks/t002").json()["genre"]
+    assert client.post("/listens", json={"user": "fresh-ear", "track": "t002"}).status_code == 201
+    assert client.get("/api/users?q=fresh-ear").json()["users"] == [
+        {"user_id": "fresh-ear", "top_genre": genre, "listens": 1}]
+    # a retry of a stored listen (same id) is not counted twice
+    listen = {"user": "fresh-ear", "track": "t003", "id": "retry-1"}
+    for _ in range(2):
+        assert client.post("/listens", json=listen).status_code == 201
+    assert client.get("/api/users?q=fresh-ear").json()["users"][0]["listens"] == 2
+
+
 @pytest.mark.parametrize(("path", "message"), [
     ("/users/u01/recommendations?k=0", "k must be a whole number from 1 to 50"),
     ("/users/u01/recommendations?k=ten", "k must be a whole number"),
@@ -157,6 +192,8 @@ def test_page_users_and_model_panel(client: TestClient, system: System) -> None:
     model = client.get("/api/model").json()
     assert model["serving"] == 1 and model["production"] == 1
     assert model["versions"][0]["metrics"]["recall@10"] > 0
+    metrics = model["versions"][0]["metrics"]
+    assert metrics["genre_share@10"] > metrics["genre_catalog_share"] > 0
     # 60 users: too few for the gate to decide; with no production yet, `music up`
     # promotes it anyway and says so in the alias history
     assert model["versions"][0]["gate"] == "undecided"

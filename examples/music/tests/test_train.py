@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from music.als import GRID, AlsParams, fit_als, interaction_matrix, popularity_model
+from music.data import Dataset
 from music.train import TrainConfig, compare, start_point, train, tune
 
 # small and quick, and good on the small data set (a validation window chose it)
@@ -54,6 +55,9 @@ def test_popularity_model_ranks_by_plays_without_the_history() -> None:
                                              dtype=object)})
     assert out["items"][0][:3].tolist() == ["x", "w", "z"]  # ties keep the id order
     assert out["items"][1][:2].tolist() == ["x", "y"]  # cold: the same ranking
+    # a cold answer's scores: the share of listeners who played each (x: a, b, d of 4),
+    # on the scale of a known listener's predicted preference, not play counts
+    assert out["scores"][1][:2].tolist() == [0.75, 0.5]
     assert out["items"][2][:2].tolist() == ["y", "z"]
     assert out["cold"].tolist() == [False, True, False]
 
@@ -104,3 +108,21 @@ def test_catalog_fixes_the_items(events: pd.DataFrame) -> None:
     assert result.als.model.item_ids == catalog
     with pytest.raises(ValueError, match="empty train or test"):
         train(events, TrainConfig(params=QUICK, test_days=10_000))
+
+
+def test_top_10_follows_the_listeners_favourite_genre(events: pd.DataFrame,
+                                                      small: Dataset) -> None:
+    genres = dict(zip(small.catalog["item"], small.catalog["genre"], strict=True))
+    result = train(events, TrainConfig(params=QUICK), genres=genres)
+    als, baseline = result.als.metrics, result.baseline.metrics
+    assert als["genre_users"] == len(result.holdout.users)
+    catalog = als["genre_catalog_share"]
+    assert baseline["genre_catalog_share"] == catalog  # the same users, the same genres
+    # 16 genres of unequal size: a list blind to taste gets about a tenth in the
+    # favourite genre; ALS gets most of it, as the listeners' own plays do
+    assert catalog < 0.2 < 0.5 < als["genre_share@10"]
+    assert als["genre_share@10"] > 3 * catalog
+    assert als["genre_share@10"] > 0.8 * als["genre_own_share"]
+    assert baseline["genre_share@10"] < als["genre_share@10"] / 2
+    # without genres, no taste check
+    assert "genre_share@10" not in train(events, TrainConfig(params=QUICK)).als.metrics

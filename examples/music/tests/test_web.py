@@ -108,10 +108,39 @@ def test_pick_a_listener_play_a_track_and_watch_the_recommendations_change(
         page.wait_for_selector("#model-body .version")
         panel = page.locator("#model-panel").inner_text()
         assert "recall@10" in panel and "v1" in panel
+        assert "top 10 in favourite genre" in panel  # the taste check, from the registry
         assert "music-recommender v" in page.locator("#model-badge").inner_text()
         page.wait_for_timeout(300)
         shot = Path(os.environ.get("MUSIC_SCREENSHOT") or tmp_path / "screenshot.png")
         shot.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(shot), full_page=False)
+        browser.close()
+    assert not errors, f"JavaScript errors: {errors}"
+
+
+def test_a_new_listener_is_listed_with_their_play_after_playing(url: str) -> None:
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1360, "height": 860})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(url)
+        page.wait_for_selector("#user-list .user-item")
+        page.fill("#user-search", "first-timer")
+        page.wait_for_selector("#user-list .user-item.new[data-user='first-timer']")
+        page.press("#user-search", "Enter")
+        page.wait_for_function("document.querySelectorAll('#recs .track').length === 10")
+        assert page.locator("#user-meta").inner_text() == "new listener: no history yet"
+        genre = page.locator("#recs .track .genre-chip").first.inner_text()
+        page.locator("#recs .track .play").first.click()
+        # the list said "new · no history yet" after the play: now it lists the listener
+        # with their play, and the header says what they play
+        item = page.locator("#user-list .user-item[data-user='first-timer']")
+        page.wait_for_selector("#user-list .user-item[data-user='first-timer']:not(.new)")
+        assert item.locator(".chip").inner_text() == "1 play"
+        assert item.locator(".genre").inner_text() == genre
+        page.wait_for_function("document.querySelector('#user-meta').textContent"
+                               ".includes('1 play')")
+        assert page.locator("#user-meta").inner_text() == f"mostly {genre} · 1 play"
         browser.close()
     assert not errors, f"JavaScript errors: {errors}"

@@ -117,7 +117,9 @@ def train_and_gate(registry: Registry, data: Data, *, params: AlsParams | None =
     config = TrainConfig(name=MODEL, dataset="generated listens", params=params,
                          max_eval_users=2000)
     started = time.perf_counter()
-    result = train(frame, config, catalog=data.catalog["item"].astype(str).tolist())
+    result = train(frame, config, catalog=data.catalog["item"].astype(str).tolist(),
+                   genres=dict(zip(data.catalog["item"].astype(str),
+                                   data.catalog["genre"].astype(str), strict=True)))
     decision = publish(registry, result, config)
     if decision.verdict == "undecided" and decision.previous is None:
         # A small demo data set gives too few evaluation users for the gate to decide,
@@ -126,9 +128,13 @@ def train_and_gate(registry: Registry, data: Data, *, params: AlsParams | None =
         reason = f"bootstrap: no production version; the gate {decision.reason}"
         registry.set_alias(MODEL, ALIAS, decision.version, reason=reason)
         decision.promoted, decision.reason = True, reason
+    m = result.als.metrics
+    taste = (f", {m['genre_share@10']:.0%} of a top 10 in the listener's favourite genre "
+             f"({m['genre_catalog_share']:.0%} of the catalogue)" if "genre_share@10" in m
+             else "")
     say(f"model: trained {MODEL}:{decision.version} in {time.perf_counter() - started:.1f}s, "
-        f"recall@10 {result.als.metrics['recall@10']:.4f} (popularity "
-        f"{result.baseline.metrics['recall@10']:.4f}); "
+        f"recall@10 {m['recall@10']:.4f} (popularity "
+        f"{result.baseline.metrics['recall@10']:.4f}){taste}; "
         f"{'promoted' if decision.promoted else 'not promoted'}: {decision.reason}")
     return decision
 

@@ -22,7 +22,12 @@ from typer.exceptions import TyperException
 from music.als import AlsParams
 from music.commands import register as register_services
 from music.data import Config, generate
-from music.interactions import InteractionsError, load_interactions, load_movielens
+from music.interactions import (
+    InteractionsError,
+    load_interactions,
+    load_movielens,
+    movielens_catalog,
+)
 from music.train import Candidate, TrainConfig, compare, train
 
 app = typer.Typer(
@@ -58,12 +63,21 @@ def generate_cmd(
     listens: Annotated[int, typer.Option(min=1)] = Config.listens,
     days: Annotated[int, typer.Option(min=1, help="Length of the listening window.")] = 180,
     seed: int = 0,
+    end: Annotated[str | None, typer.Option(
+        help="The day the window ends, YYYY-MM-DD (UTC; default today).",
+        show_default=False)] = None,
     out: Annotated[Path, typer.Option(help="Folder for the Parquet files.")] = Path("data"),
 ) -> None:
     """Generate a catalogue, users and listens; write catalog/users/listens.parquet."""
+    if end is not None:
+        try:
+            pd.Timestamp(end)
+        except ValueError:
+            raise typer.BadParameter(f"{end!r} is not a date (YYYY-MM-DD)",
+                                     param_hint="--end") from None
     start = time.perf_counter()
     dataset = generate(Config(users=users, tracks=tracks, listens=listens, days=days,
-                              seed=seed))
+                              seed=seed, end=end))
     generated = time.perf_counter() - start
     paths = dataset.write(out)
     typer.echo(f"generated {len(dataset.listens):,} listens by {len(dataset.users):,} users "
@@ -104,17 +118,21 @@ def train_cmd(
              if value is not None}
     config = _config(dataset, test_days, test_fraction, global_cut, history_length,
                      seed, name=name, params=AlsParams(**fixed) if fixed else None)  # type: ignore[arg-type]
-    items = None
+    items, genres = None, None
     if catalog is not None:
         table = load_table(catalog)
         if "item" not in table.columns:
             raise InteractionsError(f"{catalog}: missing column item (the track ids)")
         items = table["item"].astype(str).drop_duplicates().tolist()
-    result = train(frame, config, catalog=items, progress=typer.echo)
+        genres = genre_map(table)
+    elif movielens:
+        genres = genre_map(movielens_catalog())
+    result = train(frame, config, catalog=items, genres=genres, progress=typer.echo)
     if result.dropped_off_catalog:
         typer.echo(f"dropped {result.dropped_off_catalog:,} training events on items "
                    "outside the catalogue")
     _table([result.baseline, result.als], config.k)
+    _taste([result.baseline, result.als], config.k)
 
     from music.gate import publish
 
@@ -176,6 +194,27 @@ def load_table(path: Path) -> pd.DataFrame:
         return pd.read_parquet(path) if path.suffix in (".parquet", ".pq") else pd.read_csv(path)
     except Exception as exc:  # one line for any reader's error
         raise InteractionsError(f"{path}: cannot read: {exc}") from exc
+
+
+def genre_map(table: pd.DataFrame) -> dict[str, str] | None:
+    """item -> genre from a catalogue with a `genre` column (None without one)."""
+    if "genre" not in table.columns:
+        return None
+    known = table.dropna(subset=["genre"])
+    return dict(zip(known["item"].astype(str), known["genre"].astype(str), strict=True))
+
+
+def _taste(rows: list[Candidate], k: int) -> None:
+    """The taste check (`music.taste`), when the catalogue has genres."""
+    share = f"genre_share@{k}"
+    if not all(share in row.metrics for row in rows):
+        return
+    m = rows[-1].metrics
+    models = ", ".join(f"{row.label} {row.metrics[share]:.1%}" for row in reversed(rows))
+    typer.echo(f"taste: of each listener's top {k}, in their favourite genre: {models}; "
+               f"that genre is {m['genre_catalog_share']:.1%} of the catalogue and "
+               f"{m['genre_own_share']:.1%} of their own listens "
+               f"({int(m['genre_users']):,} users)")
 
 
 def _table(rows: list[Candidate], k: int) -> None:

@@ -23,6 +23,8 @@ from modelport.pipeline import make_engine
 from music.system import HISTORY_KEEP, System
 
 CHUNK = 50_000  # rows per insert statement batch while loading
+RECOUNT_GENRE_BELOW = 50
+"""A listener with at most this many plays gets their top genre recounted on a play."""
 
 
 def tables(system: System) -> dict[str, sa.Table]:
@@ -157,14 +159,42 @@ class Store:
         return {r.track: Track(r.track, r.title, r.artist, r.genre) for r in rows}
 
     def add_listen(self, listen_id: str, user: str, track: str, ts: float) -> bool:
-        """Append a listen; False when that id was stored already (a client's retry)."""
+        """Append a listen and count it in the user's row (a new user gets one);
+        False when that id was stored already (a client's retry)."""
         table = self.t["listens"]
         with self.engine.begin() as conn:
             exists = conn.execute(sa.select(table.c.id).where(table.c.id == listen_id)).first()
             if exists is not None:
                 return False
             conn.execute(table.insert().values(id=listen_id, user_id=user, track=track, ts=ts))
+            self._count_listen(conn, user)
         return True
+
+    def _count_listen(self, conn: sa.Connection, user: str) -> None:
+        """The listener list shows plays and top genre from `users`: one more play, and
+        for a listener with few plays (a new one), the genre they now play most."""
+        users, listens, catalog = self.t["users"], self.t["listens"], self.t["catalog"]
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        insert: Any = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        # one statement: two first listens of a new user at once both count
+        upsert = insert(users).values(user_id=user, listens=1)
+        conn.execute(upsert.on_conflict_do_update(
+            index_elements=[users.c.user_id], set_={"listens": users.c.listens + 1}))
+        plays = conn.execute(sa.select(users.c.listens).where(users.c.user_id == user)) \
+            .scalar_one()
+        if plays > RECOUNT_GENRE_BELOW:
+            return  # one play hardly moves a long history's top genre; skip the scan
+        count = sa.func.count().label("n")
+        top = conn.execute(
+            sa.select(catalog.c.genre, count)
+            .select_from(listens.join(catalog, catalog.c.track == listens.c.track))
+            .where(listens.c.user_id == user)
+            .group_by(catalog.c.genre).order_by(count.desc(), catalog.c.genre).limit(1)
+        ).first()
+        if top is not None:
+            conn.execute(users.update().where(users.c.user_id == user)
+                         .values(top_genre=top.genre))
 
     def users(self, query: str = "", limit: int = 20) -> list[dict[str, Any]]:
         """Users whose id starts with `query`, the most active first."""

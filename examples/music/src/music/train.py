@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +30,7 @@ from music.als import GRID, AlsParams, Matrix, fit_als, interaction_matrix
 from music.als import popularity_model as fit_popularity
 from music.metrics import Scores, evaluate, score_users
 from music.split import HoldOut, Split, hold_out, recent_histories, time_split
+from music.taste import favourite_genres, genre_share
 
 Progress = Callable[[str], None]
 
@@ -107,8 +108,10 @@ class TrainResult:
 
 
 def train(frame: pd.DataFrame, config: TrainConfig, *, catalog: Sequence[str] | None = None,
+          genres: Mapping[str, str] | None = None,
           progress: Progress | None = None) -> TrainResult:
-    """Split, (tune,) fit and evaluate. `catalog` fixes the item set (and coverage's base)."""
+    """Split, (tune,) fit and evaluate. `catalog` fixes the item set (and coverage's base);
+    `genres` (item -> genre) adds the taste check of `music.taste` to the metrics."""
     say = progress or (lambda _: None)
     split = config.split(frame)
     say(f"split: {split.description}: {len(split.train):,} train, {len(split.test):,} test events")
@@ -130,6 +133,11 @@ def train(frame: pd.DataFrame, config: TrainConfig, *, catalog: Sequence[str] | 
         params, trials = tune(split.train, config, catalog=catalog, progress=say)
         say(f"tuned: {params}")
     als = _candidate("ALS", matrix, holdout, config, params)
+    if genres:
+        taste = favourite_genres(split.train, holdout, genres)
+        for candidate in (baseline, als):
+            candidate.metrics |= genre_share(candidate.model.predict, holdout, taste,
+                                             k=config.k)
     return TrainResult(split, holdout, size, baseline, als, trials, dropped,
                        config.min_eval_users)
 

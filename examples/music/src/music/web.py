@@ -23,7 +23,8 @@ from music.store import Store
 from music.system import MODEL
 
 STATIC = resources.files("music") / "static"
-SHOWN_METRICS = ("recall@10", "ndcg@10", "coverage@10", "baseline_recall@10", "users")
+SHOWN_METRICS = ("recall@10", "ndcg@10", "coverage@10", "baseline_recall@10", "users",
+                 "genre_share@10", "genre_catalog_share")
 
 
 async def page(request: Request) -> Response:

@@ -65,6 +65,10 @@ async function loadUsers(query = "") {
   }
 }
 
+function plays(n) {
+  return `${n.toLocaleString()} play${n === 1 ? "" : "s"}`;
+}
+
 function userItem(user, isNew) {
   const item = el("li", {
     class: `user-item${isNew ? " new" : ""}${user.user_id === state.user ? " active" : ""}`,
@@ -72,7 +76,7 @@ function userItem(user, isNew) {
   },
   el("div", {}, el("div", { class: "id" }, user.user_id),
     el("div", { class: "genre" }, user.top_genre || "")),
-  isNew ? null : el("span", { class: "chip" }, `${user.listens.toLocaleString()} plays`));
+  isNew ? null : el("span", { class: "chip" }, plays(user.listens)));
   return item;
 }
 
@@ -129,10 +133,13 @@ function renderAnswer(recs, listens) {
     el("span", { class: "chip" }, `${recs.ms} ms`),
   ];
   meta.replaceChildren(...chips.filter(Boolean));
+  renderUserMeta(listens.known);
+}
+
+function renderUserMeta(known) {
   const user = state.known.get(state.user);
-  $("#user-meta").textContent = !listens.known ? "new listener: no history yet"
-    : user ? `mostly ${user.top_genre} · ${user.listens.toLocaleString()} plays`
-      : "listener";
+  $("#user-meta").textContent = !known ? "new listener: no history yet"
+    : user ? `mostly ${user.top_genre} · ${plays(user.listens)}` : "listener";
 }
 
 function renderTracks(list, items, right, before) {
@@ -176,7 +183,13 @@ async function play(item, button) {
         if (!(await refresh(true))) return;
         const ms = Math.round(performance.now() - started);
         $("#rec-note").textContent = `updated ${ms} ms after the play`;
-        loadUsers($("#user-search").value.trim());
+        // the play counts in the listener list (a new listener is listed now)
+        const user = state.user;
+        await loadUsers($("#user-search").value.trim());
+        const { users } = await api(`/api/users?q=${encodeURIComponent(user)}`);
+        const row = users.find((u) => u.user_id === user);
+        if (row) state.known.set(user, row);
+        if (state.user === user) renderUserMeta(true);
         return;
       }
       await new Promise((resolve) => setTimeout(resolve, i < 10 ? 100 : 250));
@@ -194,11 +207,14 @@ async function play(item, button) {
 const METRIC_NAMES = {
   "recall@10": "recall@10", "ndcg@10": "NDCG@10", "coverage@10": "coverage@10",
   "baseline_recall@10": "popularity recall@10",
+  "genre_share@10": "top 10 in favourite genre",
+  "genre_catalog_share": "that genre in the catalogue",
 };
 
 function fmt(name, value) {
   if (typeof value !== "number") return String(value);
-  return name.startsWith("coverage") ? `${(100 * value).toFixed(1)}%` : value.toFixed(4);
+  const share = name.startsWith("coverage") || name.startsWith("genre");
+  return share ? `${(100 * value).toFixed(1)}%` : value.toFixed(4);
 }
 
 async function loadModel() {
