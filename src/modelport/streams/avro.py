@@ -206,8 +206,8 @@ def _body(payload: bytes, start: int, schema: dict[str, Any], what: str) -> Any:
     try:
         value = fastavro.schemaless_reader(stream, schema, None)
     except EOFError:
-        raise InvalidInput(f"Avro body is truncated: {len(payload) - start} bytes end "
-                           f"before a record of {what} does") from None
+        raise InvalidInput(f"Avro body is truncated: {len(payload) - start} bytes, too "
+                           f"few for a record of {what}") from None
     except Exception as exc:
         raise InvalidInput(f"Avro body does not fit {what}: "
                            f"{type(exc).__name__}: {exc}") from None
