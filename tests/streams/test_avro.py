@@ -136,6 +136,17 @@ async def test_clean_batches_take_the_typed_path_and_others_read_the_same(
     ids, keys, table = whole
     assert ids == [m.id for m in messages] and keys is None and table.shape == (10, 30)
     assert table[1].tolist() == [records[1][n] for n in typed.names]
+    # a record with a long: read by fastavro on the same path
+    longs = {**patient_schema(names, name="Longs")}
+    longs["fields"] = [{"name": n, "type": "long" if n == names[0] else "double"}
+                       for n in names]
+    rounded = {**records[0], names[0]: 18}
+    whole_number = Message("long", framed(registry.add(longs), longs, rounded))
+    await fmt.resolve([whole_number])
+    decoded = typed.decode(whole_number)
+    assert decoded is not None and decoded[2][typed.names.index(names[0])] == 18
+    # a cut-off body of the fixed-width schema: the general way, which names it
+    assert typed.decode(Message("cut", messages[1].payload[:-1])) is None
     # an envelope, or a record with a field the model does not take: the general way
     extra = patient_schema([*names, "ward"], name="WithWard")
     odd = Message("odd", framed(registry.add(extra), extra, {**records[0], "ward": 3.0}))
