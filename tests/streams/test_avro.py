@@ -272,3 +272,21 @@ async def test_registry_errors_outage_or_configuration(
         await client.fetch([1])
     with pytest.raises(InvalidInput, match="unknown schema id 1"):
         AvroFormat(registry=client).read(framed(1, {"type": "string"}, "x"))
+
+
+async def test_results_of_a_given_schema_without_a_registry_are_bare_bodies() -> None:
+    from modelport.pipeline import Frame
+
+    schema = {"type": "record", "name": "Score", "fields": [
+        {"name": "id", "type": "string"}, {"name": "predictions", "type": "int"}]}
+    out = MemoryBus()
+    writer = StreamWriter("scores", MemoryBroker(out, "scores"), codec="avro",
+                          avro={"output_schema": json.dumps(schema)})
+    await writer.write(Frame(["a", 7], {"predictions": [1, 0]}))
+    parsed = fastavro.parse_schema(schema)
+    assert [fastavro.schemaless_reader(io.BytesIO(p), parsed, None)
+            for p in out.messages("scores")] == [{"id": "a", "predictions": 1},
+                                                 {"id": "7", "predictions": 0}]
+    # a result the schema cannot hold is refused naming it (the worker dead-letters it)
+    with pytest.raises(InvalidInput, match="result 'b' does not fit the output Avro schema"):
+        await writer.write(Frame(["b"], {"predictions": ["high"]}))

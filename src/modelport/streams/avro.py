@@ -91,8 +91,7 @@ class SchemaRegistry:
                 if reply.status_code == 404:
                     refused[ident] = f"unknown schema id {ident} ({self} does not have it)"
                     continue
-                self._check(reply, f"GET /schemas/ids/{ident}")
-                body = reply.json()
+                body = self._check(reply, f"GET /schemas/ids/{ident}")
                 kind = body.get("schemaType", "AVRO")
                 if kind != "AVRO":
                     refused[ident] = f"schema id {ident} is a {kind} schema, not Avro"
@@ -112,8 +111,10 @@ class SchemaRegistry:
             async with httpx.AsyncClient(timeout=self.timeout) as client:
                 path = f"/subjects/{subject}/versions"
                 reply = await self._call(client, "POST", path, json={"schema": text})
-                self._check(reply, f"POST {path}")
-                self._ids[subject, text] = int(reply.json()["id"])
+                body = self._check(reply, f"POST {path}")
+                if not isinstance(body.get("id"), int):
+                    raise ConfigError(f"{self}: POST {path} answered no schema id: {body}")
+                self._ids[subject, text] = body["id"]
         return self._ids[subject, text]
 
     async def _call(self, client: Any, method: str, path: str, **kw: Any) -> Any:
@@ -129,15 +130,21 @@ class SchemaRegistry:
                                                       f"{reply.status_code}"))
         return reply
 
-    def _check(self, reply: Any, what: str) -> None:
-        # not an outage nor the message's fault (a wrong URL, credentials, an
-        # incompatible output schema): the worker stops, naming it
+    def _check(self, reply: Any, what: str) -> dict[str, Any]:
+        """The reply's JSON object. Any other answer is neither an outage nor the
+        message's fault (a wrong URL, credentials, an incompatible output schema, not
+        a registry): a `ConfigError` naming the call, which stops the worker."""
+        try:
+            body = reply.json()
+        except ValueError:
+            body = None
         if reply.status_code >= 300:
-            try:
-                detail = reply.json().get("message", reply.text)
-            except ValueError:
-                detail = reply.text
+            detail = body.get("message", reply.text) if isinstance(body, dict) else reply.text
             raise ConfigError(f"{self}: {what} answered {reply.status_code}: {detail}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{self}: {what} answered {reply.text[:80]!r}, not a JSON "
+                              "object: is this a schema registry?")
+        return body
 
 
 class AvroFormat:
