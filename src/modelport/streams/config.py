@@ -7,11 +7,13 @@ client is imported only here, when `modelport stream` runs it.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelport.config import StreamConfig
 from modelport.errors import ConfigError
-from modelport.streams.codec import Codec, Format
+
+if TYPE_CHECKING:
+    from modelport.streams.codec import Codec, Format
 
 __all__ = ["StreamConfig", "make_broker", "make_codec"]
 
