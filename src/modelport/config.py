@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from modelport.dataplane import ModelConfig
 from modelport.errors import ConfigError
@@ -49,6 +49,31 @@ class BrokerConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+class AvroConfig(BaseModel):
+    """A stream's `avro:` section, with `codec: avro` (see `modelport.streams.avro`):
+    bare Avro bodies of `schema`, or Confluent's wire format with the schemas in the
+    registry at `registry_url`. A stream writer with `codec: avro` writes its results
+    with `output_schema` (else one made from the results), registered under
+    `output_subject` (else `<topic>-value`) when there is a registry."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    schema_: dict[str, Any] | str | None = Field(None, alias="schema")
+    """The input messages' Avro schema (a mapping, or its JSON text)."""
+    registry_url: str | None = None
+    """A Confluent-compatible schema registry: input schemas by id, output registered."""
+    output_subject: str | None = None
+    output_schema: dict[str, Any] | str | None = None
+    timeout: float = Field(5.0, gt=0)
+    """Seconds a registry request may take before it counts as an outage."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AvroConfig:
+        if self.schema_ is not None and self.registry_url is not None:
+            raise ValueError("give schema or registry_url for the input, not both")
+        return self
+
+
 class StreamConfig(BaseModel):
     """A pipeline's `stream:` section: how `modelport stream` runs it from a broker.
 
@@ -64,9 +89,21 @@ class StreamConfig(BaseModel):
     """Messages fetched, scored, written and acknowledged together."""
     max_deliveries: int = Field(5, ge=1)
     """A message delivered more often than this is dead-lettered unprocessed."""
-    codec: Literal["json", "msgpack"] = "json"
+    codec: Literal["json", "msgpack", "avro"] = "json"
+    avro: AvroConfig | None = None
+    """With `codec: avro`: the schema, or the registry holding the schemas."""
     fetch_timeout: float = Field(1.0, gt=0)
     """Seconds a fetch waits for a first message."""
+
+    @model_validator(mode="after")
+    def _avro_options(self) -> StreamConfig:
+        if self.codec == "avro" and (self.avro is None or (
+                self.avro.schema_ is None and self.avro.registry_url is None)):
+            raise ValueError("codec avro needs avro: {schema: ...} or "
+                             "avro: {registry_url: ...}")
+        if self.codec != "avro" and self.avro is not None:
+            raise ValueError(f"an avro: section is for codec: avro, not {self.codec}")
+        return self
 
 
 class PipelineEntry(PipelineConfig):

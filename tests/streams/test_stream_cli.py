@@ -125,7 +125,7 @@ def test_results_can_be_published_to_a_stream_keyed_by_message_id(
 @pytest.mark.parametrize(("extra", "message"), [
     ("batch_size: 0", "pipelines.0.stream.batch_size: Input should be greater than or "
                       "equal to 1"),
-    ("codec: xml", "pipelines.0.stream.codec: Input should be 'json' or 'msgpack'"),
+    ("codec: xml", "pipelines.0.stream.codec: Input should be 'json', 'msgpack' or 'avro'"),
     ("colour: red", "pipelines.0.stream.colour: not an option here (misspelt?)"),
 ])
 def test_bad_stream_settings_name_their_key(tmp_path: Path, home: Path, extra: str,

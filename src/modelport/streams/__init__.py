@@ -3,7 +3,7 @@
 Public: `__all__`. Broker clients (redis, nats-py, aiokafka) are imported only when
 their broker is used. `StreamWorker`, `StreamWriter` and `StreamRunner` load on first
 use too, so that naming a broker or its configuration does not load the pipeline and
-service machinery.
+service machinery. Avro (`streams.avro`: fastavro, httpx) loads only for `codec: avro`.
 """
 
 from __future__ import annotations

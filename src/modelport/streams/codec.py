@@ -1,4 +1,4 @@
-"""Message payloads: JSON by default, msgpack as an option.
+"""Message payloads: JSON by default, msgpack as an option, Avro through a `Format`.
 
 A payload is a record (`{"age": 41, …}`), a row in input order (`[41, …]`), or an
 envelope `{"id": "…", "key": "…", "data": <record or row>}`. The envelope's `id` is
@@ -11,6 +11,10 @@ common stream, where every message is a record of exactly the model's inputs, al
 one numeric type: msgspec reads it against a struct made from the signature straight
 into a tuple in input order (no dict per message, no check per column), and a batch of
 those becomes one array. A message it refuses goes the general way.
+
+A `Format` is a payload format that needs more than the bytes: Avro (`streams.avro`),
+whose schemas a registry holds. The worker asks it to `resolve` a batch first (an
+outage is retried there), then reads each payload with it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import itertools
 import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import msgspec
 import numpy as np
@@ -41,14 +45,33 @@ class Decoded:
     data: Any
 
 
-def decode(message: Message, codec: Codec = "json") -> Decoded:
-    try:
-        if codec == "msgpack":
-            body = msgspec.msgpack.decode(message.payload)
-        else:
-            body = orjson.loads(message.payload)
-    except Exception as exc:
-        raise InvalidInput(f"payload is not valid {codec}: {exc}") from None
+class Format(Protocol):
+    """A payload format that needs more than the bytes (Avro and its schemas)."""
+
+    name: str
+
+    async def resolve(self, messages: Sequence[Message]) -> None:
+        """Prepare to read these messages (schemas asked of a registry); `NotReady`
+        when a service it needs is down."""
+
+    def read(self, payload: bytes) -> Any:
+        """The payload's value; `InvalidInput` naming what is wrong."""
+
+    def typed(self, signature: Signature | None) -> Typed | None:
+        """The fast path for this model's inputs, None where it does not apply."""
+
+
+def decode(message: Message, codec: Codec | Format = "json") -> Decoded:
+    if not isinstance(codec, str):
+        body = codec.read(message.payload)
+    else:
+        try:
+            if codec == "msgpack":
+                body = msgspec.msgpack.decode(message.payload)
+            else:
+                body = orjson.loads(message.payload)
+        except Exception as exc:
+            raise InvalidInput(f"payload is not valid {codec}: {exc}") from None
     if isinstance(body, dict) and "data" in body:
         if not body.keys() <= _ENVELOPE:  # a set comparison without building a set
             unknown = sorted(set(body) - _ENVELOPE)
@@ -59,7 +82,8 @@ def decode(message: Message, codec: Codec = "json") -> Decoded:
         return Decoded(str(ident), body.get("key"), body["data"])
     if isinstance(body, dict | list):
         return Decoded(message.id, None, body)
-    raise InvalidInput(f"expected a JSON object or array, got {type(body).__name__}")
+    what = "a JSON object or array" if isinstance(codec, str) else "a record or an array"
+    raise InvalidInput(f"expected {what}, got {type(body).__name__}")
 
 
 def encode(value: Any, codec: Codec = "json") -> bytes:
@@ -68,7 +92,58 @@ def encode(value: Any, codec: Codec = "json") -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-class TypedDecoder:
+def typed_inputs(signature: Signature | None) -> tuple[list[str], np.dtype[Any]] | None:
+    """The model's input names and their one numeric type, where a typed path applies:
+    not a tensor model, inputs of one numeric type, no shaped input, NaN refused, no
+    input named like an envelope field."""
+    if signature is None or signature.layout != "columns" or signature.allow_nan:
+        return None
+    inputs = signature.inputs
+    kinds = {s.datatype for s in inputs}
+    if len(kinds) != 1 or any(s.shape for s in inputs) \
+            or any(s.name in _ENVELOPE for s in inputs):
+        return None
+    dtype = to_numpy(kinds.pop())
+    if dtype.kind not in "fiub":
+        return None
+    return [s.name for s in inputs], dtype
+
+
+class Typed:
+    """A typed fast path: messages of the model's inputs read as values in input order
+    (`decode`, `decode_all`), and those values as one array (`table`)."""
+
+    def __init__(self, names: Sequence[str], dtype: np.dtype[Any]) -> None:
+        self.names = list(names)
+        self.dtype = dtype
+
+    def decode(self, message: Message) -> tuple[str, Any, tuple[Any, ...]] | None:
+        """The message's id, key and values in input order; None to go the general way."""
+        raise NotImplementedError
+
+    def decode_all(self, messages: Sequence[Message]
+                   ) -> tuple[list[str], list[Any] | None, np.ndarray] | None:
+        """A batch of one shape in one go: the ids, the keys (None when no message has
+        one) and the table of values; None to go message by message."""
+        raise NotImplementedError
+
+    def table(self, rows: Sequence[tuple[Any, ...]]) -> np.ndarray | None:
+        """Decoded values as one array, a row per message and a column per input; None
+        when an integer does not fit the array's type (the signature's check says so)."""
+        return self._flat(rows, len(rows))
+
+    def _flat(self, rows: Iterable[tuple[Any, ...]], n: int) -> np.ndarray | None:
+        width = len(self.names)
+        try:
+            # one pass over the values in row order: faster than np.array,
+            # which first works out the nesting
+            flat = np.fromiter(itertools.chain.from_iterable(rows), self.dtype, n * width)
+        except (OverflowError, ValueError):
+            return None
+        return flat.reshape(n, width)
+
+
+class TypedDecoder(Typed):
     """Records of exactly the model's inputs, all of one numeric type, as tuples.
 
     Build it with `for_signature`, which says None where the path does not apply: a
@@ -82,8 +157,7 @@ class TypedDecoder:
 
     def __init__(self, names: Sequence[str], field_type: type, dtype: np.dtype[Any],
                  codec: Codec) -> None:
-        self.names = list(names)
-        self.dtype = dtype
+        super().__init__(names, dtype)
         # field names are f0, f1, … (an input name need not be an identifier), renamed
         # to the inputs' names on the wire; unknown fields are refused, not dropped
         row = msgspec.defstruct(
@@ -105,18 +179,12 @@ class TypedDecoder:
 
     @classmethod
     def for_signature(cls, signature: Signature | None, codec: Codec) -> TypedDecoder | None:
-        if signature is None or signature.layout != "columns" or signature.allow_nan:
+        found = typed_inputs(signature)
+        if found is None:
             return None
-        inputs = signature.inputs
-        kinds = {s.datatype for s in inputs}
-        if len(kinds) != 1 or any(s.shape for s in inputs) \
-                or any(s.name in _ENVELOPE for s in inputs):
-            return None
-        dtype = to_numpy(kinds.pop())
-        field_type = {"f": float, "i": int, "u": int, "b": bool}.get(dtype.kind)
-        if field_type is None:
-            return None
-        return cls([s.name for s in inputs], field_type, dtype, codec)
+        names, dtype = found
+        field_type = {"f": float, "i": int, "u": int, "b": bool}[dtype.kind]
+        return cls(names, field_type, dtype, codec)
 
     def decode(self, message: Message) -> tuple[str, Any, tuple[Any, ...]] | None:
         """The message's id, key and values in input order; None to go the general way."""
@@ -159,21 +227,6 @@ class TypedDecoder:
             records = list(map(_data, bodies))
         table = self._flat(map(self._astuple, records), len(records))
         return None if table is None else (ids, keys, table)
-
-    def table(self, rows: Sequence[tuple[Any, ...]]) -> np.ndarray | None:
-        """Decoded values as one array, a row per message and a column per input; None
-        when an integer does not fit the array's type (the signature's check says so)."""
-        return self._flat(rows, len(rows))
-
-    def _flat(self, rows: Iterable[tuple[Any, ...]], n: int) -> np.ndarray | None:
-        width = len(self.names)
-        try:
-            # one pass over the values in row order: faster than np.array,
-            # which first works out the nesting
-            flat = np.fromiter(itertools.chain.from_iterable(rows), self.dtype, n * width)
-        except (OverflowError, ValueError):
-            return None
-        return flat.reshape(n, width)
 
 
 _payload = operator.attrgetter("payload")

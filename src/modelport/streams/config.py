@@ -7,12 +7,15 @@ client is imported only here, when `modelport stream` runs it.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelport.config import StreamConfig
 from modelport.errors import ConfigError
 
-__all__ = ["StreamConfig", "make_broker"]
+if TYPE_CHECKING:
+    from modelport.streams.codec import Codec, Format
+
+__all__ = ["StreamConfig", "make_broker", "make_codec"]
 
 
 def make_broker(config: StreamConfig, where: str) -> Any:
@@ -34,3 +37,17 @@ def make_broker(config: StreamConfig, where: str) -> Any:
         raise ConfigError(f"{where}.broker: {exc} (options of {cls.__name__}: "
                           f"{', '.join(inspect.signature(cls).parameters)})") from None
     return cls(**options)
+
+
+def make_codec(config: StreamConfig, where: str) -> Codec | Format:
+    """How the section's payloads are read: a codec's name, or the Avro format (its
+    schema parsed now, so a bad one is refused at start)."""
+    if config.codec != "avro":
+        return config.codec
+    from modelport.streams.avro import AvroFormat
+
+    assert config.avro is not None  # StreamConfig checks it
+    try:
+        return AvroFormat.from_config(config.avro)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc.message}") from None

@@ -19,7 +19,7 @@ from modelport.errors import InvalidInput
 from modelport.pipeline import Frame, Key, Scored
 from modelport.signature import Signature, missing_field
 from modelport.streams.base import DeadLetter, Message
-from modelport.streams.codec import Codec, TypedDecoder, decode
+from modelport.streams.codec import Codec, Format, Typed, decode
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Round:
 
 
 def read(messages: Sequence[Message], signature: Signature | None,
-         typed: TypedDecoder | None, codec: Codec, max_deliveries: int
+         typed: Typed | None, codec: Codec | Format, max_deliveries: int
          ) -> tuple[list[DeadLetter], list[Round], int]:
     """The batch's dead letters, its rounds, and how many of its messages were
     redeliveries. Messages delivered more than `max_deliveries` times are dead
@@ -47,7 +47,7 @@ def read(messages: Sequence[Message], signature: Signature | None,
     return _read_each(messages, signature, typed, codec, max_deliveries)
 
 
-def _read_typed(messages: Sequence[Message], typed: TypedDecoder) -> Round | None:
+def _read_typed(messages: Sequence[Message], typed: Typed) -> Round | None:
     """The usual batch in one go; None sends it the message-by-message way."""
     if max(map(_deliveries, messages), default=1) > 1:
         return None
@@ -64,7 +64,7 @@ def _read_typed(messages: Sequence[Message], typed: TypedDecoder) -> Round | Non
 
 
 def _read_each(messages: Sequence[Message], signature: Signature | None,
-               typed: TypedDecoder | None, codec: Codec, max_deliveries: int
+               typed: Typed | None, codec: Codec | Format, max_deliveries: int
                ) -> tuple[list[DeadLetter], list[Round], int]:
     letters: list[DeadLetter] = []
     rounds: list[list[_Row]] = []
@@ -108,7 +108,7 @@ class _Row:
     message: Message
     record: dict[str, Any] | None = None
     values: tuple[Any, ...] | None = None
-    typed: TypedDecoder | None = None
+    typed: Typed | None = None
 
 
 def _frame(rows: list[_Row]) -> Frame:

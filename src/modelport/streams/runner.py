@@ -22,7 +22,7 @@ from typing import Any
 
 from modelport.errors import ConfigError, ModelportError, NotFound
 from modelport.service import Service
-from modelport.streams.config import StreamConfig, make_broker
+from modelport.streams.config import StreamConfig, make_broker, make_codec
 from modelport.streams.worker import StreamWorker, WorkerStats
 from modelport.streams.writer import StreamWriter
 
@@ -40,14 +40,16 @@ def stream_worker(service: Service, pipeline: str, *, where: str = "") -> Stream
     """The worker of `pipeline`'s `stream:` section, over the service's pipeline (its
     broker made, not started). `where` prefixes configuration errors."""
     spec = stream_config(service, pipeline)
-    broker = make_broker(spec, f"{where or 'config'}: pipeline {pipeline!r}: stream")
+    prefix = f"{where or 'config'}: pipeline {pipeline!r}: stream"
+    broker = make_broker(spec, prefix)
+    codec = make_codec(spec, prefix)
     pipe = service.pipeline(pipeline)
     if isinstance(pipe.writer, StreamWriter):
-        pipe.writer.lend(broker)
+        pipe.writer.lend(broker, spec.avro)
     return StreamWorker(
         pipe, broker, dead_letter_subject=spec.dead_letter, batch_size=spec.batch_size,
         fetch_timeout=spec.fetch_timeout, max_deliveries=spec.max_deliveries,
-        codec=spec.codec, metrics=service.metrics)
+        codec=codec, metrics=service.metrics)
 
 
 def stream_config(service: Service, pipeline: str) -> StreamConfig:

@@ -52,7 +52,7 @@ from modelport.monitoring.metrics import Metrics
 from modelport.pipeline import Frame, Key, Pipeline, Reject, Scored
 from modelport.signature import Signature
 from modelport.streams.base import Broker, DeadLetter, Message
-from modelport.streams.codec import Codec, TypedDecoder
+from modelport.streams.codec import Codec, Format, Typed, TypedDecoder
 from modelport.streams.rounds import Round, read
 
 log = logging.getLogger("modelport.stream")
@@ -95,7 +95,7 @@ class _Batch:
 class StreamWorker:
     def __init__(self, pipeline: Pipeline, broker: Broker, *, dead_letter_subject: str,
                  batch_size: int = 256, fetch_timeout: float = 1.0, max_deliveries: int = 5,
-                 codec: Codec = "json", metrics: Metrics | None = None,
+                 codec: Codec | Format = "json", metrics: Metrics | None = None,
                  max_backoff: float = 30.0) -> None:
         self.pipeline = pipeline
         self.broker = broker
@@ -109,7 +109,7 @@ class StreamWorker:
         self.stats = WorkerStats()
         self._stopping = asyncio.Event()
         self._typed_for: Signature | None = None
-        self._typed_decoder: TypedDecoder | None = None
+        self._typed_decoder: Typed | None = None
 
     def stop(self) -> None:
         """Stop fetching; the batches in flight are finished and acknowledged first."""
@@ -201,6 +201,9 @@ class StreamWorker:
         started = time.perf_counter()
         try:
             signature = await self._retry(self._signature, "model")
+            if not isinstance(self.codec, str):  # schemas from a registry: an outage holds
+                await self._retry(functools.partial(self.codec.resolve, messages),
+                                  "schema registry")
             letters, rounds = self._decode(messages, signature)
             for r in rounds:
                 try:
@@ -221,11 +224,13 @@ class StreamWorker:
             return None
         return self.pipeline.dataplane.deployment(self.pipeline.model).model.signature
 
-    def _typed(self, signature: Signature | None) -> TypedDecoder | None:
+    def _typed(self, signature: Signature | None) -> Typed | None:
         # made once per signature: a new model version may take other inputs
         if signature is not self._typed_for:
             self._typed_for = signature
-            self._typed_decoder = TypedDecoder.for_signature(signature, self.codec)
+            self._typed_decoder = \
+                TypedDecoder.for_signature(signature, self.codec) \
+                if isinstance(self.codec, str) else self.codec.typed(signature)
         return self._typed_decoder
 
     def _decode(self, messages: Sequence[Message], signature: Signature | None

@@ -14,13 +14,20 @@ pipeline's own broker; elsewhere (serve, batch) it names one:
 writer: {type: stream, subject: scores}                        # modelport stream
 writer: {type: stream, subject: scores, broker: {type: redis, url: "redis://cache"}}
 ```
+
+With `codec: avro` the rows are Avro records (`modelport.streams.avro.AvroWriter`);
+its `avro:` options (`registry_url`, `output_subject`, `output_schema`) default, in
+`modelport stream`, to the stream's own `avro:` section.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import ValidationError
+
+from modelport.config import AvroConfig
 from modelport.errors import ConfigError
 from modelport.pipeline.base import Frame, Writer
 from modelport.pipeline.columns import cells, plain_keys
@@ -39,21 +46,41 @@ class StreamWriter(Writer):
     """Publishes result rows to `subject`; `columns` picks the ones to send."""
 
     def __init__(self, subject: str, broker: Broker | Mapping[str, Any] | None = None,
-                 codec: Codec = "json", columns: Sequence[str] | None = None) -> None:
+                 codec: Codec | Literal["avro"] = "json",
+                 columns: Sequence[str] | None = None,
+                 avro: AvroConfig | Mapping[str, Any] | None = None) -> None:
         self.subject = subject
         self.codec = codec
         self.columns = list(columns) if columns else None
+        if avro is not None and codec != "avro":
+            raise ConfigError(f"stream writer to {subject!r}: avro options are for "
+                              f"codec: avro, not {codec}")
+        try:
+            self.avro = AvroConfig.model_validate(avro) if isinstance(avro, Mapping) else avro
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(map(str, error["loc"]))
+            raise ConfigError(f"stream writer to {subject!r}: avro.{where}: "
+                              f"{error['msg']}") from None
+        self._avro: Any = None  # the AvroWriter, made at start (fastavro is optional)
         self._config = dict(broker) if isinstance(broker, Mapping) else None
         self.broker: Broker | None = broker if isinstance(broker, Broker) else None
         self._owned = False  # a broker built here is closed here; a lent one is not
 
-    def lend(self, broker: Broker) -> None:
+    def lend(self, broker: Broker, avro: AvroConfig | None = None) -> None:
         """Publish through `broker` (the stream trigger's own) unless configured with one;
-        a lent broker is its owner's to start and close."""
+        a lent broker is its owner's to start and close. `avro`: the stream's registry
+        and output subject, for Avro results without options of their own."""
         if self.broker is None and self._config is None:
             self.broker = broker
+        if self.avro is None and self.codec == "avro":
+            self.avro = avro
 
     async def start(self) -> None:
+        if self.codec == "avro" and self._avro is None:
+            from modelport.streams.avro import AvroWriter
+
+            self._avro = AvroWriter(self.avro or AvroConfig(), self.subject)
         if self.broker is None and self._config is not None:
             from modelport.streams import broker_class
 
@@ -79,7 +106,7 @@ class StreamWriter(Writer):
     async def write(self, frame: Frame) -> None:
         if not len(frame):
             return
-        if self.broker is None:
+        if self.broker is None or (self.codec == "avro" and self._avro is None):
             await self.start()
         assert self.broker is not None
         names = self.columns or list(frame.columns)
@@ -90,6 +117,11 @@ class StreamWriter(Writer):
         keys = plain_keys(frame.keys)
         columns = [cells(frame.columns[n], nested="list") for n in names]
         rows = zip(*columns, strict=True) if columns else ((),) * len(keys)
-        payloads = [encode({"id": key, **dict(zip(names, row, strict=True))}, self.codec)
-                    for key, row in zip(keys, rows, strict=True)]
+        if self.codec == "avro":
+            payloads = await self._avro.encode(
+                [{"id": str(key), **dict(zip(names, row, strict=True))}
+                 for key, row in zip(keys, rows, strict=True)])
+        else:
+            payloads = [encode({"id": key, **dict(zip(names, row, strict=True))}, self.codec)
+                        for key, row in zip(keys, rows, strict=True)]
         await self.broker.publish(self.subject, payloads, keys=[str(k) for k in keys])
