@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from modelport.batching import AdaptiveBatcher
+from modelport.batching.handoff import Handoff
 from modelport.errors import DeadlineExceeded, ModelportError, Overloaded
 from modelport.signature import Batch
 from waiting import until
@@ -336,3 +337,32 @@ async def test_closing_lanes_drains_or_refuses_what_waits() -> None:
     assert (await running)["y"].tolist() == [0.0]  # what was running still answers
     await closing
     assert model.calls == [1]
+
+
+async def test_a_sleeping_lane_wakes_once_at_the_end_of_the_loop_turn() -> None:
+    """Requests admitted in one event-loop turn wake a sleeping lane once, when the
+    turn ends: a thread woken per request would take the core from the loop mid-turn
+    (an OS context switch per request), and take one request at a time."""
+    handoff: Handoff[int] = Handoff(capacity=100)
+    handoff.loop = asyncio.get_running_loop()
+    taken: list[int] = []
+    asleep = threading.Event()
+
+    def lane() -> None:
+        asleep.set()
+        while (item := handoff.get()) >= 0:
+            taken.append(item)
+
+    thread = threading.Thread(target=lane)
+    thread.start()
+    await asyncio.to_thread(asleep.wait)
+    await until(lambda: handoff.sleeping == 1, what="the lane asleep")
+    for i in range(10):  # one turn: no await in between
+        assert handoff.put(i)
+        time.sleep(0.001)  # the GIL is free: a lane woken by put() would run now
+    assert taken == [] and len(handoff.items) == 10
+    await until(lambda: len(taken) == 10, what="the lane took the turn's requests")
+    assert taken == list(range(10))
+    assert not Handoff(capacity=1).full
+    handoff.put(-1, always=True)
+    await asyncio.to_thread(thread.join)

@@ -7,7 +7,9 @@ company only when the last batch showed there is concurrency to wait for.
 
 A model given as a plain function runs on the batcher's own threads ("lanes"), which
 take the next batch off the queue themselves as soon as the last one is done: the
-event loop only admits requests and hands answers back. Under overload the loop is
+event loop only admits requests and hands answers back. A lane with nothing to do
+sleeps until the end of the loop turn that admitted work (`handoff.Handoff`): one
+wake-up per turn, not one per request. Under overload the loop is
 busy refusing the excess, and a model that needed loop turns between batches would
 sit idle behind that work while its queue is full (goodput collapses). On lanes the
 wait for company is the rest of the loop's current turn (the requests it is taking
@@ -20,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import queue
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from modelport.batching.handoff import Handoff
 from modelport.errors import DeadlineExceeded, ModelportError, Overloaded
 from modelport.signature import Batch
 
@@ -92,19 +94,19 @@ class AdaptiveBatcher:
         self._carry: _Item | None = None
         self._threaded = not _is_coroutine_function(infer)
         self._lanes: list[threading.Thread] = []
-        self._tqueue: queue.Queue[_Item] = queue.Queue(max_queue)
+        self._handoff = Handoff[_Item](max_queue)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def depth(self) -> int:
         if self._threaded:
-            return self._tqueue.qsize()
+            return len(self._handoff.items)
         return self._queue.qsize() if self._queue else 0
 
     @property
     def full(self) -> bool:
         if self._threaded:
-            return self._tqueue.full()
+            return self._handoff.full
         return self._queue is not None and self._queue.full()
 
     def full_message(self) -> str:
@@ -113,7 +115,7 @@ class AdaptiveBatcher:
     def start(self) -> None:
         if self._threaded:
             if not self._lanes:
-                self._loop = asyncio.get_running_loop()
+                self._loop = self._handoff.loop = asyncio.get_running_loop()
                 self._lanes = [threading.Thread(target=self._lane, daemon=True,
                                                 name=f"batcher-lane-{n}")
                                for n in range(self.concurrency)]
@@ -133,14 +135,15 @@ class AdaptiveBatcher:
         loop = asyncio.get_running_loop()
         rows = len(next(iter(batch.values())))
         item = _Item(batch, rows, loop.create_future())
-        try:
-            if self._threaded:
-                self._tqueue.put_nowait(item)
-            else:
-                assert self._queue is not None
+        if self._threaded:
+            if not self._handoff.put(item):
+                raise Overloaded(self.full_message(), retry_after=1.0)
+        else:
+            assert self._queue is not None
+            try:
                 self._queue.put_nowait(item)
-        except (asyncio.QueueFull, queue.Full):
-            raise Overloaded(self.full_message(), retry_after=1.0) from None
+            except asyncio.QueueFull:
+                raise Overloaded(self.full_message(), retry_after=1.0) from None
         if timeout is None:
             return await item.future
         # A timer that fails the item's own future, rather than wait_for(shield(…)),
@@ -230,12 +233,10 @@ class AdaptiveBatcher:
 
     async def _close_lanes(self, *, drain: bool) -> None:
         if not drain:  # fail what waits; batches already running still answer
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    self._fail(self._tqueue.get_nowait(),
-                               Overloaded("model was unloaded; retry"))
+            while (item := self._handoff.get_nowait()) is not None:
+                self._fail(item, Overloaded("model was unloaded; retry"))
         for _ in self._lanes:  # one each, behind every accepted request
-            await asyncio.to_thread(self._tqueue.put, _STOP)
+            self._handoff.put(_STOP, always=True)
         for lane in self._lanes:
             await asyncio.to_thread(lane.join)
 
@@ -245,7 +246,7 @@ class AdaptiveBatcher:
         carry: _Item | None = None
         stopping = False
         while not stopping:
-            first = carry or self._tqueue.get()
+            first = carry or self._handoff.get()
             carry = None
             if first is _STOP:
                 return
@@ -253,9 +254,8 @@ class AdaptiveBatcher:
             if rows < self.max_batch_size and self._last_size > 1 and self.max_delay > 0:
                 self._await_loop_turn()
             while rows < self.max_batch_size:
-                try:
-                    nxt = self._tqueue.get_nowait()
-                except queue.Empty:
+                nxt = self._handoff.get_nowait()
+                if nxt is None:
                     break
                 if nxt is _STOP:
                     stopping = True
