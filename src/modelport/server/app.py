@@ -68,6 +68,7 @@ def create_app(service: Service, *, keys: KeyStore | None = None,
                 async with lifespan(app):
                     yield
         finally:
+            await app.state.guards.stop()
             await service.stop()
 
     async def metrics(request: Request) -> Response:
@@ -111,6 +112,7 @@ def create_app(service: Service, *, keys: KeyStore | None = None,
                             Exception: handle_error},
     )
     app.state.service = service
+    app.state.guards = admin.Guards()
     app.state.dataplane = dataplane
     # an application's own routes are something to serve, models or not
     dataplane.ready_without_models = bool(extra_routes)
