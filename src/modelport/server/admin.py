@@ -137,6 +137,50 @@ async def refresh(request: Request) -> Response:
 # --- helpers --------------------------------------------------------------------------
 
 
+class Guards:
+    """The guards this server runs, each in a thread; stopped with the server."""
+
+    def __init__(self) -> None:
+        self.all: list[Guard] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def start(self, guard: Guard) -> None:
+        self.all.append(guard)
+        task = asyncio.create_task(asyncio.to_thread(guard.watch), name="guard")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        for guard in self.all:
+            guard.stop()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def guards(request: Request) -> Guards:
+    found: Guards = request.app.state.guards
+    return found
+
+
+def _guard(g: Guard) -> dict[str, Any]:
+    r = g.result
+    return {"name": g.name, "alias": g.alias, "version": g.version,
+            "bounds": ",".join(str(b) for b in g.bounds), "window_s": g.window_s,
+            "outcome": r.outcome, "reason": r.reason, "values": r.values,
+            "rolled_back_to": r.rolled_back_to}
+
+
+def _positive(body: dict[str, Any], key: str, *, required: bool = False) -> int | None:
+    value = body.get(key)
+    if value is None and not required:
+        return None
+    # bool is an int in Python; `true` is not a version
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidInput(f"'{key}' {'is required: ' if required else 'must be '}a positive "
+                           f'integer, as in {{"{key}": 3}}')
+    return value
+
+
+
 def _actor(request: Request) -> str | None:
     name: str | None = getattr(request.state, "api_key", None)
     return name
