@@ -13,7 +13,8 @@ import typer
 
 from modelport.cli.context import state
 from modelport.errors import InvalidInput
-from modelport.promotion import METRICS, MetricGate, parse_duration, parse_guard, promote as run
+from modelport.promotion import METRICS, MetricGate, parse_duration, parse_guard
+from modelport.promotion import promote as run
 
 
 def promote(

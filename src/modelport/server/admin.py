@@ -24,7 +24,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from modelport.errors import InvalidInput
-from modelport.promotion import Guard, promote as promote_version
+from modelport.promotion import Guard
+from modelport.promotion import promote as promote_version
 from modelport.registry import ModelVersion
 from modelport.registry.store import AliasEvent
 from modelport.server.responses import JSON, read_json
@@ -97,6 +98,7 @@ async def promote(request: Request) -> Response:
     body = _object(await read_json(request),
                    {"version", "gate", "guard", "window", "min_requests", "reason"})
     version = _positive(body, "version", required=True)
+    assert version is not None
     for key in ("gate", "guard", "window"):
         if body.get(key) is not None and not isinstance(body[key], str | int | float):
             raise InvalidInput(f"'{key}' must be a string")
