@@ -151,3 +151,22 @@ def test_bad_retrain_config_is_refused_in_one_line(reg: Registry) -> None:
         Retrainer(reg, job(guard="p99<5"))
     with pytest.raises(ConfigError, match="cannot import 'retrain_trainers:missing'"):
         Retrainer(reg, job(entry_point="retrain_trainers:missing"))
+
+
+def test_modelport_retrain_runs_a_configured_job_once(
+        reg: Registry, pg_settings: Settings, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from modelport.cli import run
+
+    config = tmp_path / "modelport.yaml"
+    config.write_text("retrain:\n"
+                      "  - name: nightly\n"
+                      "    model: m\n"
+                      "    entry_point: retrain_trainers:worse\n"
+                      "    gate: auc>=production\n"
+                      "    schedule: '0 3 * * *'\n")
+    assert run(["retrain", "-c", str(config)], pg_settings) == 0
+    assert "m:2 not promoted: gate refuse: auc 0.5 < production v1 0.9" in \
+        capsys.readouterr().out
+    assert run(["retrain", "other", "-c", str(config)], pg_settings) == 1
+    assert "no retrain: job named 'other' (jobs: nightly)" in capsys.readouterr().err
