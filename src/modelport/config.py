@@ -125,9 +125,10 @@ class RetrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_trainer(self) -> RetrainConfig:
-        if (self.entry_point is None) == (self.command is None):
+        # neither is for Python, where the trainer is handed to the Retrainer
+        if self.entry_point is not None and self.command is not None:
             raise ValueError(f"retrain {self.name!r}: give entry_point (module:function) "
-                             "or command, not both nor neither")
+                             "or command, not both")
         return self
 
 

@@ -134,6 +134,9 @@ class Retrainer:
             raise ConfigError(f"{where}: {exc}") from None
         if trainer is None and config.entry_point is not None:
             trainer = import_object(config.entry_point, f"{where}: entry_point")
+        if trainer is None and config.command is None:
+            raise ConfigError(f"{where}: no trainer: give entry_point (module:function) or "
+                              "command")
         self.trainer = trainer
         self.drift_score = drift_score
         self.every_s = every_s

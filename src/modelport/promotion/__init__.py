@@ -4,7 +4,7 @@ breach. See docs/promotion.md."""
 from __future__ import annotations
 
 from modelport.promotion.bounds import Bound, Comparison, parse_duration, parse_gate, parse_guard
-from modelport.promotion.gate import Evaluate, Gate, MetricGate, Verdict
+from modelport.promotion.gate import Decided, Evaluate, Gate, MetricGate, Verdict
 from modelport.promotion.guard import Guard, GuardResult
 from modelport.promotion.live import METRICS, LiveMetric, LiveWindow, register_metric
 from modelport.promotion.promote import Promotion, production_of, promote
@@ -13,6 +13,7 @@ __all__ = [
     "METRICS",
     "Bound",
     "Comparison",
+    "Decided",
     "Evaluate",
     "Gate",
     "Guard",

@@ -92,3 +92,15 @@ class MetricGate:
                                f"({'from evaluate' if self.evaluate else 'registered'}: "
                                f"{', '.join(sorted(values)) or 'none'})")
         return float(value)
+
+
+class Decided:
+    """A verdict the trainer reached on its own evidence (and perhaps recorded on the
+    version it registered): promotion takes it as it is."""
+
+    def __init__(self, verdict: Verdict) -> None:
+        self.verdict = verdict
+
+    def __call__(self, registry: Registry, candidate: ModelVersion,
+                 production: ModelVersion | None) -> Verdict:
+        return self.verdict
