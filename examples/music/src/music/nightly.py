@@ -33,13 +33,22 @@ from modelport import (
     ModelConfig,
     Pipeline,
     Registry,
+    RetrainConfig,
     Service,
     ServiceConfig,
     Settings,
 )
-from modelport.config import RetrainConfig
-from modelport.jobs import BatchJob, BatchOptions, BatchResult, KeyQuery, Scheduler, report_job
-from modelport.jobs.retrain import RetrainContext, Retrainer, Trained
+from modelport.jobs import (
+    BatchJob,
+    BatchOptions,
+    BatchResult,
+    KeyQuery,
+    RetrainContext,
+    Retrainer,
+    Scheduler,
+    Trained,
+    report_job,
+)
 from modelport.pipeline import make_engine
 from modelport.promotion import Decided
 
