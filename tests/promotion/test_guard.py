@@ -129,3 +129,17 @@ def test_models_history_shows_the_guards_rollback_with_metric_and_value(
     assert events[-1]["actor"] == "guard" and events[-1]["kind"] == "rollback"
     assert events[-1]["reason"].startswith("guard: requests 0 broke requests>=5")
     reg.close()
+
+
+def test_the_guard_never_undoes_a_move_it_did_not_watch(reg: Registry) -> None:
+    from modelport.promotion import promote
+
+    p = promote(reg, NAME, 2, guard="error_rate<1%", window="60s", every_s=0.05)
+    reg.set_alias(NAME, "production", 1, reason="by hand", actor="ops")
+    result = p.watch()
+    assert result is not None and result.outcome == "superseded"
+    assert "moved to 1 by someone else" in result.reason
+    history = reg.alias_history(NAME, "production")
+    assert (history[-1].kind, history[-1].actor, history[-1].to_version) == ("set", "ops", 1)
+    assert all(e.actor != "guard" for e in history)
+    reg.close()
