@@ -3,6 +3,8 @@ in the registry; too few evaluation users decide nothing."""
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,6 +12,7 @@ from modelport import NotFound, Registry
 
 from music.als import AlsParams
 from music.gate import publish
+from music.system import System
 from music.train import TrainConfig, TrainResult, train
 
 GOOD = AlsParams(factors=16, regularization=1.0, alpha=5.0, iterations=10)
@@ -186,3 +189,30 @@ def test_the_nightly_retraining_runs_through_modelports_loop(
     moved = registry.alias_history("music-recommender", "production")[-1]
     assert (moved.kind, moved.actor) == ("set", "retrain:music-retrain")
     assert moved.reason is not None and "retrain:music-retrain (schedule)" in moved.reason
+
+
+def test_the_nightly_scheduler_retrains_from_the_listens_table(system: System) -> None:
+    """The scheduled job trains on the system's listens and leaves its decision, either
+    way, in the alias history (the bootstrap's version is production)."""
+    from music.nightly import RETRAIN_CRON, scheduler
+
+    jobs = scheduler(system, report_cron=None)
+    assert list(jobs.jobs) == ["music-retrain", "music-nightly"]
+    assert jobs.jobs["music-retrain"].cron == RETRAIN_CRON
+    with Registry(settings=system.settings()) as registry:
+        before = registry.get_alias("music-recommender", "production")
+
+    async def run_once() -> None:
+        assert jobs.run_pending(jobs.jobs["music-retrain"].next_at) == ["music-retrain"]
+        task = jobs.jobs["music-retrain"].task
+        assert task is not None
+        await task
+
+    asyncio.run(run_once())
+    with Registry(settings=system.settings()) as registry:
+        last = registry.alias_history("music-recommender", "production")[-1]
+        versions = registry.list_versions("music-recommender")
+    assert last.actor == "retrain:music-retrain" and last.from_version == before
+    assert last.to_version == versions[-1].version
+    assert last.kind in ("set", "refuse") and last.reason
+    assert versions[-1].tags["dataset"] == "listens"

@@ -21,6 +21,7 @@ then promotes it, or records why not, and guards it when a guard is given.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -155,14 +156,21 @@ def report_path(system: System) -> Path:
 
 def scheduler(system: System, settings: Settings | None = None, *,
               cron: str | None = DEFAULT_CRON, report_cron: str | None = REPORT_CRON,
-              retrain_cron: str | None = None, registry: Registry | None = None,
+              retrain_cron: str | None = RETRAIN_CRON,
               metrics: Metrics | None = None) -> Scheduler:
-    """The nightly batch and the daily report (over the last 24 hours) on their crons,
-    and with `retrain_cron` (and the `registry` it promotes in) the retraining."""
+    """The nightly retraining, the nightly batch and the daily report (over the last 24
+    hours) on their crons."""
     settings = settings or system.settings()
     jobs = Scheduler(metrics=metrics)
-    if retrain_cron and registry is not None:
-        retrainer(registry, lambda: training_listens(system), cron=retrain_cron).add_to(jobs)
+    if retrain_cron:
+        def retrain() -> None:
+            with Registry(settings=settings) as registry:
+                retrainer(registry, lambda: training_listens(system), cron=None).run("schedule")
+
+        async def retrain_job() -> None:
+            await asyncio.to_thread(retrain)
+
+        jobs.add("music-retrain", retrain_cron, retrain_job)
     if cron:
         async def nightly() -> None:
             await run_nightly(system, settings)
