@@ -14,7 +14,7 @@ import pytest
 import modelport
 
 PUBLIC = ("modelport", "modelport.pipeline", "modelport.streams", "modelport.jobs",
-          "modelport.server", "modelport.flavors")
+          "modelport.server", "modelport.flavors", "modelport.promotion")
 """The modules whose `__all__` is the public API."""
 MUSIC = Path(__file__).parents[1] / "examples" / "music"
 

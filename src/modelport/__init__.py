@@ -28,7 +28,7 @@ from modelport.settings import Settings
 from modelport.signature import Signature
 
 if TYPE_CHECKING:
-    from modelport.config import ServiceConfig, load_config
+    from modelport.config import RetrainConfig, ServiceConfig, load_config
     from modelport.dataplane import ModelConfig
     from modelport.logs import configure_logging
     from modelport.monitoring.metrics import Metrics
@@ -49,6 +49,7 @@ _LAZY = {
     "Writer": "modelport.pipeline",
     "Service": "modelport.service",
     "ServiceConfig": "modelport.config",
+    "RetrainConfig": "modelport.config",
     "load_config": "modelport.config",
     "create_app": "modelport.server",  # the web framework loads with it
 }
@@ -76,6 +77,7 @@ __all__ = [
     "Pipeline",
     "PipelineConfig",
     "Registry",
+    "RetrainConfig",
     "Retriever",
     "Service",
     "ServiceConfig",

@@ -122,6 +122,53 @@ class PipelineEntry(PipelineConfig):
     """For `modelport stream`: the broker to consume, dead letters, batch size."""
 
 
+class DriftTrigger(BaseModel):
+    """Retrain when production's input drift passes `threshold`, looked at on `check`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float = Field(0.25, gt=0)
+    """The largest feature PSI over `window` above which the model is retrained."""
+    check: str = "*/15 * * * *"
+    """Cron expression: when drift is looked at."""
+    window: str = "24h"
+    """Logged inputs of the production version this far back; also the least time
+    between two retrainings for drift (a refused candidate leaves the drift in place)."""
+
+
+class RetrainConfig(BaseModel):
+    """One retraining job under `retrain:`: train, register, gate, promote, guard."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    model: str
+    """The registered model the trainer produces versions of."""
+    entry_point: str | None = None
+    """`module:function`, called with a `RetrainContext`; returns the registered
+    version (or a `Trained` with the trainer's own gate)."""
+    command: list[str] | None = None
+    """A command that registers a new version itself (`modelport models register …`)."""
+    alias: str = "production"
+    gate: str | None = None
+    """E.g. `auc>=production`: the candidate must win to be promoted."""
+    guard: str | None = None
+    """E.g. `error_rate<1%,p99_ms<50`: watched for `window` after the promotion."""
+    window: str = "10m"
+    min_requests: int = Field(10, ge=1)
+    schedule: str | None = None
+    """Cron expression (UTC): `modelport schedule` retrains then."""
+    drift: DriftTrigger | None = None
+
+    @model_validator(mode="after")
+    def _one_trainer(self) -> RetrainConfig:
+        # neither is for Python, where the trainer is handed to the Retrainer
+        if self.entry_point is not None and self.command is not None:
+            raise ValueError(f"retrain {self.name!r}: give entry_point (module:function) "
+                             "or command, not both")
+        return self
+
+
 class ServiceConfig(BaseModel):
     """What one service runs."""
 
@@ -131,6 +178,7 @@ class ServiceConfig(BaseModel):
     name: str = "modelport"
     models: list[ModelConfig] = Field(default_factory=list)
     pipelines: list[PipelineEntry] = Field(default_factory=list)
+    retrain: list[RetrainConfig] = Field(default_factory=list)
 
     def model_for(self, ref: str) -> ModelConfig:
         """The served model a pipeline's `model: ref` uses; added when not listed."""

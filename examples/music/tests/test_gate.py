@@ -3,6 +3,8 @@ in the registry; too few evaluation users decide nothing."""
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,6 +12,7 @@ from modelport import NotFound, Registry
 
 from music.als import AlsParams
 from music.gate import publish
+from music.system import System
 from music.train import TrainConfig, TrainResult, train
 
 GOOD = AlsParams(factors=16, regularization=1.0, alpha=5.0, iterations=10)
@@ -61,8 +64,11 @@ def test_first_version_must_beat_popularity_then_each_must_beat_production(
         results["good"].baseline.metrics["recall@10"])
     assert 0 < promoted.metrics["gate_difference_low"] < promoted.metrics["gate_difference_high"]
     history = registry.alias_history("music-recommender", "production")
-    assert [(e.from_version, e.to_version) for e in history] == [(None, 1)]
+    # one move; the refusals are recorded beside it, each with the gate's sentence
+    assert [(e.kind, e.from_version, e.to_version) for e in history] == [
+        ("set", None, 1), ("refuse", 1, 2), ("refuse", 1, 3)]
     assert history[0].reason == f"gate: {first.reason}"
+    assert history[1].reason == f"gate refuse: {worse.reason}"
 
 
 def test_a_better_model_replaces_a_worse_production(
@@ -153,3 +159,60 @@ def test_per_user_splits_rescore_production_trained_on_the_same_part(
     other = TrainConfig(params=POOR, test_fraction=0.3)
     decision = publish(registry, train(events, other), other)
     assert "as recorded on its own hold-out" in decision.reason
+
+
+def test_the_nightly_retraining_runs_through_modelports_loop(
+        registry: Registry, events: pd.DataFrame, results: dict[str, TrainResult]) -> None:
+    """A deliberately worse trainer leaves production unchanged, saying why in the alias
+    history; a better one is promoted by the same loop."""
+    from music.nightly import retrainer
+
+    first = publish(registry, results["good"], TrainConfig(params=GOOD))
+    worse = retrainer(registry, lambda: events, params=POOR, cron=None).run("schedule")
+    assert not worse.promoted and worse.previous == first.version
+    assert registry.get_alias("music-recommender", "production") == first.version
+    last = registry.alias_history("music-recommender", "production")[-1]
+    assert (last.kind, last.actor, last.from_version, last.to_version) == (
+        "refuse", "retrain:music-retrain", first.version, worse.version)
+    assert last.reason == worse.reason
+    # production was trained on another data set's events: its record is the bar
+    assert last.reason.startswith("gate refuse: recall@10 ")
+    assert last.reason.endswith("is not above the bar")
+    refused = registry.resolve(f"music-recommender:{worse.version}")
+    assert refused.tags["gate"] == "refused"
+
+    # an operator forces the poor version in; the nightly loop brings a better one back
+    registry.set_alias("music-recommender", "production", worse.version, reason="by hand")
+    better = retrainer(registry, lambda: events, params=GOOD, cron=None).run("schedule")
+    assert better.promoted and better.kept
+    assert registry.get_alias("music-recommender", "production") == better.version
+    moved = registry.alias_history("music-recommender", "production")[-1]
+    assert (moved.kind, moved.actor) == ("set", "retrain:music-retrain")
+    assert moved.reason is not None and "retrain:music-retrain (schedule)" in moved.reason
+
+
+def test_the_nightly_scheduler_retrains_from_the_listens_table(system: System) -> None:
+    """The scheduled job trains on the system's listens and leaves its decision, either
+    way, in the alias history (the bootstrap's version is production)."""
+    from music.nightly import RETRAIN_CRON, scheduler
+
+    jobs = scheduler(system, report_cron=None)
+    assert list(jobs.jobs) == ["music-retrain", "music-nightly"]
+    assert jobs.jobs["music-retrain"].cron == RETRAIN_CRON
+    with Registry(settings=system.settings()) as registry:
+        before = registry.get_alias("music-recommender", "production")
+
+    async def run_once() -> None:
+        assert jobs.run_pending(jobs.jobs["music-retrain"].next_at) == ["music-retrain"]
+        task = jobs.jobs["music-retrain"].task
+        assert task is not None
+        await task
+
+    asyncio.run(run_once())
+    with Registry(settings=system.settings()) as registry:
+        last = registry.alias_history("music-recommender", "production")[-1]
+        versions = registry.list_versions("music-recommender")
+    assert last.actor == "retrain:music-retrain" and last.from_version == before
+    assert last.to_version == versions[-1].version
+    assert last.kind in ("set", "refuse") and last.reason
+    assert versions[-1].tags["dataset"] == "listens"

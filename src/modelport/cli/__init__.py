@@ -24,7 +24,7 @@ import typer
 from pydantic import ValidationError
 from typer.exceptions import TyperException
 
-from modelport.cli import batch, keys, models, report, schedule, serve, stream
+from modelport.cli import batch, keys, models, promote, report, schedule, serve, stream
 from modelport.cli.context import CliState, one_line, state
 from modelport.errors import ModelportError
 from modelport.settings import Settings
@@ -41,8 +41,10 @@ app.add_typer(keys.app, name="keys")
 app.command()(serve.serve)
 app.command()(batch.batch)
 app.command()(schedule.schedule)
+app.command()(schedule.retrain)
 app.command()(stream.stream)
 app.command()(report.report)
+app.command()(promote.promote)
 
 
 def _version(value: bool) -> None:

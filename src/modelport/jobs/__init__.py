@@ -1,4 +1,5 @@
-"""Jobs: batch runs of a pipeline over a query or a file, the scheduler, reports.
+"""Jobs: batch runs of a pipeline over a query or a file, the scheduler, reports,
+retraining.
 
 Public: `__all__`; the report's functions load on first use.
 """
@@ -8,6 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from modelport.jobs.batch import EXIT_REJECTED, BatchJob, BatchOptions, BatchResult, source_for
+from modelport.jobs.retrain import (
+    RetrainContext,
+    Retrainer,
+    RetrainOutcome,
+    Trained,
+    TrainerError,
+    add_retrain_jobs,
+)
 from modelport.jobs.scheduler import Scheduler, add_pipeline_batches
 from modelport.jobs.sources import FileRows, KeyQuery, Source
 from modelport.lazy import lazy_exports
@@ -29,9 +38,15 @@ __all__ = [
     "BatchResult",
     "FileRows",
     "KeyQuery",
+    "RetrainContext",
+    "RetrainOutcome",
+    "Retrainer",
     "Scheduler",
     "Source",
+    "Trained",
+    "TrainerError",
     "add_pipeline_batches",
+    "add_retrain_jobs",
     "generate",
     "report_job",
     "source_for",

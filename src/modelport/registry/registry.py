@@ -35,6 +35,7 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 VERSION = re.compile(r"[0-9]{1,9}")  # ASCII only: str.isdigit() also accepts "²" and "٣"
 ACTOR_MAX = 128  # the width of the actor/created_by columns
+REASON_MAX = 2000
 
 
 class Registry:
@@ -201,17 +202,28 @@ class Registry:
         return self.store.remove_alias(name, alias, actor=self._actor(actor), reason=reason)
 
     def rollback(self, name: str, alias: str, *, reason: str | None = None,
-                 actor: str | None = None) -> ModelVersion:
+                 actor: str | None = None, expect: int | None = None) -> ModelVersion:
         """Move `alias` back to the version it pointed at before its last move.
 
         Rollbacks undo moves one at a time: after 1 → 2 → 3, two rollbacks give 2,
         then 1, and a third raises Conflict. Raises Conflict too when that earlier
-        version has been deleted since.
+        version has been deleted since, and when `expect` is given and the alias no
+        longer points at it.
         """
         check_name(name)
         check_alias(alias)
-        target = self.store.rollback(name, alias, actor=self._actor(actor), reason=reason)
+        target = self.store.rollback(name, alias, actor=self._actor(actor), reason=reason,
+                                     expect=expect)
         return self.store.get_version(name, target)
+
+    def record_decision(self, name: str, alias: str, kind: str, *, current: int | None,
+                        candidate: int, reason: str, actor: str | None = None) -> None:
+        """Record a decision about `alias` that moved nothing: `refuse` (a gate kept
+        `candidate` out) or `hold` (a guard watched it through its window)."""
+        check_name(name)
+        check_alias(alias)
+        self.store.record_decision(name, alias, kind, current=current, candidate=candidate,
+                                   actor=self._actor(actor), reason=reason[:REASON_MAX])
 
     def alias_history(self, name: str, alias: str | None = None) -> list[AliasEvent]:
         """Every move of `alias` (or of all the model's aliases), oldest first."""

@@ -41,7 +41,8 @@ class AliasEvent(BaseModel):
     name: str
     alias: str
     kind: str
-    """`set`, `rollback` or `remove`."""
+    """`set`, `rollback` or `remove` (moves), or a decision that moved nothing: `refuse`
+    (a gate kept a candidate out) or `hold` (a guard's window passed without a breach)."""
     from_version: int | None
     to_version: int | None
     at: datetime
@@ -212,12 +213,18 @@ class Store:
         return self._run(run, write=True)
 
     def rollback(self, name: str, alias: str, *, actor: str | None = None,
-                 reason: str | None = None) -> int:
-        """Move `alias` back to where it pointed before its last move; return that version."""
+                 reason: str | None = None, expect: int | None = None) -> int:
+        """Move `alias` back to where it pointed before its last move; return that version.
+
+        With `expect`, only if the alias still points at that version (a guard must not
+        undo a move someone made after the one it watches): Conflict otherwise."""
 
         def run(conn: Connection) -> int:
             _lock_model(conn, name)
             current = _alias(conn, name, alias)
+            if expect is not None and current != expect:
+                raise Conflict(f"{name}@{alias} points at {current} now, not {expect}: "
+                               "not rolled back")
             target = previous_version(_history(conn, name, alias), current)
             if target is None:
                 raise Conflict(f"{name}@{alias} has no earlier version to roll back to "
@@ -231,6 +238,18 @@ class Store:
             return target
 
         return self._run(run, write=True)
+
+    def record_decision(self, name: str, alias: str, kind: str, *, current: int | None,
+                        candidate: int, actor: str | None, reason: str) -> None:
+        """Record a decision that moved nothing (`refuse`, `hold`) in the alias history."""
+
+        def run(conn: Connection) -> None:
+            _require_version(conn, name, candidate)
+            conn.execute(insert(alias_events).values(
+                name=name, alias=alias, kind=kind, from_version=current,
+                to_version=candidate, at=now(), actor=actor, reason=reason))
+
+        self._run(run, write=True)
 
     def alias_history(self, name: str, alias: str | None = None) -> list[AliasEvent]:
         def run(conn: Connection) -> list[AliasEvent]:

@@ -7,6 +7,11 @@ serving predictions.
 
 Moving an alias changes the registry, which every replica polls; `POST
 /admin/refresh` makes this one look now instead of at its next poll.
+
+`POST …/promote` gates a version and moves the alias; with a guard, this server
+watches the version's live metrics (from every replica, through the prediction log)
+in a thread until the window ends, and rolls back on a breach. `GET /admin/guards`
+shows them. A guard lives as long as the server that runs it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from modelport.errors import InvalidInput
+from modelport.promotion import Guard
+from modelport.promotion import promote as promote_version
 from modelport.registry import ModelVersion
 from modelport.registry.store import AliasEvent
 from modelport.server.responses import JSON, read_json
@@ -81,6 +88,41 @@ async def rollback(request: Request) -> Response:
     return JSON({"name": name, "alias": alias, "version": record.version})
 
 
+async def promote(request: Request) -> Response:
+    """`{"version": N, "gate": "auc>=production", "guard": "error_rate<1%",
+    "window": "10m", "min_requests": 10, "reason": "…"}`: all but version optional.
+
+    A gate that refuses answers 409 (and is recorded); with a guard, the answer says
+    what it watches, and `GET /admin/guards` what it decided."""
+    name, alias = request.path_params["name"], request.path_params["alias"]
+    body = _object(await read_json(request),
+                   {"version", "gate", "guard", "window", "min_requests", "reason"})
+    version = _positive(body, "version", required=True)
+    assert version is not None
+    for key in ("gate", "guard", "window"):
+        if body.get(key) is not None and not isinstance(body[key], str | int | float):
+            raise InvalidInput(f"'{key}' must be a string")
+    p = await asyncio.to_thread(
+        promote_version, dataplane(request).registry, name, version, alias=alias,
+        gate=body.get("gate"), guard=body.get("guard"), window=body.get("window"),
+        min_requests=_positive(body, "min_requests") or 10, reason=_reason(body),
+        actor=_actor(request))
+    answer: dict[str, Any] = {"name": name, "alias": alias, "version": version,
+                              "previous": p.previous, "moved": p.moved}
+    if p.verdict is not None:
+        answer["gate"] = {"verdict": p.verdict.word, "reason": p.verdict.reason}
+        if not p.verdict.passed:
+            return JSON(answer, status_code=409)
+    if p.guard is not None:
+        guards(request).start(p.guard)
+        answer["guard"] = _guard(p.guard)
+    return JSON(answer)
+
+
+async def list_guards(request: Request) -> Response:
+    return JSON({"guards": [_guard(g) for g in guards(request).all]})
+
+
 async def served(request: Request) -> Response:
     ready, detail = dataplane(request).readiness()
     return JSON({"ready": ready, "models": detail})
@@ -95,6 +137,50 @@ async def refresh(request: Request) -> Response:
 
 
 # --- helpers --------------------------------------------------------------------------
+
+
+class Guards:
+    """The guards this server runs, each in a thread; stopped with the server."""
+
+    def __init__(self) -> None:
+        self.all: list[Guard] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def start(self, guard: Guard) -> None:
+        self.all.append(guard)
+        task = asyncio.create_task(asyncio.to_thread(guard.watch), name="guard")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        for guard in self.all:
+            guard.stop()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def guards(request: Request) -> Guards:
+    found: Guards = request.app.state.guards
+    return found
+
+
+def _guard(g: Guard) -> dict[str, Any]:
+    r = g.result
+    return {"name": g.name, "alias": g.alias, "version": g.version,
+            "bounds": ",".join(str(b) for b in g.bounds), "window_s": g.window_s,
+            "outcome": r.outcome, "reason": r.reason, "values": r.values,
+            "rolled_back_to": r.rolled_back_to}
+
+
+def _positive(body: dict[str, Any], key: str, *, required: bool = False) -> int | None:
+    value = body.get(key)
+    if value is None and not required:
+        return None
+    # bool is an int in Python; `true` is not a version
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidInput(f"'{key}' {'is required: ' if required else 'must be '}a positive "
+                           f'integer, as in {{"{key}": 3}}')
+    return value
+
 
 
 def _actor(request: Request) -> str | None:
@@ -140,6 +226,8 @@ routes = [
     Route(_ALIAS, remove_alias, methods=["DELETE"]),
     Route(_ALIAS + "/history", alias_history, methods=["GET"]),
     Route(_ALIAS + "/rollback", rollback, methods=["POST"]),
+    Route(_ALIAS + "/promote", promote, methods=["POST"]),
+    Route("/admin/guards", list_guards, methods=["GET"]),
     Route("/admin/served", served, methods=["GET"]),
     Route("/admin/refresh", refresh, methods=["POST"]),
 ]

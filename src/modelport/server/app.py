@@ -69,6 +69,7 @@ def create_app(service: Service, *, keys: KeyStore | None = None,
                 async with lifespan(app):
                     yield
         finally:
+            await app.state.guards.stop()
             await service.stop()
 
     async def metrics(request: Request) -> Response:
@@ -113,6 +114,7 @@ def create_app(service: Service, *, keys: KeyStore | None = None,
                             Exception: handle_error},
     )
     app.state.service = service
+    app.state.guards = admin.Guards()
     app.state.dataplane = dataplane
     # for the HTTP protocol, which refuses from a request's head (server.run)
     app.state.admission = Admission(None, dataplane, keys, settings.server.require_predict_key)

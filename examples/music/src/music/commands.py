@@ -187,7 +187,8 @@ def serve(
 def nightly_cmd(
     home: Home = Path(".modelport"),
     cron: Annotated[str | None, typer.Option(
-        help="Run on this schedule (e.g. '0 3 * * *'), for ever; default: once.",
+        help="Run on this schedule (e.g. '0 3 * * *'), for ever, with the nightly "
+             "retraining at 02:00 UTC; default: the batch once.",
         show_default=False)] = None,
     database: Database = None, redis: RedisUrl = None, broker: BrokerUrl = None,
     registry: RegistryUrl = None, prefix: Prefix = "music_",

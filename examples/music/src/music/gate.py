@@ -21,6 +21,11 @@ better on recall@k, by more than the noise of the users who happened to be held 
 - with fewer evaluation users than `TrainConfig.min_eval_users`, nothing is decided:
   the version is registered with `gate: undecided` and production stays as it is.
 
+The decision goes through modelport's promotion (`modelport.promotion.promote`, with
+this module's verdict as the gate): a refusal is recorded in the alias history
+(`refuse`), a promotion is the alias move, and a guard can watch it. The nightly
+retraining (`music.nightly`) runs it as a modelport retrain job.
+
 The comparison is recorded on the version: tags `gate` (promoted | refused |
 undecided), `gate_reason` and `gate_against`; metrics `gate_recall@k` and
 `gate_bar_recall@k` (both values), `gate_difference_low`/`_high` (the interval, when
@@ -35,6 +40,7 @@ from typing import Any
 
 import pandas as pd
 from modelport import ModelVersion, NotFound, Registry
+from modelport.promotion import Decided, GuardResult, Promotion, Verdict, promote
 
 from music.metrics import Scores, paired_interval, score_users
 from music.split import HoldOut, recent_histories
@@ -73,10 +79,39 @@ class Decision:
     verdict: str = "refused"
     """promoted, refused, or undecided (too few evaluation users)."""
     evidence: Evidence | None = None
+    promotion: Promotion | None = None
+    """modelport's promotion of the version (its guard, when one was asked for)."""
+
+    def watch(self) -> GuardResult | None:
+        """Run the promotion's guard through its window (None without one)."""
+        return self.promotion.watch() if self.promotion is not None else None
 
 
-def publish(registry: Registry, result: TrainResult, config: TrainConfig) -> Decision:
-    """Register the baseline and the ALS model, then apply the gate (see the module)."""
+def publish(registry: Registry, result: TrainResult, config: TrainConfig, *,
+            guard: str | None = None, window: str = "10m") -> Decision:
+    """Register the baseline and the ALS model, then apply the gate (see the module)
+    through modelport's promotion: a refusal is recorded in the alias history as
+    `refuse`, a promotion as the move, with the same sentence; with `guard` (and a
+    production version to fall back to) the caller watches it with `decision.watch()`."""
+    decision = register_candidate(registry, result, config)
+    p = promote(registry, config.name, decision.version, alias=ALIAS,
+                gate=Decided(verdict_of(decision)),
+                guard=guard if decision.previous is not None else None,
+                window=window if guard and decision.previous is not None else None)
+    decision.promotion = p
+    return decision
+
+
+def verdict_of(decision: Decision) -> Verdict:
+    """The music gate's word as modelport's."""
+    word = {"promoted": "promote", "refused": "refuse"}.get(decision.verdict, "undecided")
+    return Verdict(word, decision.reason)  # type: ignore[arg-type]
+
+
+def register_candidate(registry: Registry, result: TrainResult,
+                       config: TrainConfig) -> Decision:
+    """Register the baseline and the ALS model with the gate's evidence and verdict
+    (tags and metrics); move nothing."""
     recall = f"recall@{config.k}"
     baseline = _register(registry, f"{config.name}-popularity", result.baseline, result,
                          config, {"kind": "popularity"})
@@ -102,11 +137,8 @@ def publish(registry: Registry, result: TrainResult, config: TrainConfig) -> Dec
         "gate_reason": reason,
         "gate_against": evidence.against,
     }, extra_metrics)
-    promoted = verdict == "promoted"
-    if promoted:
-        registry.set_alias(config.name, ALIAS, version.version, reason=f"gate: {reason}")
-    return Decision(promoted, reason, version.version, baseline.version, previous, verdict,
-                    evidence)
+    return Decision(verdict == "promoted", reason, version.version, baseline.version,
+                    previous, verdict, evidence)
 
 
 def _verdict(recall: str, e: Evidence) -> tuple[str, str]:
