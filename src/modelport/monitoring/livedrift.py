@@ -126,12 +126,12 @@ class DriftWatch:
     async def refresh(self) -> list[VersionWindow]:
         """Compute and publish once, now."""
         results = await asyncio.to_thread(self.compute)
+        before = {key: _flags(w) for key, w in self.last.items()}
         self.publish(results)
-        for w in results:
-            if w.rows >= MIN_ROWS and w.flagged:
+        for w in results:  # logged when the verdict changes, not every interval
+            if w.rows >= MIN_ROWS and _flags(w) != before.get((w.model, w.version), set()):
                 log.info("%s:%d input drift over %d rows: %s", w.model, w.version, w.rows,
-                         ", ".join(f"{f.name} {f.level} ({f.method} {f.score:.3f})"
-                                   for f in w.flagged[:5]))
+                         _verdict(w) or "every feature stable")
         return results
 
     async def start(self) -> None:
@@ -153,3 +153,12 @@ class DriftWatch:
             except Exception as exc:
                 # monitoring must not stop a service: tried again next interval
                 log.warning("live drift not computed, will retry: %s", exc)
+
+
+def _flags(w: VersionWindow) -> set[tuple[str, str]]:
+    return {(f.name, f.level) for f in w.flagged}
+
+
+def _verdict(w: VersionWindow) -> str:
+    return ", ".join(f"{f.name} {f.level} ({f.method} {f.score or 0:.3f})"
+                     for f in w.flagged[:5])
