@@ -111,10 +111,19 @@ async def test_an_unshifted_id_history_is_not_flagged_but_a_shifted_one_is(
     store = LogStore(pg_url)
     watch = DriftWatch(store, metrics, lambda: [record])
     watch.clock = lambda: time.time() + 60
+    # two replicas, computing 50 s apart within one interval, with a bound on rows read
+    minute = (time.time() // 60 + 1) * 60
+    bounded = MonitoringSettings(drift_max_rows=60)
+    replicas = [DriftWatch(store, Metrics(), lambda: [record], bounded) for _ in range(2)]
+    replicas[0].clock, replicas[1].clock = lambda: minute + 5, lambda: minute + 55
     try:
         (window,) = await watch.refresh()
+        seen = [r.compute()[0] for r in replicas]
     finally:
         store.close()
+    assert seen[0].rows == seen[1].rows <= 60
+    assert [(f.name, f.score) for f in seen[0].features] == [
+        (f.name, f.score) for f in seen[1].features], "every replica reads the same rows"
     assert window.rows == 150
     assert not window.flagged, [(f.name, f.score) for f in window.features]
     assert {f.name for f in window.features} == {"history (size)", "history (values)"}
