@@ -139,11 +139,13 @@ class FeatureDrift:
 def live_features(rows: Iterable[Mapping[str, Any]], names: Iterable[str]) -> dict[
         str, np.ndarray]:
     """One array per profiled feature name, from logged input dicts (missing → None)."""
-    wanted = list(names)
-    columns: dict[str, list[Any]] = {n: [] for n in wanted}
-    for row in rows:
-        for name in wanted:
-            columns[name].append(_value(row, name))
+    rows = list(rows)
+    columns: dict[str, list[Any]] = {}
+    for name in names:  # a column at a time: the live watch reads thousands of rows
+        column = [row.get(name) for row in rows]
+        if _POSITION.fullmatch(name) and all(v is None for v in column):
+            column = [_value(row, name) for row in rows]
+        columns[name] = column
     return {n: _array(v) for n, v in columns.items()}
 
 
@@ -257,11 +259,12 @@ def _value(row: Mapping[str, Any], name: str) -> Any:
     return values[j] if isinstance(values, list) and j < len(values) else None
 
 
+_NUMBERS = {int, float, type(None)}
+
+
 def _array(values: list[Any]) -> np.ndarray:
-    present = [v for v in values if v is not None]
-    if all(isinstance(v, int | float) and not isinstance(v, bool)
-                       for v in present):
-        return np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
+    if set(map(type, values)) <= _NUMBERS:  # numbers (not bools), None → NaN
+        return np.asarray(values, dtype=np.float64)
     out = np.empty(len(values), dtype=object)  # lists stay one object per row
     out[:] = values
     return out
