@@ -27,6 +27,7 @@ from modelport.monitoring.predlog import PredictionLog
 from modelport.profile import _profile_one, profile, psi
 from modelport.settings import MonitoringSettings
 from modelport.signature import infer_signature
+from waiting import until
 
 pytestmark = pytest.mark.postgres
 WIDTH, CATALOG = 50, 5000
@@ -177,3 +178,32 @@ async def test_a_psi_from_one_row_is_not_headlined(settings: Settings, pg_url: s
     kpi = re.search(r"<b>([^<]*)</b><span>largest PSI</span>", html)
     assert kpi is not None and kpi[1] == f"— (&lt; {MIN_ROWS} rows)"
     assert f"{feature.psi:.2f}" not in kpi[1]
+
+
+async def test_the_watch_recomputes_by_itself_and_stops_cleanly(pg_url: str) -> None:
+    rng = np.random.default_rng(9)
+    train = pd.DataFrame({"x": rng.normal(size=1000)})
+    signature = infer_signature(train[:2])
+    record = ModelVersion.model_construct(
+        name="m", version=2, profile=profile(signature.decode(train), signature))
+    config = MonitoringSettings(sample_rate=1.0, seed=0, max_rows_per_call=1000,
+                                drift_interval_s=0.2, drift_window_s=600)
+    plog = PredictionLog(LogStore(pg_url), config)
+    metrics = Metrics()
+    await plog.start(metrics)
+    watch = DriftWatch(plog.store, metrics, lambda: [record], config)
+    await watch.start()
+    try:
+        plog.record("m", 2, "predict", {"x": rng.normal(5.0, size=200)}, {"y": np.zeros(200)},
+                    1.0)
+        await plog.flush()
+
+        def flagged() -> bool:
+            text = metrics.render().decode()
+            return gauge(text, "modelport_drift_level", model="m", version="2") == 2
+
+        await until(flagged, 30, "the watch's next computation to flag x")
+    finally:
+        await watch.stop()
+        await plog.stop()
+    assert watch.last[("m", 2)].rows == 200

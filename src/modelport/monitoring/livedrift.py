@@ -67,6 +67,7 @@ class DriftWatch:
         self.last: dict[tuple[str, int], VersionWindow] = {}
         self._published: set[tuple[str, str, str, str]] = set()
         self._task: asyncio.Task[None] | None = None
+        self._stop: asyncio.Event | None = None
 
     def window(self) -> tuple[datetime, datetime]:
         """[since, until): the window ends at the last whole interval, so replicas that
@@ -136,18 +137,25 @@ class DriftWatch:
 
     async def start(self) -> None:
         if self.config.drift_interval_s > 0 and self._task is None:
+            self._stop = asyncio.Event()  # on the running loop, hence not in __init__
             self._task = asyncio.create_task(self._run(), name="drift-watch")
 
     async def stop(self) -> None:
+        """Stop; a computation under way is let finish rather than cancelled, as its
+        thread would go on reading from a store that the log is about to close."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            assert self._stop is not None
+            self._stop.set()
+            await self._task
             self._task = None
 
     async def _run(self) -> None:
+        assert self._stop is not None
         while True:
-            await asyncio.sleep(self.config.drift_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.config.drift_interval_s)
+            if self._stop.is_set():
+                return
             try:
                 await self.refresh()
             except Exception as exc:
