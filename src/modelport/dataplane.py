@@ -31,6 +31,7 @@ from modelport.errors import (
     VersionNotFound,
 )
 from modelport.model import Model
+from modelport.monitoring.livedrift import DriftWatch
 from modelport.monitoring.metrics import Metrics
 from modelport.registry import ModelVersion, Registry, parse_ref
 from modelport.settings import BatchingSettings, Settings
@@ -144,6 +145,8 @@ class DataPlane:
         # prediction log: every trigger's calls pass through predict(), so it is
         # recorded there, once; its background writer lives as long as the data plane
         self.prediction_log = prediction_log
+        # live drift of the served versions, from the log (started with the log)
+        self.drift_watch: DriftWatch | None = None
         self.started = False
 
     # --- lifecycle ------------------------------------------------------------------
@@ -155,6 +158,9 @@ class DataPlane:
         self.started = True
         if self.prediction_log is not None:
             await self.prediction_log.start(self.metrics)
+            self.drift_watch = DriftWatch(self.prediction_log.store, self.metrics,
+                                          self.served_versions, self.prediction_log.config)
+            await self.drift_watch.start()
         await asyncio.gather(*(self._refresh(ep, quiet=quiet)
                                for ep in self.endpoints.values()))
         if follow:
@@ -173,6 +179,8 @@ class DataPlane:
                 await self._poller
         await asyncio.gather(*(ep.current.close() for ep in self.endpoints.values()
                                if ep.current is not None))
+        if self.drift_watch is not None:
+            await self.drift_watch.stop()
         if self.prediction_log is not None:  # after the drain: its calls are logged too
             await self.prediction_log.stop()
 
@@ -319,6 +327,12 @@ class DataPlane:
         plog.record(record.name, record.version, source, batch, outputs,
                     (time.perf_counter() - started) * 1000, request_id)
         return outputs
+
+    def served_versions(self) -> list[ModelVersion]:
+        """The registry records of the versions answering now, once each."""
+        records = {(ep.current.model.record.name, ep.current.version): ep.current.model.record
+                   for ep in self.endpoints.values() if ep.current is not None}
+        return list(records.values())
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         detail = {

@@ -74,6 +74,15 @@ class MonitoringSettings(BaseModel):
     """Most rows sampled from one model call, so one batch chunk cannot fill the log."""
     seed: int | None = None
     """Seed of the sampler, for reproducible samples (tests); none draws a fresh one."""
+    drift_interval_s: float = Field(60.0, ge=0)
+    """How often each served version's input drift is computed from the log and
+    exported as gauges (`modelport_drift_*`); 0 turns the live drift off."""
+    drift_window_s: float = Field(3600.0, gt=0)
+    """The recent window drift is computed over (ending at the last whole interval,
+    so every replica reads the same rows)."""
+    drift_max_rows: int = Field(5000, ge=1)
+    """Most sampled rows read per version for one computation (spread over the
+    window): what bounds its cost."""
 
 
 class Settings(BaseSettings):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from modelport.errors import InvalidInput, NotFound
-from modelport.monitoring.drift import FeatureDrift, drift
+from modelport.monitoring.drift import MIN_ROWS, FeatureDrift, drift
 from modelport.monitoring.logstore import Count, LogStore, percentile
 from modelport.registry import ModelVersion, Registry
 from modelport.settings import Settings
@@ -74,8 +74,22 @@ class VersionDrift:
 
     @property
     def max_psi(self) -> float | None:
-        values = [f.psi for f in self.features if f.psi is not None]
+        """The largest PSI from rows enough to believe it (`MIN_ROWS`): a PSI from a
+        handful of sampled rows is noise and must not be a report's headline."""
+        values = [f.headline for f in self.features
+                  if f.method == "psi" and f.headline is not None]
         return max(values) if values else None
+
+    @property
+    def max_js(self) -> float | None:
+        """The same for the Jensen-Shannon distances (set-valued features)."""
+        values = [f.headline for f in self.features
+                  if f.method == "js" and f.headline is not None]
+        return max(values) if values else None
+
+    @property
+    def few_rows(self) -> bool:
+        return self.samples < MIN_ROWS
 
     def named(self, level: str) -> list[str]:
         return [f.name for f in self.features if f.level == level]
@@ -156,8 +170,9 @@ def _model_summary(m: ModelReport) -> dict[str, Any]:
                      for v, c in sorted(by_version.items(), reverse=True)],
         "drift": None if newest is None else {
             "version": newest.version, "samples": newest.samples,
-            "max_psi": _round(newest.max_psi, 4), "drift": newest.named("drift"),
-            "shift": newest.named("shift")},
+            "max_psi": _round(newest.max_psi, 4), "max_js": _round(newest.max_js, 4),
+            "min_rows": MIN_ROWS, "few_rows": newest.few_rows,
+            "drift": newest.named("drift"), "shift": newest.named("shift")},
     }
 
 
@@ -172,6 +187,9 @@ def _headline(report: Report, models: list[dict[str, Any]]) -> str:
             text += f", drift in {', '.join(m['drift']['drift'][:5])}"
         elif m["drift"] and m["drift"]["shift"]:
             text += f", shift in {', '.join(m['drift']['shift'][:5])}"
+        elif m["drift"] and m["drift"]["few_rows"]:
+            text += (f", drift not judged ({m['drift']['samples']} sampled rows, "
+                     f"fewer than {MIN_ROWS})")
         parts.append(text)
     span = f"{report.since:%Y-%m-%d %H:%M} to {report.until:%Y-%m-%d %H:%M} UTC"
     return f"modelport report {span}: " + ("; ".join(parts) or "no predictions")

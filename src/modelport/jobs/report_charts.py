@@ -260,8 +260,9 @@ def drift_chart(feature: FeatureDrift) -> str:
         ax.bar(x + 0.2, np.asarray(actual) * 100, width=0.4, color=COLORS[1],
                label="live (sampled rows)")
         ax.set_xticks(x, labels, rotation=35, ha="right", fontsize=8)
-        psi = f"{feature.psi:.3f}" if feature.psi is not None else "n/a"
+        psi = f"{feature.score:.3f}" if feature.score is not None else "n/a"
+        psi = ("JS " if feature.method == "js" else "PSI ") + psi
         ax.set_ylabel("% of rows")
         ax.set_xlabel("reference bins" if feature.kind == "numeric" else "category")
-        _legend_above(ax, 2, f"{feature.name}: PSI {psi} ({feature.level})")
+        _legend_above(ax, 2, f"{feature.name}: {psi} ({feature.level})")
         return _uri(fig)

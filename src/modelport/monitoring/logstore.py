@@ -181,13 +181,16 @@ class LogStore:
                        [r[b] for b in BUCKETS])) for r in result]
 
     def samples(self, model: str, since: datetime, until: datetime,
-                limit: int) -> tuple[list[dict[str, Any]], int]:
-        """Sampled rows of `model` in [since, until), oldest first, and how many there
-        are: at most about `limit` are read, spread over the window (every k-th row by
-        id) rather than the newest."""
+                limit: int, version: int | None = None) -> tuple[list[dict[str, Any]], int]:
+        """Sampled rows of `model` (of one `version`, if given) in [since, until),
+        oldest first, and how many there are: at most about `limit` are read, spread
+        over the window (every k-th row by id) rather than the newest, so every reader
+        of one window reads the same rows."""
         self.ensure()
-        where = (predictions.c.model == model, predictions.c.ts >= since,
-                 predictions.c.ts < until)
+        where: tuple[Any, ...] = (predictions.c.model == model, predictions.c.ts >= since,
+                                  predictions.c.ts < until)
+        if version is not None:
+            where = (*where, predictions.c.version == version)
         with self._errors(), self.engine.connect() as conn:
             total = conn.execute(sa.select(sa.func.count()).where(*where)).scalar_one()
             query = sa.select(predictions).where(*where)

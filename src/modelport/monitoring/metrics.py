@@ -88,6 +88,25 @@ class Metrics:
             "(written; dropped: buffer full; failed: the database refused the write)",
             ["outcome"], registry=r)
 
+        # live drift (monitoring/livedrift.py): every replica computes the same values
+        # from the shared prediction log, so the processes' max is any one of them
+        self.drift_score = Gauge(
+            "modelport_drift_score", "Input drift of a served version over the recent "
+            "window against its training profile (method psi or js); only from rows "
+            "enough to believe it", ["model", "version", "feature", "method"], registry=r,
+            multiprocess_mode="livemax")
+        self.drift_level = Gauge(
+            "modelport_drift_level", "Drift verdict per feature: 0 stable, 1 shift, 2 drift",
+            ["model", "version", "feature"], registry=r, multiprocess_mode="livemax")
+        self.drift_rows = Gauge(
+            "modelport_drift_rows", "Sampled rows the drift was computed from (fewer than "
+            "100: no feature is judged)", ["model", "version"], registry=r,
+            multiprocess_mode="livemax")
+        self.drift_computed = Gauge(
+            "modelport_drift_computed_timestamp_seconds",
+            "Unix time drift was last computed for the model", ["model"], registry=r,
+            multiprocess_mode="livemax")
+
     def render(self) -> bytes:
         if self.multiprocess_dir:  # every process's values, not only this one's
             from prometheus_client import multiprocess
