@@ -39,7 +39,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from modelport.batching import AdaptiveBatcher
-from modelport.errors import ModelportError
+from modelport.errors import DeadlineExceeded, ModelportError
 from modelport.model import Model
 from modelport.monitoring.metrics import Metrics
 from modelport.registry import parse_ref
@@ -292,7 +292,7 @@ class ShadowRunner:
         try:
             outputs = await call.target.batcher.submit(call.inputs,
                                                        timeout=call.policy.timeout_s)
-        except TimeoutError:
+        except DeadlineExceeded:  # the batcher's own timer
             self._count(call, "timeout")
         except Exception as exc:
             self._count(call, "error")

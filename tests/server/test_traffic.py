@@ -120,11 +120,11 @@ def test_a_shadow_that_agrees_has_agreement_one(settings: Settings, reg: Registr
                       shadow="m@staging") == 1.0
 
 
-@pytest.mark.parametrize(("shadow", "switch", "outcome"), [
-    ("bad:1", "TOY_RAISE", "error"), ("slow:1", "TOY_SLEEP", "dropped")])
+@pytest.mark.parametrize(("shadow", "switch", "outcomes"), [
+    ("bad:1", "TOY_RAISE", ["error"]), ("slow:1", "TOY_SLEEP", ["timeout", "dropped"])])
 def test_a_shadow_that_raises_or_sleeps_adds_no_error(
         settings: Settings, reg: Registry, monkeypatch: pytest.MonkeyPatch,
-        shadow: str, switch: str, outcome: str) -> None:
+        shadow: str, switch: str, outcomes: list[str]) -> None:
     policy = {"ref": shadow, "timeout_s": 0.5}
     service = Service(settings, served(shadow=policy), reg, follow=False)
     x = rows(2000, seed=1)
@@ -136,9 +136,10 @@ def test_a_shadow_that_raises_or_sleeps_adds_no_error(
             statuses[r.status_code] += 1
             assert r.json()["predictions"] == [row.sum() * 2]
         assert statuses == {200: 2000}
-        wait_for(lambda: shadow_calls(service, shadow) == 2000, what="every shadow settled")
-        assert metric(service, "modelport_shadow_calls_total", model="m", shadow=shadow,
-                      outcome=outcome) > 0
+        for seen in outcomes:  # the shadow's trouble is counted on its side only
+            wait_for(lambda seen=seen: metric(  # type: ignore[misc]
+                service, "modelport_shadow_calls_total", model="m", shadow=shadow,
+                outcome=seen) > 0, what=f"a shadow call counted as {seen}")
         assert metric(service, "modelport_shadow_calls_total", model="m", shadow=shadow,
                       outcome="compared") == 0
 
@@ -165,7 +166,7 @@ def test_a_canary_answers_its_share_and_names_its_version(
                 {"name": "x", "shape": [1, 3], "datatype": "FP64", "data": [1, 2, 3]}]})
             out = r.json()
             oip[out["model_version"]] += 1
-            assert out["outputs"][0]["data"] == [6 * (1.5 if out["model_version"] == "3" else 1)]
+            assert out["outputs"][0]["data"] == [6 * (3 if out["model_version"] == "3" else 2)]
         assert oip == {"1": 90, "3": 10}
 
 
@@ -180,11 +181,11 @@ def test_a_canary_keyed_on_a_header_keeps_each_caller_on_one_version(
                             headers={"x-user": user})
             version: int = r.json()["version"]
             return version
-        for i in range(6000):
+        for i in range(5000):
             first[f"user-{i}"] = ask(f"user-{i}")
         share = sum(v == 3 for v in first.values()) / len(first)
         assert 0.085 <= share <= 0.115
-        for user in list(first)[:1000]:  # asked again: the same answerer
+        for user in list(first)[:500]:  # asked again: the same answerer
             assert ask(user) == first[user]
 
 
@@ -203,8 +204,8 @@ def test_a_canary_keyed_on_a_field_routes_by_its_value(settings: Settings) -> No
                                 json={"records": [{"user": user, "a": 1, "b": 1}]})
                 version: int = r.json()["version"]
                 return version
-            users = {u: ask(u) for u in range(3000)}
-            assert 0.185 <= sum(v == 2 for v in users.values()) / 3000 <= 0.215
+            users = {u: ask(u) for u in range(2000)}
+            assert 0.185 <= sum(v == 2 for v in users.values()) / 2000 <= 0.215
             assert all(ask(u) == users[u] for u in range(300))
 
 
