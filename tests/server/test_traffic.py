@@ -11,6 +11,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,9 @@ from test_process import free_port
 from waiting import wait_for
 
 from modelport import ModelConfig, Registry, Service, ServiceConfig
+from modelport.jobs.report import build_report
+from modelport.jobs.report_html import render_html
+from modelport.monitoring.logstore import LogStore
 from modelport.security import KeyStore, add_key
 from modelport.server import create_app
 from modelport.settings import MonitoringSettings, Settings
@@ -107,6 +111,15 @@ def test_with_a_shadow_every_caller_gets_productions_answer_and_both_are_logged(
     for rid, row in shadow.items():
         assert row.version == 3 and primary[rid].version == 1
         assert row.outputs["predictions"] == primary[rid].outputs["predictions"] * 1.5
+    # the report pairs them again: a section of its own
+    store = LogStore(settings.resolved_log_url)
+    now = datetime.now(UTC)
+    report = build_report(store, reg, now - timedelta(hours=1), now + timedelta(minutes=1))
+    store.close()
+    assert report.summary()["shadows"] == [{
+        "model": "m", "version": 1, "shadow": "m", "shadow_version": 3,
+        "rows": compared, "agreement": 0.0}]
+    assert "<h2>Shadow agreement</h2>" in render_html(report)
 
 
 def test_a_shadow_that_agrees_has_agreement_one(settings: Settings, reg: Registry) -> None:
