@@ -328,3 +328,50 @@ def test_stop_does_not_wait_for_a_slow_shadows_queue(
         started = time.monotonic()
     # queued shadow calls are dropped: only those in the model are waited for
     assert time.monotonic() - started < 10
+
+
+def test_pipelines_go_through_the_same_policy(settings: Settings) -> None:
+    """A pipeline over Redis rows: the canary answers its share of the runs (its version
+    in the version column), the shadow sees the rest, as for the model routes."""
+    from redis import Redis
+
+    from conftest import REDIS_URL, require_service
+    from modelport.config import PipelineEntry
+
+    require_service("Redis", "127.0.0.1", 6379)
+    frame = pd.DataFrame({"a": [1.0, 2.0], "b": [1.0, 1.0], "c": [0.0, 1.0]})
+    prefix = f"traffic-{os.getpid()}:"
+    redis = Redis.from_url(REDIS_URL)
+    for key in range(20):
+        redis.hset(f"{prefix}{key}", mapping={"a": key, "b": 1, "c": 2})
+    try:
+        with Registry(settings=settings) as reg:
+            for model, alias in ((toy_models.Doubler(), "production"),
+                                 (toy_models.Tripler(), "candidate"),
+                                 (toy_models.Doubler(), "staging")):
+                reg.set_alias("p", alias,
+                              reg.register("p", model, sample_input=frame).version)
+            config = ServiceConfig(
+                models=[ModelConfig(ref="p@production", trusted=True, shadow="p@staging",
+                                    canary={"ref": "p@candidate", "weight": 25})],
+                pipelines=[PipelineEntry(
+                    name="score", model="p@production", version_column="version",
+                    retriever={"type": "redis", "url": REDIS_URL, "prefix": prefix})])
+            service = Service(settings, config, reg, follow=False)
+            with TestClient(create_app(service)) as client:
+                seen: Counter[int] = Counter()
+                for i in range(100):
+                    result = client.post("/pipelines/score/run",
+                                         json={"key": i % 20}).json()["result"]
+                    seen[result["version"]] += 1
+                    factor = 3 if result["version"] == 2 else 2
+                    assert result["predictions"] == (i % 20 + 3) * factor
+                assert seen == {1: 75, 2: 25}
+                wait_for(lambda: sum(metric(
+                    service, "modelport_shadow_calls_total", model="p", shadow="p@staging",
+                    outcome=o) for o in ("compared", "dropped")) == 75, what="75 shadows")
+                assert metric(service, "modelport_shadow_agreement", model="p",
+                              shadow="p@staging") == 1.0
+    finally:
+        redis.delete(*(f"{prefix}{key}" for key in range(20)))
+        redis.close()
