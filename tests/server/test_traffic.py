@@ -23,7 +23,6 @@ import sqlalchemy as sa
 import toy_models
 from starlette.testclient import TestClient
 from test_process import free_port
-from waiting import wait_for
 
 from modelport import ModelConfig, Registry, Service, ServiceConfig
 from modelport.jobs.report import build_report
@@ -32,6 +31,7 @@ from modelport.monitoring.logstore import LogStore
 from modelport.security import KeyStore, add_key
 from modelport.server import create_app
 from modelport.settings import MonitoringSettings, Settings
+from waiting import wait_for
 
 SAMPLE = np.ones((2, 3))
 
