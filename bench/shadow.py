@@ -6,8 +6,8 @@ that sleeps 1 s a call; the ratio to the no-shadow server is from the same run.
 
 Each server is `modelport serve --config` of a modelport.yaml in a throwaway home; the
 load is an asyncio httpx client in this process, `--concurrency` requests in flight,
-timed per request. Rounds alternate the servers, so drift on a shared machine is
-spread over all of them.
+timed per request. Each round runs every server, starting with another one each time,
+so drift on a shared machine is spread over all of them.
 """
 
 from __future__ import annotations
@@ -114,8 +114,10 @@ def main() -> None:
         try:
             runs: dict[str, list[float]] = {label: [] for label in SHADOWS}
             errors = dict.fromkeys(SHADOWS, 0)
-            for _ in range(args.rounds):
-                for label, (_, url) in servers.items():
+            order = list(servers)
+            for i in range(args.rounds):  # each round starts with another server
+                for label in order[i % len(order):] + order[:i % len(order)]:
+                    url = servers[label][1]
                     asyncio.run(load(url, row, 1.0, args.concurrency))  # warm-up
                     latencies, failed = asyncio.run(
                         load(url, row, args.seconds, args.concurrency))
