@@ -245,6 +245,12 @@ def test_policies_change_live_through_the_admin_api(
         assert r.json()["canary"]["weight"] == 50
         assert r.json()["targets"]["m@candidate"]["version"] == 3
         assert versions(200) == {1: 100, 3: 100}
+        # the canary's alias is followed like the served model's
+        reg.set_alias("m", "candidate", 2)
+        assert client.post("/admin/refresh", headers=admin).status_code == 200
+        assert versions(200) == {1: 100, 2: 100}
+        reg.set_alias("m", "candidate", 3)
+        client.post("/admin/refresh", headers=admin)
         # a shadow added beside it keeps the canary
         r = client.patch("/admin/traffic/m", headers=admin, json={"shadow": "m@staging"})
         assert set(r.json()) >= {"shadow", "canary"}
