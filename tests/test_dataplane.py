@@ -259,9 +259,9 @@ async def test_a_model_that_fails_to_load_is_reported_not_ready_and_retried(
 async def test_once_the_backoff_is_over_a_plain_refresh_tries_again(
         reg: Registry, settings: Settings, started: list[DataPlane],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import modelport.dataplane
+    import modelport.deployment
 
-    monkeypatch.setattr(modelport.dataplane, "RETRY_FIRST_S", 0.0)  # over at once
+    monkeypatch.setattr(modelport.deployment, "RETRY_FIRST_S", 0.0)  # over at once
     register(reg, "m", Breaks())
     reg.set_alias("m", "production", 1)
     monkeypatch.setenv("DP_BROKEN", "load")

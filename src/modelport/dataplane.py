@@ -14,16 +14,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from concurrent.futures import Executor, ProcessPoolExecutor
-from dataclasses import dataclass, field
-from multiprocessing import get_context
-from pathlib import Path
+import uuid
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import numpy as np
 
 from modelport.batching import AdaptiveBatcher, Infer, Predict
+from modelport.deployment import Deployment as Deployment
+from modelport.deployment import Endpoint as Endpoint
+from modelport.deployment import ModelConfig as ModelConfig
+from modelport.deployment import process_pool, worker_predict
 from modelport.errors import (
+    Conflict,
     ModelNotFound,
     ModelOutputError,
     ModelportError,
@@ -34,95 +37,14 @@ from modelport.model import Model
 from modelport.monitoring.livedrift import DriftWatch
 from modelport.monitoring.metrics import Metrics
 from modelport.registry import ModelVersion, Registry, parse_ref
-from modelport.settings import BatchingSettings, Settings
+from modelport.settings import Settings
 from modelport.signature import Batch
+from modelport.traffic import ShadowCall, ShadowRunner, Splitter, TrafficPolicy
 
 if TYPE_CHECKING:
     from modelport.monitoring.predlog import PredictionLog
 
 log = logging.getLogger("modelport.dataplane")
-
-
-class ModelConfig(BaseModel):
-    """One model a service serves, as written under `models:` in modelport.yaml."""
-
-    # a misspelt key is refused, naming it, rather than leaving a default silently
-    model_config = ConfigDict(extra="forbid")
-
-    ref: str
-    """`name@alias` (follows the alias) or `name:version` (pinned)."""
-    name: str | None = None
-    """Name it is served under; default the registered name."""
-    trusted: bool = False
-    """Allow artifacts that run code when loaded (pickle, python flavor)."""
-    workers: int = Field(0, ge=0)
-    """0 runs the model in threads; N runs it in N worker processes (GIL-bound models)."""
-    on_loop: bool = False
-    """Call the model on the event loop rather than in a thread: for models that answer
-    a batch in a fraction of a millisecond (a factor lookup, a small linear model), where
-    handing each batch to a thread and back costs more CPU than the model. The loop
-    waits for every batch: leave it off for anything slower."""
-    batching: BatchingSettings | None = None
-
-    @model_validator(mode="after")
-    def _one_place_to_run(self) -> ModelConfig:
-        if self.on_loop and self.workers:
-            raise ValueError("a model runs on the event loop (on_loop) or in worker "
-                             "processes (workers), not both")
-        return self
-
-    @property
-    def served_name(self) -> str:
-        return self.name or parse_ref(self.ref)[0]
-
-
-@dataclass
-class Deployment:
-    """One loaded model version with its batcher (and worker processes, if any)."""
-
-    model: Model
-    batcher: AdaptiveBatcher
-    executor: Executor | None = None
-    loaded_at: float = field(default_factory=time.time)
-
-    @property
-    def version(self) -> int:
-        return self.model.version
-
-    async def close(self) -> None:
-        await self.batcher.close(drain=True)
-        if self.executor is not None:
-            self.executor.shutdown(wait=False, cancel_futures=True)
-
-
-RETRY_FIRST_S, RETRY_MAX_S = 1.0, 60.0
-"""A version that failed to load is tried again after 1 s, 2 s, 4 s, … up to a minute."""
-
-
-@dataclass
-class Endpoint:
-    """A served name: the deployment answering for it now, and what is wrong now."""
-
-    config: ModelConfig
-    current: Deployment | None = None
-    error: str | None = None
-    failed_version: int | None = None
-    failures: int = 0
-    retry_at: float = 0.0
-    """Loop time before which a failed version is not tried again (unless forced)."""
-
-    @property
-    def ready(self) -> bool:
-        return self.current is not None
-
-    def failed(self, version: int | None, error: str, now: float) -> None:
-        self.error, self.failed_version = error, version
-        self.failures += 1
-        self.retry_at = now + min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (self.failures - 1))
-
-    def settled(self) -> None:
-        """Nothing is wrong now: what failed before is no longer what is asked."""
-        self.error, self.failed_version, self.failures, self.retry_at = None, None, 0, 0.0
 
 
 class DataPlane:
@@ -136,7 +58,12 @@ class DataPlane:
         for config in models:
             if config.served_name in self.endpoints:
                 raise ModelportError(f"two models are served as {config.served_name!r}")
-            self.endpoints[config.served_name] = Endpoint(config)
+            self.endpoints[config.served_name] = Endpoint(config, policy=config.traffic)
+        # the models of traffic policies (shadows, canaries), by ref: loaded and
+        # following their aliases like the served ones, but never served by name
+        self.targets: dict[str, Endpoint] = {}
+        for ep in self.endpoints.values():
+            self._add_targets(ep)
         self._poller: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         # a server of nothing is never ready, but an application's own service (an
@@ -147,6 +74,7 @@ class DataPlane:
         self.prediction_log = prediction_log
         # live drift of the served versions, from the log (started with the log)
         self.drift_watch: DriftWatch | None = None
+        self.shadows = ShadowRunner(self.metrics, prediction_log)
         self.started = False
 
     # --- lifecycle ------------------------------------------------------------------
@@ -161,14 +89,14 @@ class DataPlane:
             self.drift_watch = DriftWatch(self.prediction_log.store, self.metrics,
                                           self.served_versions, self.prediction_log.config)
             await self.drift_watch.start()
-        await asyncio.gather(*(self._refresh(ep, quiet=quiet)
-                               for ep in self.endpoints.values()))
+        self.shadows.start()
+        await asyncio.gather(*(self._refresh(ep, quiet=quiet) for ep in self._all()))
         if follow:
             self._poller = asyncio.create_task(self._follow(), name="registry-poller")
 
     def load_errors(self) -> list[str]:
         """What keeps a model from being served now, one line each."""
-        return [ep.error or f"{ep.config.ref}: not loaded" for ep in self.endpoints.values()
+        return [ep.error or f"{ep.config.ref}: not loaded" for ep in self._all()
                 if not ep.ready]
 
     async def stop(self) -> None:
@@ -177,7 +105,8 @@ class DataPlane:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
-        await asyncio.gather(*(ep.current.close() for ep in self.endpoints.values()
+        await self.shadows.stop()  # what waits for a shadow is dropped, not drained
+        await asyncio.gather(*(ep.current.close() for ep in self._all()
                                if ep.current is not None))
         if self.drift_watch is not None:
             await self.drift_watch.stop()
@@ -197,7 +126,7 @@ class DataPlane:
         version that failed to load again once its backoff is over (at once: `force`)."""
         aliases = await asyncio.to_thread(self.registry.store.alias_map)
         now = asyncio.get_running_loop().time()
-        for ep in self.endpoints.values():
+        for ep in self._all():
             name, alias, version = parse_ref(ep.config.ref)
             target = aliases.get((name, alias)) if alias else version
             if target is None:
@@ -248,7 +177,7 @@ class DataPlane:
                                        self.registry.cache_dir)
         model = Model(record, path, trusted=config.trusted)
         await asyncio.to_thread(model.load)
-        executor = _process_pool(record, path, config) if config.workers else None
+        executor = process_pool(record, path, config) if config.workers else None
         batching = config.batching or self.settings.batching
         name = config.served_name
 
@@ -256,7 +185,7 @@ class DataPlane:
             try:
                 if executor is None:
                     return model.predict_batch(batch)
-                return executor.submit(_worker_predict, batch).result()
+                return executor.submit(worker_predict, batch).result()
             except ModelOutputError:
                 self.metrics.output_row_errors.labels(name, str(record.version)).inc()
                 raise
@@ -279,7 +208,7 @@ class DataPlane:
             on_batch=on_batch,
         )
         batcher.start()
-        deployment = Deployment(model, batcher, executor)
+        deployment = Deployment(model, batcher, executor, served=name)
         try:  # smoke test through the same path requests take
             if model.signature.sample:
                 await batcher.submit(model.signature.sample_batch(), timeout=60)
@@ -312,10 +241,16 @@ class DataPlane:
 
         `source` (the route, or `pipeline:NAME`) and `request_id` label the call in
         the prediction log."""
+        return (await self._predict(deployment, batch, timeout, source, request_id))[0]
+
+    async def _predict(self, deployment: Deployment, batch: Batch, timeout: float | None,
+                       source: str, request_id: str | None
+                       ) -> tuple[Batch, np.ndarray | None]:
+        """The outputs, and the rows the prediction log kept of them."""
         timeout = timeout or self.settings.server.request_timeout_s
         plog = self.prediction_log
         if plog is None:
-            return await deployment.batcher.submit(batch, timeout=timeout)
+            return await deployment.batcher.submit(batch, timeout=timeout), None
         # prediction log: count, time and sample the call; record() never waits
         record, started = deployment.model.record, time.perf_counter()
         try:
@@ -324,9 +259,83 @@ class DataPlane:
             plog.record(record.name, record.version, source, batch, None,
                         (time.perf_counter() - started) * 1000, request_id)
             raise
-        plog.record(record.name, record.version, source, batch, outputs,
-                    (time.perf_counter() - started) * 1000, request_id)
-        return outputs
+        rows = plog.record(record.name, record.version, source, batch, outputs,
+                           (time.perf_counter() - started) * 1000, request_id)
+        return outputs, rows
+
+    async def answer(self, deployment: Deployment, batch: Batch,
+                     timeout: float | None = None, *, source: str = "direct",
+                     request_id: str | None = None,
+                     headers: Mapping[str, str] | None = None) -> tuple[Batch, Deployment]:
+        """`predict` under the served model's traffic policy: the outputs and the
+        deployment that answered (the canary's, for its share of the calls); the shadow
+        is handed the call once answered. Every trigger calls this.
+
+        `headers`: the HTTP request's, for a canary keyed on a header."""
+        ep = self.endpoints.get(deployment.served)
+        policy = ep.policy if ep is not None else None
+        if ep is None or policy is None or not (policy.shadow or policy.canary):
+            return await self.predict(deployment, batch, timeout, source=source,
+                                      request_id=request_id), deployment
+        chosen, canary = deployment, policy.canary
+        if canary is not None and (candidate := self.targets[canary.ref].current) \
+                and ep.splitter.to_canary(canary, canary.key_of(batch, headers)):
+            chosen = candidate
+        # the shadow is compared with the primary: the canary's calls are not shadowed
+        shadow = policy.shadow if chosen is deployment else None
+        if shadow is not None and request_id is None:
+            request_id = uuid.uuid4().hex  # pairs the two answers in the prediction log
+        outputs, rows = await self._predict(chosen, batch, timeout, source, request_id)
+        self.metrics.traffic_answers.labels(
+            ep.config.served_name, str(chosen.version),
+            "primary" if chosen is deployment else "canary").inc()
+        if shadow is not None and (target := self.targets[shadow.ref].current) is not None:
+            self.shadows.offer(ShadowCall(ep.config.served_name, shadow, target, batch,
+                                          outputs, source, request_id, rows))
+        return outputs, chosen
+
+    # --- traffic policies -----------------------------------------------------------
+
+    def _all(self) -> list[Endpoint]:
+        return [*self.endpoints.values(), *self.targets.values()]
+
+    def _add_targets(self, ep: Endpoint) -> list[Endpoint]:
+        added = []
+        for ref in ep.policy.refs:
+            if ref not in self.targets:
+                # in threads even when the primary runs on the loop: a slow shadow must
+                # not hold the loop that answers the callers
+                config = ModelConfig(ref=ref, name=ref, trusted=ep.config.trusted,
+                                     batching=ep.config.batching)
+                added.append(self.targets.setdefault(ref, Endpoint(config)))
+        return added
+
+    async def set_traffic(self, name: str, policy: TrafficPolicy) -> None:
+        """Replace a served model's traffic policy, live: its models are loaded first,
+        and a policy whose model does not load is refused, the old one kept."""
+        ep = self.endpoint(name)
+        added = self._add_targets(Endpoint(ep.config, policy=policy))
+        await asyncio.gather(*(self._refresh(t, quiet=True) for t in added))
+        failed = [t.error or t.config.ref for t in added if not t.ready]
+        if not failed:
+            ep.policy, ep.splitter = policy, Splitter()
+        await self._drop_unused()
+        if failed:
+            raise Conflict(f"traffic policy of {name!r} refused: {failed[0]}")
+
+    async def _drop_unused(self) -> None:
+        used = {ref for ep in self.endpoints.values() for ref in ep.policy.refs}
+        for ref in [r for r in self.targets if r not in used]:
+            unused = self.targets.pop(ref)
+            if unused.current is not None:
+                await unused.current.close()
+
+    def traffic(self) -> dict[str, Any]:
+        """Each served model's policy, and what its models serve now."""
+        return {name: {**ep.policy.model_dump(exclude_none=True),
+                       "targets": {ref: self._state(self.targets[ref])
+                                   for ref in ep.policy.refs}}
+                for name, ep in self.endpoints.items()}
 
     def served_versions(self) -> list[ModelVersion]:
         """The registry records of the versions answering now, once each."""
@@ -335,35 +344,12 @@ class DataPlane:
         return list(records.values())
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        detail = {
-            name: {"ready": ep.ready, "version": ep.current.version if ep.current else None,
-                   "ref": ep.config.ref, **({"error": ep.error} if ep.error else {})}
-            for name, ep in self.endpoints.items()
-        }
+        detail = {name: self._state(ep) for name, ep in self.endpoints.items()}
         ready = (bool(self.endpoints) or self.ready_without_models) and all(
             ep.ready for ep in self.endpoints.values())
         return ready, detail
 
-
-# --- worker processes -----------------------------------------------------------------
-
-_worker_model: Model | None = None
-
-
-def _worker_init(record_json: str, path: str, trusted: bool) -> None:
-    global _worker_model
-    record = ModelVersion.model_validate_json(record_json)
-    _worker_model = Model(record, Path(path), trusted=trusted).load()
-
-
-def _worker_predict(batch: Batch) -> Batch:
-    assert _worker_model is not None, "worker process has no model"
-    return _worker_model.predict_batch(batch)
-
-
-def _process_pool(record: ModelVersion, path: Path, config: ModelConfig) -> Executor:
-    # spawn, not fork: the server process has threads (and an event loop) by now
-    return ProcessPoolExecutor(
-        max_workers=config.workers, mp_context=get_context("spawn"),
-        initializer=_worker_init, initargs=(record.model_dump_json(), str(path), config.trusted),
-    )
+    @staticmethod
+    def _state(ep: Endpoint) -> dict[str, Any]:
+        return {"ready": ep.ready, "version": ep.current.version if ep.current else None,
+                "ref": ep.config.ref, **({"error": ep.error} if ep.error else {})}

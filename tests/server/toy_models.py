@@ -54,3 +54,29 @@ class BreaksOnLoad:
 
     def predict(self, x: Any) -> Any:
         return x
+
+
+class Tripler:
+    """Returns 3x: a shadow or canary whose answers differ from the Doubler's."""
+
+    def predict(self, x: Any) -> Any:
+        return np.asarray(x, dtype=np.float64).sum(axis=1) * 3
+
+
+class Raises:
+    """Answers its registration sample, then raises once TOY_RAISE is set: a shadow
+    that fails every call."""
+
+    def predict(self, x: Any) -> Any:
+        if os.environ.get("TOY_RAISE"):
+            raise RuntimeError("shadow is broken")
+        return np.asarray(x, dtype=np.float64).sum(axis=1)
+
+
+class Sleeps(Doubler):
+    """Sleeps 1 s per call once TOY_SLEEP is set (not while it loads)."""
+
+    def predict(self, x: Any) -> Any:
+        if os.environ.get("TOY_SLEEP"):
+            time.sleep(1.0)
+        return super().predict(x)

@@ -24,7 +24,17 @@ import typer
 from pydantic import ValidationError
 from typer.exceptions import TyperException
 
-from modelport.cli import batch, keys, models, promote, report, schedule, serve, stream
+from modelport.cli import (
+    batch,
+    keys,
+    models,
+    promote,
+    report,
+    schedule,
+    serve,
+    stream,
+    traffic,
+)
 from modelport.cli.context import CliState, one_line, state
 from modelport.errors import ModelportError
 from modelport.settings import Settings
@@ -38,6 +48,7 @@ app = typer.Typer(
 )
 app.add_typer(models.app, name="models")
 app.add_typer(keys.app, name="keys")
+app.add_typer(traffic.app, name="traffic")
 app.command()(serve.serve)
 app.command()(batch.batch)
 app.command()(schedule.schedule)

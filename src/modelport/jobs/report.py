@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from modelport.errors import InvalidInput, NotFound
+from modelport.jobs.report_shadow import ShadowAgreement, shadow_agreement
 from modelport.monitoring.drift import MIN_ROWS, FeatureDrift, drift
 from modelport.monitoring.logstore import Count, LogStore, percentile
 from modelport.registry import ModelVersion, Registry
@@ -132,6 +133,8 @@ class Report:
     until: datetime
     models: list[ModelReport]
     generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    shadows: list[ShadowAgreement] = field(default_factory=list)
+    """How often each shadow agreed with the model it shadowed (jobs.report_shadow)."""
 
     @property
     def sampled_share(self) -> float | None:
@@ -150,6 +153,7 @@ class Report:
             "generated_at": self.generated_at.isoformat(),
             "report": str(path) if path else None,
             "models": models,
+            "shadows": [s.summary() for s in self.shadows],
         }
 
 
@@ -235,7 +239,10 @@ def build_report(store: LogStore, registry: Registry | None, since: datetime,
         m.samples, m.sampled = store.samples(name, since, until, max_samples)
         _add_registry(m, registry)
         reports.append(m)
-    return Report(since, until, reports)
+    shadows = shadow_agreement(store, since, until)
+    if model:
+        shadows = [s for s in shadows if s.model == model]
+    return Report(since, until, reports, shadows=shadows)
 
 
 def _add_registry(m: ModelReport, registry: Registry | None) -> None:

@@ -69,7 +69,7 @@ def render_html(report: Report) -> str:
     nav = " · ".join(f'<a href="#model-{e(m.name)}">{e(m.name)}</a>' for m in report.models)
     share = report.sampled_share
     rate = f" · inputs and outputs of {share:.1%} of rows sampled" if share is not None else ""
-    body = "".join(_model(m) for m in report.models) or (
+    body = "".join(_model(m) for m in report.models) + _shadows(report) or (
         '<section class="model"><h2>No predictions</h2><p>The prediction log has no calls '
         "in this window. Is <code>MODELPORT_MONITORING__ENABLED</code> off, or does "
         "<code>MODELPORT_MONITORING__LOG_URL</code> point elsewhere?</p></section>")
@@ -95,6 +95,23 @@ def _model(m: ModelReport) -> str:
     parts += [f'<p class="note">{e(note)}</p>' for note in m.notes]
     parts.append("</section>")
     return "".join(parts)
+
+
+def _shadows(report: Report) -> str:
+    if not report.shadows:
+        return ""
+    rows = "".join(
+        f"<tr><td>{e(s.model)}</td><td class=num>{s.version}</td><td>{e(s.shadow)}</td>"
+        f"<td class=num>{s.shadow_version}</td><td class=num>{s.rows:,}</td>"
+        f"<td class=num>{'—' if s.rate is None else f'{s.rate:.1%}'}</td></tr>"
+        for s in report.shadows)
+    return ('<section class="model" id="shadows"><h2>Shadow agreement</h2>'
+            "<table><tr><th>model</th><th class=num>version</th><th>shadow</th>"
+            "<th class=num>version</th><th class=num>rows compared</th>"
+            f"<th class=num>agreement</th></tr>{rows}</table>"
+            '<p class="note">Rows both answered and the prediction log kept: labels agree '
+            "when equal, numbers within 1e-6, a ranker's row by its share of common ids."
+            "</p></section>")
 
 
 def _ms(value: float | None) -> str:

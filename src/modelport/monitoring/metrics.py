@@ -106,6 +106,24 @@ class Metrics:
             "modelport_drift_computed_timestamp_seconds",
             "Unix time drift was last computed for the model", ["model"], registry=r,
             multiprocess_mode="livemax")
+        self.traffic_answers = Counter(
+            "modelport_traffic_answers_total", "Answers of a served model with a traffic "
+            "policy, by the version that gave them and its role (primary, canary)",
+            ["model", "version", "role"], registry=r)
+        self.shadow_calls = Counter(
+            "modelport_shadow_calls_total", "Shadow calls by outcome (compared; error; "
+            "timeout; dropped: the shadow queue was full)",
+            ["model", "shadow", "outcome"], registry=r)
+        self.shadow_rows = Counter(
+            "modelport_shadow_rows_total", "Rows answered by both primary and shadow",
+            ["model", "shadow"], registry=r)
+        self.shadow_agreed = Counter(
+            "modelport_shadow_agreed_rows_total", "Of those, rows where the shadow agreed "
+            "(a ranker's row counts its share of common ids)", ["model", "shadow"], registry=r)
+        self.shadow_agreement = Gauge(
+            "modelport_shadow_agreement", "Share of compared rows where the shadow agreed, "
+            "since this process started (across replicas: agreed_rows / rows)",
+            ["model", "shadow"], registry=r, multiprocess_mode="liveall")
 
     def render(self) -> bytes:
         if self.multiprocess_dir:  # every process's values, not only this one's

@@ -97,11 +97,15 @@ class PredictionLog:
 
     def record(self, model: str, version: int, source: str, inputs: Batch,
                outputs: Batch | None, latency_ms: float,
-               request_id: str | None = None) -> None:
-        """Count one model call and maybe keep some of its rows; never blocks.
+               request_id: str | None = None,
+               rows: np.ndarray | None = None) -> np.ndarray | None:
+        """Count one model call and maybe keep some of its rows; never blocks. Returns
+        the rows kept (None: none).
 
         `outputs` is None for a call that failed: it is counted as an error, and none
-        of its rows are sampled. Called on the event loop thread (no lock needed)."""
+        of its rows are sampled. `rows` keeps those rows instead of drawing (a shadow's
+        answer is kept for the rows its primary's was, so the two pair up). Called on
+        the event loop thread (no lock needed)."""
         ts = self.clock()
         n = _rows(inputs)
         key = (int(ts // 60) * 60, model, version, source)
@@ -109,11 +113,15 @@ class PredictionLog:
         if count is None:
             count = self._counts[key] = Count()
         count.add(n, latency_ms, outputs is not None)
-        if outputs is None or n == 0 or self.config.sample_rate <= 0:
-            return
-        if n == 1:  # most HTTP calls: a scalar draw is several times cheaper
+        if outputs is None or n == 0:
+            return None
+        if rows is not None:
+            rows = rows[rows < n]
+        elif self.config.sample_rate <= 0:
+            return None
+        elif n == 1:  # most HTTP calls: a scalar draw is several times cheaper
             if self.rng.random() >= self.config.sample_rate:
-                return
+                return None
             rows = _FIRST
         else:
             rows = np.flatnonzero(self.rng.random(n) < self.config.sample_rate)
@@ -124,7 +132,7 @@ class PredictionLog:
             self._drop(int(rows.size - max(room, 0)))
             rows = rows[:max(room, 0)]
         if rows.size == 0:
-            return
+            return None
         # copies of the sampled rows only: the buffer must not pin whole batches (or
         # see them change if a pipeline step edits its arrays in place)
         self._calls.append(Call(ts, model, version, source, latency_ms, request_id,
@@ -132,6 +140,7 @@ class PredictionLog:
         self._buffered += int(rows.size)
         if self._wake is not None and self._buffered * 4 >= self.config.buffer_size:
             self._wake.set()  # flush early rather than fill up and drop
+        return rows
 
     def _drop(self, rows: int) -> None:
         self.dropped += rows

@@ -193,8 +193,8 @@ class Pipeline:
         if batch is None:
             return Scored(Frame([], {}), rejects)
         try:
-            outputs = await self.dataplane.predict(deployment, batch,
-                                                   source=f"pipeline:{self.name}")
+            outputs, deployment = await self.dataplane.answer(
+                deployment, batch, source=f"pipeline:{self.name}")
         except ModelOutputError as exc:  # nothing of that answer fits a row: reject all
             keys = list(frame.keys) if not rejects else [frame.keys[i] for i in good]
             return Scored(Frame([], {}), rejects + [Reject(k, exc.message) for k in keys])

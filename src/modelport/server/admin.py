@@ -12,6 +12,9 @@ Moving an alias changes the registry, which every replica polls; `POST
 watches the version's live metrics (from every replica, through the prediction log)
 in a thread until the window ends, and rolls back on a breach. `GET /admin/guards`
 shows them. A guard lives as long as the server that runs it.
+`/admin/traffic` shows and changes the traffic policies (shadow, canary) of the served
+models, in this server process: a change lasts until it stops (modelport.yaml's
+policies apply again at the next start).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -30,6 +34,7 @@ from modelport.registry import ModelVersion
 from modelport.registry.store import AliasEvent
 from modelport.server.responses import JSON, read_json
 from modelport.server.state import dataplane
+from modelport.traffic import TrafficPolicy
 
 REASON_MAX = 1000
 
@@ -136,6 +141,33 @@ async def refresh(request: Request) -> Response:
     return JSON({"ready": ready, "models": detail})
 
 
+async def show_traffic(request: Request) -> Response:
+    return JSON({"models": dataplane(request).traffic()})
+
+
+async def set_traffic(request: Request) -> Response:
+    """`{"shadow": …, "canary": …}`: set what the body names (null removes it), keep
+    the rest; the policy's models are loaded before it applies (409 if one fails)."""
+    dp, name = dataplane(request), request.path_params["name"]
+    body = _object(await read_json(request), {"shadow", "canary"})
+    current = dp.endpoint(name).policy.model_dump(exclude_none=True)
+    try:
+        policy = TrafficPolicy.model_validate({**current, **body})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidInput(f"{where}: {first['msg']}") from None
+    await dp.set_traffic(name, policy)
+    return JSON({"model": name, **dp.traffic()[name]})
+
+
+async def clear_traffic(request: Request) -> Response:
+    """Remove the model's shadow and canary: every call is the primary's again."""
+    dp, name = dataplane(request), request.path_params["name"]
+    await dp.set_traffic(name, TrafficPolicy())
+    return JSON({"model": name, **dp.traffic()[name]})
+
+
 # --- helpers --------------------------------------------------------------------------
 
 
@@ -230,4 +262,7 @@ routes = [
     Route("/admin/guards", list_guards, methods=["GET"]),
     Route("/admin/served", served, methods=["GET"]),
     Route("/admin/refresh", refresh, methods=["POST"]),
+    Route("/admin/traffic", show_traffic, methods=["GET"]),
+    Route("/admin/traffic/{name}", set_traffic, methods=["PATCH"]),
+    Route("/admin/traffic/{name}", clear_traffic, methods=["DELETE"]),
 ]

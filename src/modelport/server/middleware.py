@@ -46,6 +46,10 @@ class RequestContext:
                 status = message["status"]
                 message["headers"] = [*message.get("headers", []),
                                       (b"x-request-id", rid.encode())]
+                if state.get("model") is not None and state.get("version") is not None:
+                    # the version that answered: a canary's share names the canary
+                    message["headers"].append(
+                        (b"x-model-version", str(state["version"]).encode()))
             await send(message)
 
         try:

@@ -24,8 +24,10 @@ async def predict(request: Request) -> Response:
     request.state.version = deployment.version
     body = await read_json(request)
     batch = deployment.model.signature.decode(_rows(body))
-    outputs = await dp.predict(deployment, batch, source="predict",
-                               request_id=getattr(request.state, "request_id", None))
+    outputs, deployment = await dp.answer(
+        deployment, batch, source="predict", headers=request.headers,
+        request_id=getattr(request.state, "request_id", None))
+    request.state.version = deployment.version  # the canary's, when it answered
     first, *rest = outputs
     answer: dict[str, Any] = {"predictions": jsonable(outputs[first])}
     for key in rest:

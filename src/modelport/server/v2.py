@@ -111,8 +111,10 @@ async def infer(request: Request) -> Response:
     if sig.outputs:  # a bad output name costs no model call
         codec.check_outputs(req.outputs, [s.name for s in sig.outputs])
     batch = sig.validate(to_batch(sig, req.inputs))
-    outputs = await dp.predict(deployment, batch, source="v2_infer",
-                               request_id=getattr(request.state, "request_id", None))
+    outputs, deployment = await dp.answer(
+        deployment, batch, source="v2_infer", headers=request.headers,
+        request_id=getattr(request.state, "request_id", None))
+    request.state.version = deployment.version  # the canary's, when it answered
     content, json_length = codec.encode_response(
         outputs, model_name=name, model_version=str(deployment.version), request=req)
     if json_length is None:

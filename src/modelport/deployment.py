@@ -1,0 +1,139 @@
+"""What the data plane keeps per served model: its configuration (`ModelConfig`, an
+entry under `models:` in modelport.yaml), the loaded version with its batcher
+(`Deployment`), the state of a served name (`Endpoint`), and the worker processes a
+GIL-bound model runs in."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from modelport.batching import AdaptiveBatcher
+from modelport.model import Model
+from modelport.registry import ModelVersion, parse_ref
+from modelport.settings import BatchingSettings
+from modelport.signature import Batch
+from modelport.traffic import CanaryPolicy, ShadowPolicy, Splitter, TrafficPolicy
+
+
+class ModelConfig(BaseModel):
+    """One model a service serves, as written under `models:` in modelport.yaml."""
+
+    # a misspelt key is refused, naming it, rather than leaving a default silently
+    model_config = ConfigDict(extra="forbid")
+
+    ref: str
+    """`name@alias` (follows the alias) or `name:version` (pinned)."""
+    name: str | None = None
+    """Name it is served under; default the registered name."""
+    trusted: bool = False
+    """Allow artifacts that run code when loaded (pickle, python flavor)."""
+    workers: int = Field(0, ge=0)
+    """0 runs the model in threads; N runs it in N worker processes (GIL-bound models)."""
+    on_loop: bool = False
+    """Call the model on the event loop rather than in a thread: for models that answer
+    a batch in a fraction of a millisecond (a factor lookup, a small linear model), where
+    handing each batch to a thread and back costs more CPU than the model. The loop
+    waits for every batch: leave it off for anything slower."""
+    batching: BatchingSettings | None = None
+    shadow: ShadowPolicy | None = None
+    """`NAME@ALIAS` or `{ref, fraction, tolerance, timeout_s}`: also scores calls, unseen."""
+    canary: CanaryPolicy | None = None
+    """`{ref, weight, key}`: answers `weight` percent of the calls (see modelport.traffic)."""
+
+    @model_validator(mode="after")
+    def _one_place_to_run(self) -> ModelConfig:
+        if self.on_loop and self.workers:
+            raise ValueError("a model runs on the event loop (on_loop) or in worker "
+                             "processes (workers), not both")
+        return self
+
+    @property
+    def served_name(self) -> str:
+        return self.name or parse_ref(self.ref)[0]
+
+    @property
+    def traffic(self) -> TrafficPolicy:
+        return TrafficPolicy(shadow=self.shadow, canary=self.canary)
+
+
+@dataclass
+class Deployment:
+    """One loaded model version with its batcher (and worker processes, if any)."""
+
+    model: Model
+    batcher: AdaptiveBatcher
+    executor: Executor | None = None
+    loaded_at: float = field(default_factory=time.time)
+    served: str = ""
+    """The name it is served under (whose traffic policy applies)."""
+
+    @property
+    def version(self) -> int:
+        return self.model.version
+
+    async def close(self) -> None:
+        await self.batcher.close(drain=True)
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+RETRY_FIRST_S, RETRY_MAX_S = 1.0, 60.0
+"""A version that failed to load is tried again after 1 s, 2 s, 4 s, … up to a minute."""
+
+
+@dataclass
+class Endpoint:
+    """A served name: the deployment answering for it now, and what is wrong now."""
+
+    config: ModelConfig
+    current: Deployment | None = None
+    error: str | None = None
+    failed_version: int | None = None
+    failures: int = 0
+    retry_at: float = 0.0
+    """Loop time before which a failed version is not tried again (unless forced)."""
+    policy: TrafficPolicy = field(default_factory=TrafficPolicy)
+    splitter: Splitter = field(default_factory=Splitter)
+
+    @property
+    def ready(self) -> bool:
+        return self.current is not None
+
+    def failed(self, version: int | None, error: str, now: float) -> None:
+        self.error, self.failed_version = error, version
+        self.failures += 1
+        self.retry_at = now + min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (self.failures - 1))
+
+    def settled(self) -> None:
+        """Nothing is wrong now: what failed before is no longer what is asked."""
+        self.error, self.failed_version, self.failures, self.retry_at = None, None, 0, 0.0
+
+
+# --- worker processes -----------------------------------------------------------------
+
+_worker_model: Model | None = None
+
+
+def _worker_init(record_json: str, path: str, trusted: bool) -> None:
+    global _worker_model
+    record = ModelVersion.model_validate_json(record_json)
+    _worker_model = Model(record, Path(path), trusted=trusted).load()
+
+
+def worker_predict(batch: Batch) -> Batch:
+    assert _worker_model is not None, "worker process has no model"
+    return _worker_model.predict_batch(batch)
+
+
+def process_pool(record: ModelVersion, path: Path, config: ModelConfig) -> Executor:
+    # spawn, not fork: the server process has threads (and an event loop) by now
+    return ProcessPoolExecutor(
+        max_workers=config.workers, mp_context=get_context("spawn"),
+        initializer=_worker_init, initargs=(record.model_dump_json(), str(path), config.trusted),
+    )
