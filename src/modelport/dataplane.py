@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -31,7 +32,10 @@ from modelport.errors import (
     VersionNotFound,
 )
 from modelport.model import Model
+from modelport.monitoring.feedback import FeedbackStore
+from modelport.monitoring.logstore import LogStore
 from modelport.monitoring.metrics import Metrics
+from modelport.monitoring.quality import QualityWatch
 from modelport.registry import ModelVersion, Registry, parse_ref
 from modelport.settings import BatchingSettings, Settings
 from modelport.signature import Batch
@@ -144,6 +148,7 @@ class DataPlane:
         # prediction log: every trigger's calls pass through predict(), so it is
         # recorded there, once; its background writer lives as long as the data plane
         self.prediction_log = prediction_log
+        self.quality: QualityWatch | None = None  # live-quality gauges, with the log
         self.started = False
 
     # --- lifecycle ------------------------------------------------------------------
@@ -155,6 +160,13 @@ class DataPlane:
         self.started = True
         if self.prediction_log is not None:
             await self.prediction_log.start(self.metrics)
+            if self.settings.monitoring.quality_interval_s > 0:
+                self.quality = QualityWatch(
+                    FeedbackStore(LogStore(self.settings.resolved_log_url)), self.metrics,
+                    self.served_records,
+                    interval_s=self.settings.monitoring.quality_interval_s,
+                    window_s=self.settings.monitoring.quality_window_s)
+                self.quality.start()
         await asyncio.gather(*(self._refresh(ep, quiet=quiet)
                                for ep in self.endpoints.values()))
         if follow:
@@ -173,8 +185,16 @@ class DataPlane:
                 await self._poller
         await asyncio.gather(*(ep.current.close() for ep in self.endpoints.values()
                                if ep.current is not None))
+        if self.quality is not None:
+            await self.quality.stop()
+            self.quality = None
         if self.prediction_log is not None:  # after the drain: its calls are logged too
             await self.prediction_log.stop()
+
+    def served_records(self) -> list[ModelVersion]:
+        """The versions loaded now, one per endpoint."""
+        return [ep.current.model.record for ep in self.endpoints.values()
+                if ep.current is not None]
 
     async def _follow(self) -> None:
         while True:
@@ -299,11 +319,12 @@ class DataPlane:
 
     async def predict(self, deployment: Deployment, batch: Batch,
                       timeout: float | None = None, *, source: str = "direct",
-                      request_id: str | None = None) -> Batch:
+                      request_id: str | None = None,
+                      keys: Sequence[Any] | None = None) -> Batch:
         """Run a validated batch through the deployment's batcher.
 
-        `source` (the route, or `pipeline:NAME`) and `request_id` label the call in
-        the prediction log."""
+        `source` (the route, or `pipeline:NAME`), `request_id` and the rows' `keys` (a
+        pipeline's) label the call in the prediction log, where feedback finds it."""
         timeout = timeout or self.settings.server.request_timeout_s
         plog = self.prediction_log
         if plog is None:
@@ -317,7 +338,7 @@ class DataPlane:
                         (time.perf_counter() - started) * 1000, request_id)
             raise
         plog.record(record.name, record.version, source, batch, outputs,
-                    (time.perf_counter() - started) * 1000, request_id)
+                    (time.perf_counter() - started) * 1000, request_id, keys)
         return outputs
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:

@@ -74,6 +74,11 @@ class MonitoringSettings(BaseModel):
     """Most rows sampled from one model call, so one batch chunk cannot fill the log."""
     seed: int | None = None
     """Seed of the sampler, for reproducible samples (tests); none draws a fresh one."""
+    quality_interval_s: float = Field(60.0, ge=0)
+    """How often a server recomputes its versions' live quality from feedback
+    (`modelport_live_quality`); 0: never."""
+    quality_window_s: float = Field(7 * 86400.0, gt=0)
+    """Predictions of how long before are judged by the live-quality gauges."""
 
 
 class Settings(BaseSettings):

@@ -4,7 +4,9 @@ Two tables, created on first use in the log's database (the registry's by defaul
 
 - `mp_predictions`: one row per *sampled* prediction row: when, which model version,
   which trigger (`source`), the call's latency, the row's inputs and outputs as JSON,
-  and the request id (to find the access log line of an odd prediction).
+  the request id (to find the access log line of an odd prediction), and which row
+  of the call it was (`row_index`; `row_key`, the pipeline key, for pipeline calls):
+  feedback (`monitoring.feedback`) joins ground truth to a row by these.
 - `mp_traffic`: every call counted (not sampled) per minute, model, version and
   source: calls, rows, errors, and latencies in fixed buckets, so a report's request
   counts are exact and its percentiles hold for all calls, not just the sampled ones.
@@ -59,8 +61,14 @@ predictions = sa.Table(
     sa.Column("inputs", sa.JSON, nullable=False),
     sa.Column("outputs", sa.JSON, nullable=False),
     sa.Column("request_id", sa.String(128)),
+    sa.Column("row_index", sa.Integer),
+    sa.Column("row_key", sa.String(256)),
     sa.Index("ix_mp_predictions_model_ts", "model", "ts"),
+    sa.Index("ix_mp_predictions_request", "request_id", "row_index"),
+    sa.Index("ix_mp_predictions_key", "source", "row_key"),
 )
+# Columns added after the table first shipped: `ensure` adds them to an older table.
+ADDED_COLUMNS = ("row_index", "row_key")
 
 traffic = sa.Table(
     TRAFFIC, metadata,
@@ -154,6 +162,7 @@ class LogStore:
             except (sa_exc.IntegrityError, sa_exc.ProgrammingError):
                 # another replica created them between our check and our CREATE
                 metadata.create_all(self.engine, checkfirst=True)
+            _migrate(self.engine)
         self.ready = True
 
     def write(self, rows: list[dict[str, Any]], counts: dict[TrafficKey, Count]) -> None:
@@ -195,6 +204,26 @@ class LogStore:
                 query = query.where(predictions.c.id % math.ceil(total / limit) == 0)
             rows = conn.execute(query.order_by(predictions.c.id)).mappings()
             return [dict(r) for r in rows], int(total)
+
+
+def _migrate(engine: Engine) -> None:
+    """Bring a table made by an older modelport up to date: the feedback columns and
+    their indexes (nullable, so old rows are simply not joinable)."""
+    have = {c["name"] for c in sa.inspect(engine).get_columns(PREDICTIONS)}
+    missing = [predictions.c[name] for name in ADDED_COLUMNS if name not in have]
+    if not missing:
+        return
+    for column in missing:  # a transaction each: PostgreSQL aborts one on a failure
+        kind = column.type.compile(dialect=engine.dialect)
+        # another replica may have added it first (a duplicate column)
+        with contextlib.suppress(sa_exc.OperationalError, sa_exc.ProgrammingError), \
+                engine.begin() as conn:
+            conn.execute(sa.text(f"ALTER TABLE {PREDICTIONS} ADD COLUMN "
+                                 f"{column.name} {kind}"))
+    for index in predictions.indexes:
+        if set(index.columns.keys()) & set(ADDED_COLUMNS):
+            with contextlib.suppress(sa_exc.OperationalError, sa_exc.ProgrammingError):
+                index.create(engine, checkfirst=True)
 
 
 def _traffic_row(key: TrafficKey, count: Count) -> dict[str, Any]:
