@@ -20,7 +20,10 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from modelport import Registry, Settings
 from modelport.errors import InvalidInput
+from modelport.jobs.report import build_report
+from modelport.jobs.report_html import render_html
 from modelport.monitoring.feedback import FeedbackStore, Label, parse_body
 from modelport.monitoring.logstore import LogStore
 from modelport.monitoring.predlog import PredictionLog
@@ -216,3 +219,27 @@ def test_an_unknown_metric_is_refused(tmp_path: Path) -> None:
             live_quality("m", 1, "f1", WEEK, log=store)
     finally:
         store.close()
+
+
+async def test_the_report_shows_live_quality_per_served_version(settings: Settings) -> None:
+    X, noisy = data(400, seed=5)
+    y = (noisy > 0).astype(int)
+    clf = LogisticRegression().fit(X[:200], y[:200])
+    pred = clf.predict(X)
+    url = settings.resolved_log_url
+    with Registry(settings=settings) as reg:
+        reg.register("m", clf, sample_input=X[:5])
+        await log_calls(url, [({"x": X[200:]}, {"predictions": pred[200:],
+                                                "probabilities": clf.predict_proba(X[200:])},
+                               "batch-1", None, "predict")])
+        store = FeedbackStore.open(url)
+        store.submit([Label("request", "batch-1", i, int(y[200 + i])) for i in range(100)])
+        now = datetime.now(UTC)
+        report = build_report(store.log, reg, now - timedelta(hours=1), now)
+        store.close()
+    summary = report.summary()
+    accuracy = accuracy_score(y[200:300], pred[200:300])
+    assert summary["models"][0]["quality"][0] == {
+        "version": 1, "metric": "accuracy", "value": round(accuracy, 4), "labelled": 100}
+    assert f"accuracy {round(accuracy, 4):g} on 100 labelled (version 1)" in summary["text"]
+    assert "Live quality on feedback" in render_html(report)

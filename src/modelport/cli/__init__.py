@@ -24,7 +24,7 @@ import typer
 from pydantic import ValidationError
 from typer.exceptions import TyperException
 
-from modelport.cli import batch, keys, models, report, schedule, serve, stream
+from modelport.cli import batch, feedback, keys, models, report, schedule, serve, stream
 from modelport.cli.context import CliState, one_line, state
 from modelport.errors import ModelportError
 from modelport.settings import Settings
@@ -38,6 +38,7 @@ app = typer.Typer(
 )
 app.add_typer(models.app, name="models")
 app.add_typer(keys.app, name="keys")
+app.add_typer(feedback.app, name="feedback")
 app.command()(serve.serve)
 app.command()(batch.batch)
 app.command()(schedule.schedule)
