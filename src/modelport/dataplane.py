@@ -32,16 +32,14 @@ from modelport.errors import (
     VersionNotFound,
 )
 from modelport.model import Model
-from modelport.monitoring.feedback import FeedbackStore
-from modelport.monitoring.logstore import LogStore
 from modelport.monitoring.metrics import Metrics
-from modelport.monitoring.quality import QualityWatch
 from modelport.registry import ModelVersion, Registry, parse_ref
 from modelport.settings import BatchingSettings, Settings
 from modelport.signature import Batch
 
 if TYPE_CHECKING:
     from modelport.monitoring.predlog import PredictionLog
+    from modelport.monitoring.quality import QualityWatch
 
 log = logging.getLogger("modelport.dataplane")
 
@@ -161,6 +159,11 @@ class DataPlane:
         if self.prediction_log is not None:
             await self.prediction_log.start(self.metrics)
             if self.settings.monitoring.quality_interval_s > 0:
+                # here, not at the top: worker processes import this module too
+                from modelport.monitoring.feedback import FeedbackStore
+                from modelport.monitoring.logstore import LogStore
+                from modelport.monitoring.quality import QualityWatch
+
                 self.quality = QualityWatch(
                     FeedbackStore(LogStore(self.settings.resolved_log_url)), self.metrics,
                     self.served_records,

@@ -142,8 +142,11 @@ class LogStore:
         self.where = display(parse_url(url))
         # orjson writes the sampled rows' JSON far faster than json.dumps; a flush
         # runs in a thread but holds the GIL while it serializes, and the event loop
-        # waits on it (a busy server's p99 rises at each flush)
-        self.engine: Engine = make_store_engine(url, json_serializer=_json_text)
+        # waits on it (a busy server's p99 rises at each flush); it reads JSON back
+        # several times faster than json.loads too (live quality and reports decode up
+        # to 100,000 rows per computation)
+        self.engine: Engine = make_store_engine(url, json_serializer=_json_text,
+                                                json_deserializer=_json_value)
         self.ready = False
 
     def close(self) -> None:
@@ -251,6 +254,11 @@ def _upsert(conn: Connection, rows: list[dict[str, Any]]) -> None:
             {c: traffic.c[c] + row[c] for c in added}))
         if done.rowcount == 0:
             conn.execute(traffic.insert(), row)
+
+
+def _json_value(raw: Any) -> Any:
+    # SQLite gives a JSON number back as a number (the JSON column's NUMERIC affinity)
+    return orjson.loads(raw) if isinstance(raw, str | bytes) else raw
 
 
 def _json_text(value: Any) -> str:

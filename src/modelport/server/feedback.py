@@ -34,6 +34,9 @@ def _store(request: Request) -> FeedbackStore:
 
 
 async def submit(request: Request) -> Response:
+    """Ground truth for earlier predictions: `{"request_id": "…", "row": 0, "label": 1}`
+    or `{"pipeline": "NAME", "key": 42, "label": 1}`, one or a list (or `{"feedback":
+    [...]}`); answers how many were stored and how many name no logged prediction."""
     labels = parse_body(await read_json(request))
     receipt = await asyncio.to_thread(_store(request).submit, labels)
     return JSON(receipt.as_json())
