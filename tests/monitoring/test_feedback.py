@@ -26,8 +26,9 @@ from modelport.jobs.report import build_report
 from modelport.jobs.report_html import render_html
 from modelport.monitoring.feedback import FeedbackStore, Label, parse_body
 from modelport.monitoring.logstore import LogStore
+from modelport.monitoring.metrics import Metrics
 from modelport.monitoring.predlog import PredictionLog
-from modelport.monitoring.quality import live_quality
+from modelport.monitoring.quality import QualityWatch, live_quality
 from modelport.settings import MonitoringSettings
 
 N = 10_000
@@ -243,3 +244,31 @@ async def test_the_report_shows_live_quality_per_served_version(settings: Settin
         "version": 1, "metric": "accuracy", "value": round(accuracy, 4), "labelled": 100}
     assert f"accuracy {round(accuracy, 4):g} on 100 labelled (version 1)" in summary["text"]
     assert "Live quality on feedback" in render_html(report)
+
+
+async def test_the_gauges_follow_the_served_versions(settings: Settings) -> None:
+    X, noisy = data(200, seed=6)
+    y = (noisy > 0).astype(int)
+    clf = LogisticRegression().fit(X, y)
+    url = settings.resolved_log_url
+    with Registry(settings=settings) as reg:
+        record = reg.register("m", clf, sample_input=X[:5])
+    await log_calls(url, [({"x": X}, {"predictions": clf.predict(X),
+                                      "probabilities": clf.predict_proba(X)},
+                           "all", None, "predict")])
+    store = FeedbackStore.open(url)
+    store.submit([Label("request", "all", i, int(y[i])) for i in range(50)])
+    served = [record]
+    metrics = Metrics()
+    watch = QualityWatch(store, metrics, lambda: served, interval_s=3600, window_s=3600)
+    await watch.refresh()
+    value = metrics.registry.get_sample_value
+    accuracy = {"model": "m", "version": "1", "metric": "accuracy"}
+    assert value("modelport_live_quality", accuracy) == pytest.approx(
+        accuracy_score(y[:50], clf.predict(X[:50])))
+    assert value("modelport_feedback_joined_rows", {"model": "m", "version": "1"}) == 50
+    served.clear()  # the alias moved away: version 1 is no longer reported as live
+    await watch.refresh()
+    assert value("modelport_live_quality", accuracy) is None
+    assert value("modelport_feedback_joined_rows", {"model": "m", "version": "1"}) is None
+    await watch.stop()

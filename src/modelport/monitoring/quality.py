@@ -284,6 +284,7 @@ class QualityWatch:
         self.interval_s = interval_s
         self.window_s = window_s
         self._task: asyncio.Task[None] | None = None
+        self._exported: set[tuple[str, ...]] = set()  # label sets set last time
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="live-quality")
@@ -307,11 +308,19 @@ class QualityWatch:
     async def refresh(self) -> None:
         records = list(self.served())
         results = await asyncio.to_thread(self._compute, records)
+        exported: set[tuple[str, ...]] = set()
         for q in results:
             labels = (q.model, str(q.version))
             self.metrics.feedback_rows.labels(*labels).set(q.rows)
+            exported.add(labels)
             if q.value is not None:
                 self.metrics.live_quality.labels(*labels, q.metric).set(q.value)
+                exported.add((*labels, q.metric))
+        # a version no longer served (the alias moved) is no longer reported as live
+        for gone in self._exported - exported:
+            gauge = self.metrics.feedback_rows if len(gone) == 2 else self.metrics.live_quality
+            gauge.remove(*gone)
+        self._exported = exported
 
     def _compute(self, records: list[ModelVersion]) -> list[LiveQuality]:
         since = timedelta(seconds=self.window_s)
