@@ -28,12 +28,6 @@ PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None, reason="promtool not installed (apt-get install prometheus)")
 
-ELSEWHERE = {
-    "modelport_shadow_agreement": "shadow traffic (issue 15, item 1)",
-    "modelport_live_quality": "feedback and live quality (issue 15, item 3)",
-}
-"""Metrics the rules and dashboard watch that other work of the same issue exports;
-once it is merged they are in /metrics and this may be emptied."""
 _METRIC = re.compile(r"\b(modelport_[a-z0-9_]+)\b")
 _SUFFIXES = {"counter": ("_total", "_created"), "gauge": ("",),
              "histogram": ("_bucket", "_count", "_sum", "_created")}
@@ -85,9 +79,10 @@ def test_rules_and_dashboard_use_only_metrics_we_export(exported: set[str]) -> N
         in exported, "the /metrics parsing found the live drift and latency series"
     used = {name for text in [r["expr"] for r in rules()] + dashboard_queries()
             for name in _METRIC.findall(text)}
-    unknown = used - exported - set(ELSEWHERE)
+    unknown = used - exported
     assert not unknown, f"not exported by modelport: {sorted(unknown)}"
-    assert {"modelport_drift_level", "modelport_drift_score"} <= used
+    assert {"modelport_drift_level", "modelport_drift_score", "modelport_shadow_agreement",
+            "modelport_live_quality"} <= used
 
 
 def test_the_dashboard_is_grafana_json_with_a_query_per_panel() -> None:

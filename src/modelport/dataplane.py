@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,6 +43,7 @@ from modelport.traffic import ShadowCall, ShadowRunner, Splitter, TrafficPolicy
 
 if TYPE_CHECKING:
     from modelport.monitoring.predlog import PredictionLog
+    from modelport.monitoring.quality import QualityWatch
 
 log = logging.getLogger("modelport.dataplane")
 
@@ -75,6 +76,7 @@ class DataPlane:
         # live drift of the served versions, from the log (started with the log)
         self.drift_watch: DriftWatch | None = None
         self.shadows = ShadowRunner(self.metrics, prediction_log)
+        self.quality: QualityWatch | None = None  # live-quality gauges, with the log
         self.started = False
 
     # --- lifecycle ------------------------------------------------------------------
@@ -89,6 +91,18 @@ class DataPlane:
             self.drift_watch = DriftWatch(self.prediction_log.store, self.metrics,
                                           self.served_versions, self.prediction_log.config)
             await self.drift_watch.start()
+            if self.settings.monitoring.quality_interval_s > 0:
+                # here, not at the top: worker processes import this module too
+                from modelport.monitoring.feedback import FeedbackStore
+                from modelport.monitoring.logstore import LogStore
+                from modelport.monitoring.quality import QualityWatch
+
+                self.quality = QualityWatch(
+                    FeedbackStore(LogStore(self.settings.resolved_log_url)), self.metrics,
+                    self.served_versions,
+                    interval_s=self.settings.monitoring.quality_interval_s,
+                    window_s=self.settings.monitoring.quality_window_s)
+                self.quality.start()
         self.shadows.start()
         await asyncio.gather(*(self._refresh(ep, quiet=quiet) for ep in self._all()))
         if follow:
@@ -110,6 +124,9 @@ class DataPlane:
                                if ep.current is not None))
         if self.drift_watch is not None:
             await self.drift_watch.stop()
+        if self.quality is not None:
+            await self.quality.stop()
+            self.quality = None
         if self.prediction_log is not None:  # after the drain: its calls are logged too
             await self.prediction_log.stop()
 
@@ -236,15 +253,18 @@ class DataPlane:
 
     async def predict(self, deployment: Deployment, batch: Batch,
                       timeout: float | None = None, *, source: str = "direct",
-                      request_id: str | None = None) -> Batch:
+                      request_id: str | None = None,
+                      keys: Sequence[Any] | None = None) -> Batch:
         """Run a validated batch through the deployment's batcher.
 
-        `source` (the route, or `pipeline:NAME`) and `request_id` label the call in
-        the prediction log."""
-        return (await self._predict(deployment, batch, timeout, source, request_id))[0]
+        `source` (the route, or `pipeline:NAME`), `request_id` and the rows' `keys` (a
+        pipeline's) label the call in the prediction log, where feedback finds it."""
+        return (await self._predict(deployment, batch, timeout, source, request_id,
+                                    keys))[0]
 
     async def _predict(self, deployment: Deployment, batch: Batch, timeout: float | None,
-                       source: str, request_id: str | None
+                       source: str, request_id: str | None,
+                       keys: Sequence[Any] | None = None
                        ) -> tuple[Batch, np.ndarray | None]:
         """The outputs, and the rows the prediction log kept of them."""
         timeout = timeout or self.settings.server.request_timeout_s
@@ -260,23 +280,25 @@ class DataPlane:
                         (time.perf_counter() - started) * 1000, request_id)
             raise
         rows = plog.record(record.name, record.version, source, batch, outputs,
-                           (time.perf_counter() - started) * 1000, request_id)
+                           (time.perf_counter() - started) * 1000, request_id, keys=keys)
         return outputs, rows
 
     async def answer(self, deployment: Deployment, batch: Batch,
                      timeout: float | None = None, *, source: str = "direct",
                      request_id: str | None = None,
-                     headers: Mapping[str, str] | None = None) -> tuple[Batch, Deployment]:
+                     headers: Mapping[str, str] | None = None,
+                     keys: Sequence[Any] | None = None) -> tuple[Batch, Deployment]:
         """`predict` under the served model's traffic policy: the outputs and the
         deployment that answered (the canary's, for its share of the calls); the shadow
         is handed the call once answered. Every trigger calls this.
 
-        `headers`: the HTTP request's, for a canary keyed on a header."""
+        `headers`: the HTTP request's, for a canary keyed on a header; `keys`: the
+        rows' (a pipeline's), logged for feedback by key."""
         ep = self.endpoints.get(deployment.served)
         policy = ep.policy if ep is not None else None
         if ep is None or policy is None or not (policy.shadow or policy.canary):
             return await self.predict(deployment, batch, timeout, source=source,
-                                      request_id=request_id), deployment
+                                      request_id=request_id, keys=keys), deployment
         chosen, canary = deployment, policy.canary
         if canary is not None and (candidate := self.targets[canary.ref].current) \
                 and ep.splitter.to_canary(canary, canary.key_of(batch, headers)):
@@ -285,7 +307,8 @@ class DataPlane:
         shadow = policy.shadow if chosen is deployment else None
         if shadow is not None and request_id is None:
             request_id = uuid.uuid4().hex  # pairs the two answers in the prediction log
-        outputs, rows = await self._predict(chosen, batch, timeout, source, request_id)
+        outputs, rows = await self._predict(chosen, batch, timeout, source, request_id,
+                                            keys)
         self.metrics.traffic_answers.labels(
             ep.config.served_name, str(chosen.version),
             "primary" if chosen is deployment else "canary").inc()

@@ -83,6 +83,11 @@ class MonitoringSettings(BaseModel):
     drift_max_rows: int = Field(5000, ge=1)
     """Most sampled rows read per version for one computation (spread over the
     window): what bounds its cost."""
+    quality_interval_s: float = Field(60.0, ge=0)
+    """How often a server recomputes its versions' live quality from feedback
+    (`modelport_live_quality`); 0: never."""
+    quality_window_s: float = Field(7 * 86400.0, gt=0)
+    """Predictions of how long before are judged by the live-quality gauges."""
 
 
 class Settings(BaseSettings):

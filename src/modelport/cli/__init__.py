@@ -26,6 +26,7 @@ from typer.exceptions import TyperException
 
 from modelport.cli import (
     batch,
+    feedback,
     keys,
     models,
     promote,
@@ -49,6 +50,7 @@ app = typer.Typer(
 app.add_typer(models.app, name="models")
 app.add_typer(keys.app, name="keys")
 app.add_typer(traffic.app, name="traffic")
+app.add_typer(feedback.app, name="feedback")
 app.command()(serve.serve)
 app.command()(batch.batch)
 app.command()(schedule.schedule)

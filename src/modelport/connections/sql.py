@@ -138,11 +138,14 @@ def _sqlite_engine(url: URL) -> Engine:
 
 
 def make_store_engine(url: str, *,
-                      json_serializer: Callable[[Any], str] | None = None) -> Engine:
+                      json_serializer: Callable[[Any], str] | None = None,
+                      json_deserializer: Callable[[Any], Any] | None = None) -> Engine:
     """An engine for modelport's own tables; `json_serializer` writes their JSON
-    columns (default: the standard library's `json.dumps`)."""
+    columns and `json_deserializer` reads them (default: the standard library's)."""
     parsed = parse_url(url)
     options: dict[str, Any] = {"json_serializer": json_serializer} if json_serializer else {}
+    if json_deserializer:
+        options["json_deserializer"] = json_deserializer
     try:
         if parsed.get_backend_name() == "sqlite":
             return _sqlite_store_engine(parsed, **options)

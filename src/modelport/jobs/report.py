@@ -3,7 +3,8 @@
 For each model seen in the prediction log (or the one asked for): calls and latency
 over time (exact, from `mp_traffic`), the distribution of its outputs over time and
 its inputs' drift against the profile stored at registration (from the sampled rows
-in `mp_predictions`), and every registered version with its metrics. `summary()` is
+in `mp_predictions`), every registered version with its metrics, and the live quality
+of the versions that served, on the predictions that got feedback (`mp_feedback`). `summary()` is
 the same in brief, as JSON, for a webhook. `report_job` is the scheduler's job.
 """
 
@@ -23,7 +24,9 @@ from typing import Any
 from modelport.errors import InvalidInput, NotFound
 from modelport.jobs.report_shadow import ShadowAgreement, shadow_agreement
 from modelport.monitoring.drift import MIN_ROWS, FeatureDrift, drift
+from modelport.monitoring.feedback import FeedbackStore
 from modelport.monitoring.logstore import Count, LogStore, percentile
+from modelport.monitoring.quality import LiveQuality, quality_for
 from modelport.registry import ModelVersion, Registry
 from modelport.settings import Settings
 
@@ -116,6 +119,8 @@ class ModelReport:
     """Sampled rows in the window (read or not)."""
     versions: list[ModelVersion] = field(default_factory=list)
     drift: list[VersionDrift] = field(default_factory=list)
+    quality: list[LiveQuality] = field(default_factory=list)
+    """Live metrics of the versions that served, newest version first."""
     notes: list[str] = field(default_factory=list)
 
     def bucket(self, moment: datetime) -> int:
@@ -177,6 +182,8 @@ def _model_summary(m: ModelReport) -> dict[str, Any]:
             "max_psi": _round(newest.max_psi, 4), "max_js": _round(newest.max_js, 4),
             "min_rows": MIN_ROWS, "few_rows": newest.few_rows,
             "drift": newest.named("drift"), "shift": newest.named("shift")},
+        "quality": [{"version": q.version, "metric": q.metric, "value": _round(q.value, 4),
+                     "labelled": q.rows} for q in m.quality],
     }
 
 
@@ -194,6 +201,11 @@ def _headline(report: Report, models: list[dict[str, Any]]) -> str:
         elif m["drift"] and m["drift"]["few_rows"]:
             text += (f", drift not judged ({m['drift']['samples']} sampled rows, "
                      f"fewer than {MIN_ROWS})")
+        judged = [q for q in m["quality"] if q["value"] is not None]
+        if judged:  # the newest version's first metric: the one most likely asked about
+            q = judged[0]
+            text += (f", {q['metric']} {q['value']:g} on {q['labelled']:,} labelled "
+                     f"(version {q['version']})")
         parts.append(text)
     span = f"{report.since:%Y-%m-%d %H:%M} to {report.until:%Y-%m-%d %H:%M} UTC"
     return f"modelport report {span}: " + ("; ".join(parts) or "no predictions")
@@ -238,6 +250,7 @@ def build_report(store: LogStore, registry: Registry | None, since: datetime,
             m.slices.setdefault((version, source), Count()).merge(count)
         m.samples, m.sampled = store.samples(name, since, until, max_samples)
         _add_registry(m, registry)
+        _add_quality(m, store, since, until)
         reports.append(m)
     shadows = shadow_agreement(store, since, until)
     if model:
@@ -265,6 +278,15 @@ def _add_registry(m: ModelReport, registry: Registry | None) -> None:
     if len(seen) > MAX_DRIFT_VERSIONS:
         m.notes.append(f"drift shown for the {MAX_DRIFT_VERSIONS} newest versions of "
                        f"{len(seen)} that served")
+
+
+def _add_quality(m: ModelReport, store: LogStore, since: datetime, until: datetime) -> None:
+    registered = {v.version: v for v in m.versions}
+    labels = FeedbackStore(store)  # the log's engine: closed with it
+    for version in m.served:
+        if version in registered:
+            m.quality += [q for q in quality_for(labels, registered[version], since, until)
+                          if q.rows]
 
 
 def generate(settings: Settings, since: datetime, until: datetime, out: Path, *,

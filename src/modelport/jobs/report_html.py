@@ -91,7 +91,7 @@ is flagged from fewer than {MIN_ROWS} sampled rows.</footer>
 
 def _model(m: ModelReport) -> str:
     parts = [f'<section class="model" id="model-{e(m.name)}"><h2>{e(m.name)}</h2>',
-             _kpis(m), _traffic(m), _outputs(m), _versions(m), _drift(m)]
+             _kpis(m), _traffic(m), _outputs(m), _versions(m), _quality(m), _drift(m)]
     parts += [f'<p class="note">{e(note)}</p>' for note in m.notes]
     parts.append("</section>")
     return "".join(parts)
@@ -196,6 +196,18 @@ def _versions(m: ModelReport) -> str:
              f"<th>served here</th>{header}</tr>{''.join(rows)}</table>")
     chart = charts.metrics_chart(m.versions, m.served)
     return head + table + (_img(chart, "metrics by version") if chart else "")
+
+
+def _quality(m: ModelReport) -> str:
+    head = "<h3>Live quality on feedback</h3>"
+    if not m.quality:
+        return head + ('<p class="note">No feedback joined with this window\'s '
+                       "predictions (POST /feedback or modelport feedback load).</p>")
+    rows = "".join(f"<tr><td>{q.version}</td><td>{e(q.metric)}</td>"
+                   f"<td class=num>{e(_metric(q.value))}</td><td class=num>{q.rows:,}</td></tr>"
+                   for q in m.quality)
+    return head + ("<table><tr><th>version</th><th>metric</th><th class=num>value</th>"
+                   f"<th class=num>labelled predictions</th></tr>{rows}</table>")
 
 
 def _metric(value: Any) -> str:

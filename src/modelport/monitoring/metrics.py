@@ -124,6 +124,16 @@ class Metrics:
             "modelport_shadow_agreement", "Share of compared rows where the shadow agreed, "
             "since this process started (across replicas: agreed_rows / rows)",
             ["model", "shadow"], registry=r, multiprocess_mode="liveall")
+        # computed from the database by every replica (monitoring.quality): they agree,
+        # so the most recent value of any process is the value
+        self.live_quality = Gauge(
+            "modelport_live_quality", "Quality of each served version on the predictions "
+            "that got feedback (accuracy, auc, mae, rmse, recall@k, ndcg@k)",
+            ["model", "version", "metric"], registry=r, multiprocess_mode="mostrecent")
+        self.feedback_rows = Gauge(
+            "modelport_feedback_joined_rows", "Logged predictions with feedback that the "
+            "live quality is computed on", ["model", "version"], registry=r,
+            multiprocess_mode="mostrecent")
 
     def render(self) -> bytes:
         if self.multiprocess_dir:  # every process's values, not only this one's

@@ -22,12 +22,13 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import orjson
 
 from modelport.datatypes import jsonable
 from modelport.monitoring.logstore import Count, LogStore, TrafficKey
@@ -61,6 +62,8 @@ class Call:
     inputs: Picked  # the sampled rows only
     outputs: Picked
     size: int
+    rows: np.ndarray  # the sampled rows' indices in the call (feedback joins on them)
+    keys: list[str] | None  # their pipeline keys, as text (feedback joins on them too)
 
 
 class PredictionLog:
@@ -98,14 +101,16 @@ class PredictionLog:
     def record(self, model: str, version: int, source: str, inputs: Batch,
                outputs: Batch | None, latency_ms: float,
                request_id: str | None = None,
-               rows: np.ndarray | None = None) -> np.ndarray | None:
+               rows: np.ndarray | None = None,
+               keys: Sequence[Any] | None = None) -> np.ndarray | None:
         """Count one model call and maybe keep some of its rows; never blocks. Returns
         the rows kept (None: none).
 
         `outputs` is None for a call that failed: it is counted as an error, and none
         of its rows are sampled. `rows` keeps those rows instead of drawing (a shadow's
-        answer is kept for the rows its primary's was, so the two pair up). Called on
-        the event loop thread (no lock needed)."""
+        answer is kept for the rows its primary's was, so the two pair up). `keys` (a
+        pipeline's, one per row) are logged with the sampled rows, for feedback by key.
+        Called on the event loop thread (no lock needed)."""
         ts = self.clock()
         n = _rows(inputs)
         key = (int(ts // 60) * 60, model, version, source)
@@ -135,8 +140,10 @@ class PredictionLog:
             return None
         # copies of the sampled rows only: the buffer must not pin whole batches (or
         # see them change if a pipeline step edits its arrays in place)
+        picked_keys = None if keys is None else [key_text(keys[i]) for i in rows.tolist()]
         self._calls.append(Call(ts, model, version, source, latency_ms, request_id,
-                                _pick(inputs, rows), _pick(outputs, rows), int(rows.size)))
+                                _pick(inputs, rows), _pick(outputs, rows), int(rows.size),
+                                rows, picked_keys))
         self._buffered += int(rows.size)
         if self._wake is not None and self._buffered * 4 >= self.config.buffer_size:
             self._wake.set()  # flush early rather than fill up and drop
@@ -226,8 +233,20 @@ def _records(call: Call) -> list[dict[str, Any]]:
     return [{"ts": ts, "model": call.model, "version": call.version, "source": call.source,
              "latency_ms": call.latency_ms, "request_id": call.request_id,
              "inputs": {k: v[i] for k, v in inputs.items()},
-             "outputs": {k: v[i] for k, v in outputs.items()}}
+             "outputs": {k: v[i] for k, v in outputs.items()},
+             "row_index": int(call.rows[i]),
+             "row_key": None if call.keys is None else call.keys[i]}
             for i in range(call.size)]
+
+
+def key_text(key: Any) -> str:
+    """A pipeline key as the log stores it: a string as is, anything else (an int, a
+    tuple of several columns) as JSON, so `42` and `"42"` name the same row."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, tuple):
+        key = list(key)
+    return orjson.dumps(key, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 def _pick(batch: Batch, rows: np.ndarray) -> Picked:

@@ -192,18 +192,17 @@ class Pipeline:
         batch, good, rejects = validate_rows(signature, frame.keys, inputs)
         if batch is None:
             return Scored(Frame([], {}), rejects)
+        keys = list(frame.keys) if not rejects else [frame.keys[i] for i in good]
         try:
             outputs, deployment = await self.dataplane.answer(
-                deployment, batch, source=f"pipeline:{self.name}")
+                deployment, batch, source=f"pipeline:{self.name}", keys=keys)
         except ModelOutputError as exc:  # nothing of that answer fits a row: reject all
-            keys = list(frame.keys) if not rejects else [frame.keys[i] for i in good]
             return Scored(Frame([], {}), rejects + [Reject(k, exc.message) for k in keys])
         if self.outputs:
             outputs = {k: outputs[k] for k in self.outputs}
         # columns the model does not take (ids, timestamps, a routing key) ride along
         extra = {k: v if not rejects else _rows(v, good) for k, v in frame.columns.items()
                  if k not in consumed and k not in outputs}
-        keys = list(frame.keys) if not rejects else [frame.keys[i] for i in good]
         if self.version_column:
             # read off the deployment that answered, not the one serving now: an alias
             # may have moved while the batch was in the model

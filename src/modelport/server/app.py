@@ -19,6 +19,7 @@ from modelport import __version__
 from modelport.errors import ModelportError
 from modelport.security import KeyStore
 from modelport.server import admin, docs, predict, v2
+from modelport.server import feedback as feedback_routes
 from modelport.server import pipelines as pipeline_routes
 from modelport.server.admission import Admission
 from modelport.server.auth import ApiKeyGuard
@@ -41,7 +42,8 @@ def create_app(service: Service, *, keys: KeyStore | None = None,
     (unless it was started before: `modelport serve` starts and checks it first),
     stopping it stops the service, which drains the models.
 
-    The service's pipelines get `POST /pipelines/{name}/run`.
+    The service's pipelines get `POST /pipelines/{name}/run`; ground truth for
+    predictions comes back through `POST /feedback`.
 
     `extra_routes` mount an application's own routes beside modelport's (a domain API
     over a pipeline, a web page): they are matched first, so one of them may take `/`,
@@ -87,6 +89,7 @@ def create_app(service: Service, *, keys: KeyStore | None = None,
         *v2.routes,
         *admin.routes,
         *pipeline_routes.routes,
+        *feedback_routes.routes,
         *docs.routes(),
     ]
     app = FastAPI(
