@@ -57,7 +57,7 @@ async def log_calls(url: str, calls: list[tuple[dict[str, np.ndarray], dict[str,
                                                            buffer_size=100_000))
     await plog.start()
     for inputs, outputs, rid, keys, source in calls:
-        plog.record("m", 1, source, inputs, outputs, 1.0, rid, keys)
+        plog.record("m", 1, source, inputs, outputs, 1.0, rid, keys=keys)
     await plog.stop()
 
 
