@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -32,6 +34,7 @@ from modelport.errors import (
 )
 from modelport.model import Model
 from modelport.monitoring.metrics import Metrics
+from modelport.outputs import Outputs
 from modelport.registry import ModelVersion, Registry, parse_ref
 from modelport.settings import BatchingSettings, Settings
 from modelport.signature import Batch
@@ -83,10 +86,20 @@ class Deployment:
     batcher: AdaptiveBatcher
     executor: Executor | None = None
     loaded_at: float = field(default_factory=time.time)
+    outputs: Outputs = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.outputs = Outputs.of(self.model.signature)
 
     @property
     def version(self) -> int:
         return self.model.version
+
+    async def submit(self, batch: Batch, asked: frozenset[str] | None = None, *,
+                     timeout: float | None = None) -> Batch:
+        """Queue `batch` for the model; answer the `asked` outputs (None: all) of it."""
+        answer = await self.batcher.submit(self.outputs.tag(batch, asked), timeout=timeout)
+        return self.outputs.keep(answer, asked)
 
     async def close(self) -> None:
         await self.batcher.close(drain=True)
@@ -243,12 +256,15 @@ class DataPlane:
         executor = _process_pool(record, path, config) if config.workers else None
         batching = config.batching or self.settings.batching
         name = config.served_name
+        outputs = Outputs.of(record.signature)
 
         def run(batch: Batch) -> Batch:
+            # the union of what the batch's callers asked for (Deployment.submit)
+            inputs, asked = outputs.untag(batch)
             try:
                 if executor is None:
-                    return model.predict_batch(batch)
-                return executor.submit(_worker_predict, batch).result()
+                    return model.predict_batch(inputs, asked)
+                return executor.submit(_worker_predict, inputs, asked).result()
             except ModelOutputError:
                 self.metrics.output_row_errors.labels(name, str(record.version)).inc()
                 raise
@@ -274,7 +290,7 @@ class DataPlane:
         deployment = Deployment(model, batcher, executor)
         try:  # smoke test through the same path requests take
             if model.signature.sample:
-                await batcher.submit(model.signature.sample_batch(), timeout=60)
+                await deployment.submit(model.signature.sample_batch(), timeout=60)
         except Exception as exc:
             await deployment.close()
             raise ModelportError(f"smoke test on the signature's sample failed: {exc}") from exc
@@ -299,26 +315,30 @@ class DataPlane:
 
     async def predict(self, deployment: Deployment, batch: Batch,
                       timeout: float | None = None, *, source: str = "direct",
-                      request_id: str | None = None) -> Batch:
+                      request_id: str | None = None,
+                      outputs: Sequence[str] | None = None) -> Batch:
         """Run a validated batch through the deployment's batcher.
 
+        `outputs`: the names of the outputs to compute and answer (default: all the
+        signature declares); an unknown name is a 400 before anything is queued.
         `source` (the route, or `pipeline:NAME`) and `request_id` label the call in
         the prediction log."""
         timeout = timeout or self.settings.server.request_timeout_s
+        asked = deployment.outputs.ask(outputs)
         plog = self.prediction_log
         if plog is None:
-            return await deployment.batcher.submit(batch, timeout=timeout)
+            return await deployment.submit(batch, asked, timeout=timeout)
         # prediction log: count, time and sample the call; record() never waits
         record, started = deployment.model.record, time.perf_counter()
         try:
-            outputs = await deployment.batcher.submit(batch, timeout=timeout)
+            answer = await deployment.submit(batch, asked, timeout=timeout)
         except Exception:
             plog.record(record.name, record.version, source, batch, None,
                         (time.perf_counter() - started) * 1000, request_id)
             raise
-        plog.record(record.name, record.version, source, batch, outputs,
+        plog.record(record.name, record.version, source, batch, answer,
                     (time.perf_counter() - started) * 1000, request_id)
-        return outputs
+        return answer
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         detail = {
@@ -342,9 +362,9 @@ def _worker_init(record_json: str, path: str, trusted: bool) -> None:
     _worker_model = Model(record, Path(path), trusted=trusted).load()
 
 
-def _worker_predict(batch: Batch) -> Batch:
+def _worker_predict(batch: Batch, outputs: AbstractSet[str] | None = None) -> Batch:
     assert _worker_model is not None, "worker process has no model"
-    return _worker_model.predict_batch(batch)
+    return _worker_model.predict_batch(batch, outputs)
 
 
 def _process_pool(record: ModelVersion, path: Path, config: ModelConfig) -> Executor:

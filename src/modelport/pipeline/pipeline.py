@@ -194,7 +194,8 @@ class Pipeline:
             return Scored(Frame([], {}), rejects)
         try:
             outputs = await self.dataplane.predict(deployment, batch,
-                                                   source=f"pipeline:{self.name}")
+                                                   source=f"pipeline:{self.name}",
+                                                   outputs=self.outputs)
         except ModelOutputError as exc:  # nothing of that answer fits a row: reject all
             keys = list(frame.keys) if not rejects else [frame.keys[i] for i in good]
             return Scored(Frame([], {}), rejects + [Reject(k, exc.message) for k in keys])

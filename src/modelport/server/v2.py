@@ -108,10 +108,11 @@ async def infer(request: Request) -> Response:
     req = codec.parse_request(
         body, codec.header_length(request.headers.get(codec.HEADER_LENGTH), len(body)))
     sig = deployment.model.signature
-    if sig.outputs:  # a bad output name costs no model call
-        codec.check_outputs(req.outputs, [s.name for s in sig.outputs])
+    # only the outputs asked for are computed; a bad name costs no model call
+    asked = [out.name for out in req.outputs] if req.outputs else None
+    deployment.outputs.ask(asked)
     batch = sig.validate(to_batch(sig, req.inputs))
-    outputs = await dp.predict(deployment, batch, source="v2_infer",
+    outputs = await dp.predict(deployment, batch, source="v2_infer", outputs=asked,
                                request_id=getattr(request.state, "request_id", None))
     content, json_length = codec.encode_response(
         outputs, model_name=name, model_version=str(deployment.version), request=req)
