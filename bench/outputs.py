@@ -15,6 +15,7 @@ output selection ignores what is asked and computes both.
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import json
 import sys
@@ -23,11 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-import modelport
 from harness import Cores, cpu_snapshot, launch, stop, wait_ready
 from servers import dataset, settings_for
+
+import modelport
 
 ASKS: dict[str, list[str] | None] = {"label": ["predictions"], "label + probabilities": None}
 
@@ -56,9 +56,9 @@ def in_process(home: Path, ref: str, seconds: float) -> list[dict[str, Any]]:
         batches = [model.signature.decode(x[i:i + size]) for i in range(0, 320, size)]
         for what, ask in ASKS.items():
             outputs = frozenset(ask) if ask else None
+            call: Any = functools.partial(model.predict_batch, outputs=outputs)
             try:
-                model.predict_batch(batches[0], outputs)  # type: ignore[call-arg]
-                call = lambda b: model.predict_batch(b, outputs)  # type: ignore[call-arg]  # noqa: E731
+                call(batches[0])
             except TypeError:  # before output selection: always both
                 call = model.predict_batch
             n, started, cpu = 0, time.perf_counter(), time.process_time()
