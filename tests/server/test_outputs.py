@@ -79,3 +79,10 @@ def test_a_bad_outputs_list_is_a_400_naming_what_is_wrong(
         "instances": X.head(1).to_numpy().tolist(), "outputs": outputs})
     assert response.status_code == 400
     assert response.json()["error"] == error
+
+
+def test_the_openapi_document_offers_the_outputs_to_ask_for(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    body = schema["paths"]["/models/cancer/predict"]["post"]["requestBody"]
+    outputs = body["content"]["application/json"]["schema"]["properties"]["outputs"]
+    assert outputs["items"]["enum"] == ["predictions", "probabilities"]
