@@ -15,7 +15,7 @@ export UV_PYTHON_DOWNLOADS := never
 SYNC   := $(UV) sync --frozen --quiet
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-env quickstart test lint lock clean bench bench-batch test-music test-modelport
+.PHONY: help install demo demo-env quickstart test lint lock clean bench bench-batch bench-peers test-music test-modelport
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -73,3 +73,14 @@ bench: install  ## Serving benchmark (needs wrk): modelport vs FastAPI vs raw pr
 
 bench-batch: install  ## Batch benchmark (needs PostgreSQL): modelport batch vs a plain read
 	$(BIN)/python bench/batch.py
+
+# The peers' harness (../shared/peerbench) builds a venv per peer from PyPI (on the first
+# run; reused while its requirements stay the same), modelport's from this working tree,
+# and writes .peerbench/results.md. Its knobs pass through: PEERS, CONCS, DUR, WARMUP, ...
+PEERBENCH ?= ../shared/peerbench
+PEERS     ?= fastapi bentoml_batch mlserver_batch litserve modelport modelport_v2
+bench-peers:  ## modelport beside FastAPI, BentoML, MLServer, LitServe (about 25 minutes)
+	@test -x $(PEERBENCH)/run_all.sh || { echo "make: no peer harness at $(PEERBENCH) (PEERBENCH=...)"; exit 2; }
+	PEERS="$(PEERS)" MODELPORT_SRC="$(CURDIR)" PEERBENCH_DIR="$(CURDIR)/.peerbench" \
+		$(PEERBENCH)/run_all.sh
+	@echo "make: the table is in .peerbench/results.md"

@@ -133,15 +133,16 @@ def test_labels_of_an_argmax_classifier_come_from_its_one_pass(
 
 
 def test_the_argmax_classifiers_are_named_where_scikit_learn_defines_them() -> None:
-    # ARGMAX_OF_PROBA names classes by the private module that defines them (what
-    # type(model) says): when scikit-learn moves one, its fast path would silently end
+    # ARGMAX_OF_PROBA and ARGMAX_OF_SCORES name classes by the private module that
+    # defines them (what type(model) says): when scikit-learn moves one, its fast path
+    # would silently end
     import importlib
 
-    from sklearn import calibration, ensemble
+    from sklearn import calibration, ensemble, linear_model, tree
 
-    from modelport.flavors.sklearn import ARGMAX_OF_PROBA
+    from modelport.flavors.sklearn import ARGMAX_OF_PROBA, ARGMAX_OF_SCORES
 
-    for path in sorted(ARGMAX_OF_PROBA):
+    for path in sorted(ARGMAX_OF_PROBA | ARGMAX_OF_SCORES):
         module, _, name = path.rpartition(".")
         try:
             cls = getattr(importlib.import_module(module), name)
@@ -150,14 +151,20 @@ def test_the_argmax_classifiers_are_named_where_scikit_learn_defines_them() -> N
         assert f"{cls.__module__}.{cls.__qualname__}" == path, \
             f"scikit-learn moved {path} to {cls.__module__}: update ARGMAX_OF_PROBA"
     public = [ensemble.RandomForestClassifier, ensemble.ExtraTreesClassifier,
-              calibration.CalibratedClassifierCV]
+              ensemble.BaggingClassifier, calibration.CalibratedClassifierCV]
     assert {f"{c.__module__}.{c.__qualname__}" for c in public} == ARGMAX_OF_PROBA
+    public = [ensemble.HistGradientBoostingClassifier, ensemble.GradientBoostingClassifier,
+              linear_model.LogisticRegression, tree.DecisionTreeClassifier]
+    assert {f"{c.__module__}.{c.__qualname__}" for c in public} == ARGMAX_OF_SCORES
 
 
 def test_other_classifiers_answer_their_own_predict(reg: Registry) -> None:
+    from sklearn.neighbors import KNeighborsClassifier
+
     X, y = load_iris(return_X_y=True)
-    fitted = LogisticRegression(max_iter=1000).fit(X, y)  # labels from its scores
-    model = round_trip(reg, "linear", fitted, X[:5])
+    # a vote of neighbours: not named as an argmax of its probabilities
+    fitted = KNeighborsClassifier().fit(X, y)
+    model = round_trip(reg, "neighbours", fitted, X[:5])
     loaded = model.flavor.model
     calls: list[int] = []
     predict = loaded.predict

@@ -36,6 +36,7 @@ from modelport.errors import (
 from modelport.model import Model
 from modelport.monitoring.livedrift import DriftWatch
 from modelport.monitoring.metrics import Metrics
+from modelport.outputs import Outputs
 from modelport.registry import ModelVersion, Registry, parse_ref
 from modelport.settings import Settings
 from modelport.signature import Batch
@@ -197,12 +198,15 @@ class DataPlane:
         executor = process_pool(record, path, config) if config.workers else None
         batching = config.batching or self.settings.batching
         name = config.served_name
+        outputs = Outputs.of(record.signature)
 
         def run(batch: Batch) -> Batch:
+            # the union of what the batch's callers asked for (Deployment.submit)
+            inputs, asked = outputs.untag(batch)
             try:
                 if executor is None:
-                    return model.predict_batch(batch)
-                return executor.submit(worker_predict, batch).result()
+                    return model.predict_batch(inputs, asked)
+                return executor.submit(worker_predict, inputs, asked).result()
             except ModelOutputError:
                 self.metrics.output_row_errors.labels(name, str(record.version)).inc()
                 raise
@@ -228,7 +232,7 @@ class DataPlane:
         deployment = Deployment(model, batcher, executor, served=name)
         try:  # smoke test through the same path requests take
             if model.signature.sample:
-                await batcher.submit(model.signature.sample_batch(), timeout=60)
+                await deployment.submit(model.signature.sample_batch(), timeout=60)
         except Exception as exc:
             await deployment.close()
             raise ModelportError(f"smoke test on the signature's sample failed: {exc}") from exc
@@ -254,51 +258,58 @@ class DataPlane:
     async def predict(self, deployment: Deployment, batch: Batch,
                       timeout: float | None = None, *, source: str = "direct",
                       request_id: str | None = None,
-                      keys: Sequence[Any] | None = None) -> Batch:
+                      keys: Sequence[Any] | None = None,
+                      outputs: Sequence[str] | None = None) -> Batch:
         """Run a validated batch through the deployment's batcher.
 
+        `outputs`: the names of the outputs to compute and answer (default: all the
+        signature declares); an unknown name is a 400 before anything is queued.
         `source` (the route, or `pipeline:NAME`), `request_id` and the rows' `keys` (a
         pipeline's) label the call in the prediction log, where feedback finds it."""
         return (await self._predict(deployment, batch, timeout, source, request_id,
-                                    keys))[0]
+                                    keys, outputs))[0]
 
     async def _predict(self, deployment: Deployment, batch: Batch, timeout: float | None,
                        source: str, request_id: str | None,
-                       keys: Sequence[Any] | None = None
+                       keys: Sequence[Any] | None = None,
+                       outputs: Sequence[str] | None = None
                        ) -> tuple[Batch, np.ndarray | None]:
         """The outputs, and the rows the prediction log kept of them."""
         timeout = timeout or self.settings.server.request_timeout_s
+        asked = deployment.outputs.ask(outputs)
         plog = self.prediction_log
         if plog is None:
-            return await deployment.batcher.submit(batch, timeout=timeout), None
+            return await deployment.submit(batch, asked, timeout=timeout), None
         # prediction log: count, time and sample the call; record() never waits
         record, started = deployment.model.record, time.perf_counter()
         try:
-            outputs = await deployment.batcher.submit(batch, timeout=timeout)
+            answer = await deployment.submit(batch, asked, timeout=timeout)
         except Exception:
             plog.record(record.name, record.version, source, batch, None,
                         (time.perf_counter() - started) * 1000, request_id)
             raise
-        rows = plog.record(record.name, record.version, source, batch, outputs,
+        rows = plog.record(record.name, record.version, source, batch, answer,
                            (time.perf_counter() - started) * 1000, request_id, keys=keys)
-        return outputs, rows
+        return answer, rows
 
     async def answer(self, deployment: Deployment, batch: Batch,
                      timeout: float | None = None, *, source: str = "direct",
                      request_id: str | None = None,
                      headers: Mapping[str, str] | None = None,
-                     keys: Sequence[Any] | None = None) -> tuple[Batch, Deployment]:
+                     keys: Sequence[Any] | None = None,
+                     outputs: Sequence[str] | None = None) -> tuple[Batch, Deployment]:
         """`predict` under the served model's traffic policy: the outputs and the
         deployment that answered (the canary's, for its share of the calls); the shadow
         is handed the call once answered. Every trigger calls this.
 
         `headers`: the HTTP request's, for a canary keyed on a header; `keys`: the
-        rows' (a pipeline's), logged for feedback by key."""
+        rows' (a pipeline's), logged for feedback by key; `outputs`: as `predict`."""
         ep = self.endpoints.get(deployment.served)
         policy = ep.policy if ep is not None else None
         if ep is None or policy is None or not (policy.shadow or policy.canary):
             return await self.predict(deployment, batch, timeout, source=source,
-                                      request_id=request_id, keys=keys), deployment
+                                      request_id=request_id, keys=keys,
+                                      outputs=outputs), deployment
         chosen, canary = deployment, policy.canary
         if canary is not None and (candidate := self.targets[canary.ref].current) \
                 and ep.splitter.to_canary(canary, canary.key_of(batch, headers)):
@@ -307,15 +318,15 @@ class DataPlane:
         shadow = policy.shadow if chosen is deployment else None
         if shadow is not None and request_id is None:
             request_id = uuid.uuid4().hex  # pairs the two answers in the prediction log
-        outputs, rows = await self._predict(chosen, batch, timeout, source, request_id,
-                                            keys)
+        answer, rows = await self._predict(chosen, batch, timeout, source, request_id,
+                                           keys, outputs)
         self.metrics.traffic_answers.labels(
             ep.config.served_name, str(chosen.version),
             "primary" if chosen is deployment else "canary").inc()
         if shadow is not None and (target := self.targets[shadow.ref].current) is not None:
             self.shadows.offer(ShadowCall(ep.config.served_name, shadow, target, batch,
-                                          outputs, source, request_id, rows))
-        return outputs, chosen
+                                          answer, source, request_id, rows))
+        return answer, chosen
 
     # --- traffic policies -----------------------------------------------------------
 

@@ -6,6 +6,7 @@ GIL-bound model runs in."""
 from __future__ import annotations
 
 import time
+from collections.abc import Set as AbstractSet
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from modelport.batching import AdaptiveBatcher
 from modelport.model import Model
+from modelport.outputs import Outputs
 from modelport.registry import ModelVersion, parse_ref
 from modelport.settings import BatchingSettings
 from modelport.signature import Batch
@@ -72,10 +74,20 @@ class Deployment:
     loaded_at: float = field(default_factory=time.time)
     served: str = ""
     """The name it is served under (whose traffic policy applies)."""
+    outputs: Outputs = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.outputs = Outputs.of(self.model.signature)
 
     @property
     def version(self) -> int:
         return self.model.version
+
+    async def submit(self, batch: Batch, asked: frozenset[str] | None = None, *,
+                     timeout: float | None = None) -> Batch:
+        """Queue `batch` for the model; answer the `asked` outputs (None: all) of it."""
+        answer = await self.batcher.submit(self.outputs.tag(batch, asked), timeout=timeout)
+        return self.outputs.keep(answer, asked)
 
     async def close(self) -> None:
         await self.batcher.close(drain=True)
@@ -126,9 +138,9 @@ def _worker_init(record_json: str, path: str, trusted: bool) -> None:
     _worker_model = Model(record, Path(path), trusted=trusted).load()
 
 
-def worker_predict(batch: Batch) -> Batch:
+def worker_predict(batch: Batch, outputs: AbstractSet[str] | None = None) -> Batch:
     assert _worker_model is not None, "worker process has no model"
-    return _worker_model.predict_batch(batch)
+    return _worker_model.predict_batch(batch, outputs)
 
 
 def process_pool(record: ModelVersion, path: Path, config: ModelConfig) -> Executor:

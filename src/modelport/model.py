@@ -4,6 +4,7 @@ ready to predict."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Set as AbstractSet
 from concurrent.futures import Executor
 from datetime import datetime
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
+from modelport.errors import ModelOutputError
 from modelport.flavors import get_flavor
 from modelport.flavors.base import Inputs
 from modelport.signature import Batch, Signature, check_output_rows, rows_of
@@ -78,12 +80,26 @@ class Model:
             Inputs(finite=not sig.allow_nan, numeric_columns=columns))
         return self
 
-    def predict_batch(self, batch: Batch) -> Batch:
+    def predict_batch(self, batch: Batch, outputs: AbstractSet[str] | None = None) -> Batch:
         """Predict on `batch` as `Signature.validate` returns it (checked: its types,
-        shapes and, unless the signature allows them, no NaN or infinities)."""
+        shapes and, unless the signature allows them, no NaN or infinities).
+
+        `outputs`: only these of the signature's outputs (`Signature.output_names`),
+        which the flavor may then compute alone; None or all of them: every output."""
         x = self.signature.to_model_input(batch, array=self._array_input)
-        return check_output_rows(self.signature.encode_outputs(self.flavor.predict(x)),
-                                 rows_of(batch), f"{self.name}:{self.version}")
+        every = self.signature.output_names
+        if outputs is None or not every or outputs >= every:
+            raw = self.flavor.predict(x)
+        else:
+            raw = self.flavor.predict_only(x, outputs)
+        answer = self.signature.encode_outputs(raw)
+        if outputs is not None and every and answer.keys() != outputs:
+            missing = outputs - answer.keys()
+            if missing:
+                raise ModelOutputError(f"model {self.name}:{self.version} did not answer "
+                                       f"{sorted(missing)}")
+            answer = {k: v for k, v in answer.items() if k in outputs}
+        return check_output_rows(answer, rows_of(batch), f"{self.name}:{self.version}")
 
     def predict(self, data: Any, *, output: str | None = None) -> np.ndarray:
         """Predict on rows, records, an array or a DataFrame; returns one output."""

@@ -258,6 +258,11 @@ class Signature(BaseModel):
     def input_names(self) -> frozenset[str]:
         return frozenset(spec.name for spec in self.inputs)
 
+    @property
+    def output_names(self) -> frozenset[str]:
+        """The declared outputs' names; empty when the signature declares none."""
+        return frozenset(spec.name for spec in self.outputs)
+
 
 @functools.lru_cache(maxsize=64)
 def _column_index(names: tuple[str, ...]) -> Any:

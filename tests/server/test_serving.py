@@ -7,6 +7,7 @@ import functools
 import math
 import os
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import numpy as np
@@ -429,9 +430,9 @@ async def test_a_fast_model_can_run_on_the_event_loop(settings, reg, data) -> No
     threads: list[int] = []
     predict_batch = model.predict_batch
 
-    def spy(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def spy(batch: dict[str, np.ndarray], outputs: Any = None) -> dict[str, np.ndarray]:
         threads.append(threading.get_ident())
-        return predict_batch(batch)
+        return predict_batch(batch, outputs)
 
     model.predict_batch = spy  # type: ignore[method-assign]
     answers = await asyncio.gather(*(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -44,6 +45,12 @@ class Flavor(ABC):
     @abstractmethod
     def predict(self, x: Any) -> Any:
         """Predict on a batch as the model object expects it (array, DataFrame, dict)."""
+
+    def predict_only(self, x: Any, outputs: AbstractSet[str]) -> Any:
+        """Predict only `outputs` (some of the signature's output names, never none):
+        a flavor whose outputs cost separate passes over the model computes just those.
+        Answers at least them; this default answers everything `predict` does."""
+        return self.predict(x)
 
     def prepare(self, inputs: Inputs) -> bool:
         """Told once, after `load`, what every input `predict` gets will be: a flavor

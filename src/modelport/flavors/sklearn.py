@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,31 @@ from modelport.flavors.base import Flavor, Inputs, require
 ARGMAX_OF_PROBA = frozenset({
     "sklearn.ensemble._forest.RandomForestClassifier",
     "sklearn.ensemble._forest.ExtraTreesClassifier",
+    "sklearn.ensemble._bagging.BaggingClassifier",
     "sklearn.calibration.CalibratedClassifierCV",
 })
 """Classifiers whose `predict()` is `classes_[argmax(predict_proba())]`, in
 scikit-learn's own code: their labels come from the probabilities, which they compute
 once instead of twice (a forest walks all its trees for each). Exact classes only: a
 subclass may predict otherwise."""
+
+ARGMAX_OF_SCORES = frozenset({
+    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting."
+    "HistGradientBoostingClassifier",
+    "sklearn.ensemble._gb.GradientBoostingClassifier",
+    "sklearn.linear_model._logistic.LogisticRegression",
+    "sklearn.tree._classes.DecisionTreeClassifier",
+})
+"""Classifiers whose `predict()` is the argmax of scores (raw boosting sums, decision
+values, leaf counts) that `predict_proba()` maps to probabilities keeping their order
+(sigmoid, softmax, dividing by the total). Asked for both, they too answer the label
+of the highest probability, from one pass. That is their own label except where two
+probabilities are equal in floating point, a tie that their raw scores may still
+break (scores nearer than the map can tell apart, a binary score so near 0 that its
+sigmoid rounds to 0.5): a tie goes to the first of the tied classes in `classes_`
+order, as numpy's argmax and scikit-learn's forests break it."""
+
+PREDICTIONS, PROBABILITIES = "predictions", "probabilities"
 
 
 class SklearnFlavor(Flavor):
@@ -110,18 +130,24 @@ class SklearnFlavor(Flavor):
         return self._fast.arrays
 
     def predict(self, x: Any) -> Any:
+        return self.predict_only(x, _BOTH)
+
+    def predict_only(self, x: Any, outputs: AbstractSet[str]) -> Any:
         fast = self._fast
         if fast is None:  # not prepared: no guarantee about the inputs
             fast = self._fast = _FastPath.plan(self.model, Inputs(finite=False),
                                                bool(self.options.get("proba")))
         if not fast.finite:
-            return fast.predict(x)
+            return fast.predict(x, outputs)
         import sklearn
 
         # the signature has refused NaN and infinities already: scikit-learn's own check
         # of every array each estimator is handed would only repeat it
         with sklearn.config_context(assume_finite=True):
-            return fast.predict(x)
+            return fast.predict(x, outputs)
+
+
+_BOTH = frozenset({PREDICTIONS, PROBABILITIES})
 
 
 @dataclass(frozen=True)
@@ -141,7 +167,8 @@ class _FastPath:
     final: Any
     """What `predict_proba` is called on: the model, or the pipeline's last step."""
     argmax: bool
-    """Whether `final.predict` is `classes_[argmax(predict_proba())]` (ARGMAX_OF_PROBA)."""
+    """Whether labels are `classes_[argmax(predict_proba())]` when both are asked
+    (ARGMAX_OF_PROBA, ARGMAX_OF_SCORES)."""
 
     @classmethod
     def plan(cls, model: Any, inputs: Inputs, proba: bool) -> _FastPath:
@@ -162,21 +189,26 @@ class _FastPath:
             transforms = tuple(step for _, step in steps[:-1]
                                if step is not None and step != "passthrough")
             final = steps[-1][1]
-        argmax = _qualname(final) in ARGMAX_OF_PROBA and getattr(final, "n_outputs_", 1) == 1
+        argmax = _qualname(final) in ARGMAX_OF_PROBA | ARGMAX_OF_SCORES \
+            and getattr(final, "n_outputs_", 1) == 1
         return cls(model, proba, inputs.finite, arrays, transforms, final, argmax)
 
-    def predict(self, x: Any) -> Any:
-        if not self.proba:
-            return {"predictions": self.model.predict(x)}
+    def predict(self, x: Any, outputs: AbstractSet[str]) -> dict[str, Any]:
+        """What is asked of `outputs`, each computed only if asked."""
+        if not self.proba or PROBABILITIES not in outputs:
+            return {PREDICTIONS: self.model.predict(x)}
         for step in self.transforms:
             x = step.transform(x)
         probabilities = self.final.predict_proba(x)
+        if PREDICTIONS not in outputs:
+            return {PROBABILITIES: probabilities}
         if self.argmax:
-            # its predict() is this very argmax of predict_proba(): one pass, not two
+            # its predict() is an argmax that this argmax of predict_proba() matches
+            # (ARGMAX_OF_PROBA, ARGMAX_OF_SCORES): one pass over the model, not two
             labels = self.final.classes_.take(np.argmax(probabilities, axis=1), axis=0)
-            return {"predictions": labels, "probabilities": probabilities}
+            return {PREDICTIONS: labels, PROBABILITIES: probabilities}
         # two calls: argmax(proba) differs from predict for other estimators (SVC)
-        return {"predictions": self.final.predict(x), "probabilities": probabilities}
+        return {PREDICTIONS: self.final.predict(x), PROBABILITIES: probabilities}
 
 
 def _takes_arrays(model: Any, columns: list[str]) -> bool:

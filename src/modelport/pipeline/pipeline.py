@@ -195,7 +195,8 @@ class Pipeline:
         keys = list(frame.keys) if not rejects else [frame.keys[i] for i in good]
         try:
             outputs, deployment = await self.dataplane.answer(
-                deployment, batch, source=f"pipeline:{self.name}", keys=keys)
+                deployment, batch, source=f"pipeline:{self.name}", keys=keys,
+                outputs=self.outputs)
         except ModelOutputError as exc:  # nothing of that answer fits a row: reject all
             return Scored(Frame([], {}), rejects + [Reject(k, exc.message) for k in keys])
         if self.outputs:

@@ -47,10 +47,17 @@ def request_schema(sig: Signature) -> dict[str, Any]:
             "description": "values in column order: " + ", ".join(s.name for s in sig.inputs)}
     else:
         row = field_schema(sig.inputs[0], sig.allow_nan)
-    return {"type": "object", "properties": {
+    props: dict[str, Any] = {
         "instances": {"type": "array", "items": row, "description": "rows"},
         "records": {"type": "array", "items": record, "description": "named values per row"},
-    }}
+    }
+    if sig.outputs:
+        props["outputs"] = {
+            "type": "array", "minItems": 1,
+            "items": {"type": "string", "enum": [s.name for s in sig.outputs]},
+            "description": "compute and answer only these outputs, each under its own "
+                           "name (default: all, the first as \"predictions\")"}
+    return {"type": "object", "properties": props}
 
 
 def response_schema(sig: Signature) -> dict[str, Any]:

@@ -10,28 +10,35 @@ from starlette.responses import HTMLResponse, Response
 
 from modelport.datatypes import jsonable
 from modelport.errors import InvalidInput
+from modelport.outputs import read_outputs
 from modelport.server.example import curl_command
 from modelport.server.responses import JSON, read_json
 from modelport.server.state import dataplane
 
 
 async def predict(request: Request) -> Response:
-    """`{"instances": [[…], …]}` (rows) or `{"records": [{…}]}` / a bare list of records."""
+    """`{"instances": [[…], …]}` (rows) or `{"records": [{…}]}` / a bare list of records;
+    `"outputs": [names]` computes and answers only those outputs, each by its name."""
     dp = dataplane(request)
     name = request.path_params["name"]
     deployment = dp.deployment(name)  # first: unknown names must not become metric labels
     request.state.model, request.state.route = name, "predict"
     request.state.version = deployment.version
     body = await read_json(request)
+    asked = read_outputs(body.get("outputs")) if isinstance(body, dict) else None
     batch = deployment.model.signature.decode(_rows(body))
     outputs, deployment = await dp.answer(
-        deployment, batch, source="predict", headers=request.headers,
+        deployment, batch, source="predict", headers=request.headers, outputs=asked,
         request_id=getattr(request.state, "request_id", None))
     request.state.version = deployment.version  # the canary's, when it answered
-    first, *rest = outputs
-    answer: dict[str, Any] = {"predictions": jsonable(outputs[first])}
-    for key in rest:
-        answer[key] = jsonable(outputs[key])
+    answer: dict[str, Any]
+    if asked is not None:  # what was asked, by name
+        answer = {key: jsonable(outputs[key]) for key in dict.fromkeys(asked)}
+    else:  # the first output as "predictions", then the others by name
+        first, *rest = outputs
+        answer = {"predictions": jsonable(outputs[first])}
+        for key in rest:
+            answer[key] = jsonable(outputs[key])
     answer["model"], answer["version"] = name, deployment.version
     return JSON(answer)
 

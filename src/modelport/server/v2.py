@@ -108,11 +108,12 @@ async def infer(request: Request) -> Response:
     req = codec.parse_request(
         body, codec.header_length(request.headers.get(codec.HEADER_LENGTH), len(body)))
     sig = deployment.model.signature
-    if sig.outputs:  # a bad output name costs no model call
-        codec.check_outputs(req.outputs, [s.name for s in sig.outputs])
+    # only the outputs asked for are computed; a bad name costs no model call
+    asked = [out.name for out in req.outputs] if req.outputs else None
+    deployment.outputs.ask(asked)
     batch = sig.validate(to_batch(sig, req.inputs))
     outputs, deployment = await dp.answer(
-        deployment, batch, source="v2_infer", headers=request.headers,
+        deployment, batch, source="v2_infer", headers=request.headers, outputs=asked,
         request_id=getattr(request.state, "request_id", None))
     request.state.version = deployment.version  # the canary's, when it answered
     content, json_length = codec.encode_response(
