@@ -272,3 +272,24 @@ async def test_the_gauges_follow_the_served_versions(settings: Settings) -> None
     assert value("modelport_live_quality", accuracy) is None
     assert value("modelport_feedback_joined_rows", {"model": "m", "version": "1"}) is None
     await watch.stop()
+
+
+async def test_a_guard_can_bound_live_quality_since_the_promotion(
+        url: str, store: FeedbackStore) -> None:
+    from modelport.promotion import METRICS, LiveWindow
+    from modelport.promotion.bounds import parse_guard
+
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    y = np.array([0, 1] * 20)
+    pred = y.copy()
+    pred[:10] = 1 - pred[:10]  # a quarter wrong
+    await log_calls(url, [({"x": np.ones((1, 3))}, {"predictions": pred[i:i + 1]},
+                           f"r-{i}", None, "predict") for i in range(len(y))])
+    log = LogStore(url)
+    window = LiveWindow(log, "m", 1, since)
+    assert METRICS["accuracy"].read(window) is None  # no label yet: nothing to judge
+    store.submit([Label("request", f"r-{i}", 0, int(y[i])) for i in range(len(y))])
+    assert METRICS["accuracy"].read(window) == pytest.approx(0.75)
+    (bound,) = parse_guard("accuracy>90%", set(METRICS))
+    assert not bound.holds(0.75)
+    log.close()

@@ -13,7 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from modelport.monitoring.feedback import FeedbackStore
 from modelport.monitoring.logstore import Count, LogStore, percentile
+from modelport.monitoring.quality import live_quality
 
 
 @dataclass
@@ -78,6 +80,15 @@ def _quantile(q: float) -> Callable[[LiveWindow], float | None]:
     return read
 
 
+def _quality(metric: str) -> Callable[[LiveWindow], float | None]:
+    """Live quality from feedback (labels joined with the logged predictions) since
+    the promotion: None until a label arrived."""
+    def read(w: LiveWindow) -> float | None:
+        return live_quality(w.model, w.version, metric, w.since,
+                            log=FeedbackStore(w.store)).value
+    return read
+
+
 METRICS: dict[str, LiveMetric] = {
     "requests": LiveMetric(lambda w: float(w.traffic().calls), rate=False, grows=True),
     "errors": LiveMetric(lambda w: float(w.traffic().errors), rate=False, grows=True),
@@ -85,10 +96,13 @@ METRICS: dict[str, LiveMetric] = {
     "p50_ms": LiveMetric(_quantile(0.50)),
     "p95_ms": LiveMetric(_quantile(0.95)),
     "p99_ms": LiveMetric(_quantile(0.99)),
+    **{name: LiveMetric(_quality(name)) for name in ("accuracy", "auc", "mae", "rmse")},
 }
 """Live metrics by name: what a guard can bound. `requests` counts model calls (a
 batch is one call), `error_rate` is the share of them that failed, `pNN_ms` are
-latency quantiles within one bucket of the truth (the log's 1-2-5 buckets)."""
+latency quantiles within one bucket of the truth (the log's 1-2-5 buckets);
+`accuracy`, `auc`, `mae` and `rmse` are live quality on the feedback that arrived
+since the promotion (docs/feedback.md), judged, like the rates, once the version has `min_requests` calls."""
 
 
 def register_metric(name: str, metric: LiveMetric) -> None:
