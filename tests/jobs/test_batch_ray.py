@@ -5,6 +5,7 @@ every key has exactly one right row."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,7 +30,8 @@ from batch_helpers import (
     wait_for,
 )
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(300)]
+# the deadlines are generous: Ray's processes start slowly on a busy two-core machine
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 def _free_port() -> int:
@@ -56,7 +58,8 @@ def cluster() -> Iterator[Cluster]:
     port = _free_port()
     temp = tempfile.mkdtemp(prefix="mpray", dir="/tmp")  # short: Ray's socket paths
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELPORT_", "RAY_"))}
-    env.update(LOOPBACK)
+    # Ray runs its workers at nice 15; on a busy two-core machine they would starve
+    env.update(LOOPBACK, RAY_worker_niceness="0")
     # the workers import batch_helpers' slow step (this folder) and small_models (tests/)
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(HERE.parent)])
     ray = Path(sys.executable).parent / "ray"
@@ -85,6 +88,7 @@ def cluster() -> Iterator[Cluster]:
                 continue
         for pid in _descendants(proc.pid):  # a worker that left the group
             os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture
@@ -164,7 +168,7 @@ def test_ray_job_scores_every_key_once_with_rejects(
     # keys 3001-3005 are not in the table: set aside, as the local job does
     r = modelport(home, pg_url, "batch", "score", "-c", str(config), "--ray-address",
                   cluster.address, "--keys", "SELECT id FROM patients UNION ALL "
-                  "SELECT generate_series(3001, 3005)", timeout=180, **LOOPBACK)
+                  "SELECT generate_series(3001, 3005)", timeout=600, **LOOPBACK)
     assert r.code == 3, r.err
     assert "read                    3,005 rows" in r.out, r.out
     assert "written                 3,000 rows" in r.out
@@ -198,7 +202,7 @@ def test_ray_job_killed_driver_then_actor_ends_with_one_row_per_key(
     # 1. SIGKILL of the driver, with some blocks committed
     proc = start(home, pg_url, *args, **LOOPBACK)
     try:
-        wait_for(lambda: blocks_done() >= 4 or proc.poll() is not None, 120, "4 blocks done")
+        wait_for(lambda: blocks_done() >= 4 or proc.poll() is not None, 600, "4 blocks done")
         assert proc.poll() is None, proc.communicate()
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
@@ -208,6 +212,8 @@ def test_ray_job_killed_driver_then_actor_ends_with_one_row_per_key(
         proc.communicate()
     first = blocks_done()
     assert 4 <= first < 24
+    # the cluster ends the dead driver's job: its actors go
+    wait_for(lambda: not _scorers(cluster), 120, "the killed job's actors to end")
     [(read, status)] = query(pg_url, "SELECT rows_read, status FROM mp_batch_checkpoints")
     assert (read, status) == (first * 500, "running")
 
@@ -215,19 +221,20 @@ def test_ray_job_killed_driver_then_actor_ends_with_one_row_per_key(
     # and redoes its batch
     proc = start(home, pg_url, *args, **LOOPBACK)
     try:
-        wait_for(lambda: blocks_done() >= first + 3 or proc.poll() is not None, 120,
+        wait_for(lambda: blocks_done() >= first + 3 or proc.poll() is not None, 600,
                  "3 more blocks done")
         actors = _scorers(cluster)
         assert actors and proc.poll() is None, proc.communicate()
         os.kill(actors[0], signal.SIGKILL)
-        out, err = proc.communicate(timeout=150)
+        at_kill = blocks_done()
+        out, err = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err
     assert f"(resumed after {first * 500:,})" in out, out
-    assert actors[0] not in _scorers(cluster)
+    assert at_kill < 24  # blocks were left for the restarted actor and the other one
     assert predictions(pg_url) == expected(data)  # every key, once, right
     assert query(pg_url, "SELECT count(*) FROM results") == [(n,)]
     [cp] = query(pg_url, "SELECT status, rows_read, rows_written, chunks "

@@ -240,9 +240,8 @@ def connect(address: str | None) -> None:
     if ray.is_initialized():
         return
     # the actors' own logs stay in the cluster's log files; the command prints a summary
-    quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
     if address:
-        ray.init(address=address, **quiet)
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         return
     # A Ray of the job's own listens on loopback only: without token auth, whoever
     # reaches a Ray node can run code on it. Ray binds a node to the host's address even
@@ -251,7 +250,8 @@ def connect(address: str | None) -> None:
     from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False
-    ray.init(address="local", include_dashboard=False, **quiet)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False,
+             logging_level=logging.WARNING)
 
 
 @dataclass
