@@ -240,9 +240,3 @@ def test_ray_job_killed_driver_then_actor_ends_with_one_row_per_key(
     [cp] = query(pg_url, "SELECT status, rows_read, rows_written, chunks "
                          "FROM mp_batch_checkpoints")
     assert tuple(cp) == ("done", n, n, 24)
-
-
-def test_import_of_the_jobs_does_not_import_ray() -> None:
-    code = ("import sys, modelport.jobs, modelport.cli; "
-            "assert 'ray' not in sys.modules, 'ray imported'")
-    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,9 +1,12 @@
 """Blocks of a batch job run on Ray: the plan covers the source exactly (every row in
 one block, once), is stored once per run, and the KubeRay manifest is a valid job.
-No Ray here: the plan and its reads are what the Ray tasks run."""
+No Ray here: the plan and its reads are what the Ray tasks run; and nothing imports
+Ray unless a job runs on it."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,6 +44,8 @@ def test_a_keys_query_is_cut_into_key_ranges_that_cover_it_once(db: str) -> None
     blocks = plan(source, 3)
     assert [(b.lo, b.hi) for b in blocks] == [(None, 3), (3, 6), (6, 9), (9, None)]
     assert _keys_in_blocks(source, blocks) == [[1, 2, 3], [4, 5, 6], [7, 8, 9], [10]]
+    # as many keys as blocks of 5 exactly: no empty block after the last
+    assert [(b.lo, b.hi) for b in plan(source, 5)] == [(None, 5), (5, None)]
     source.close()
 
 
@@ -94,3 +99,8 @@ def test_the_kuberay_rayjob_manifest_parses_and_its_config_runs_on_ray(
     [pipeline] = config.pipelines
     assert (pipeline.engine, pipeline.ray.address) == ("ray", "auto")
 
+
+def test_ray_is_imported_only_when_a_job_runs_on_it() -> None:
+    code = ("import sys, modelport.jobs, modelport.cli, modelport.config; "
+            "assert 'ray' not in sys.modules, 'ray imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

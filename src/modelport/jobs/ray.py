@@ -250,8 +250,10 @@ def connect(address: str | None) -> None:
     from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False
+    # and its workers run at the driver's priority (Ray's default, nice 15, is for
+    # sharing a node with the Ray's own processes; here the job is all there is)
     ray.init(address="local", include_dashboard=False, log_to_driver=False,
-             logging_level=logging.WARNING)
+             logging_level=logging.WARNING, _system_config={"worker_niceness": 0})
 
 
 @dataclass
@@ -323,7 +325,7 @@ class _Scorer:
         if not lookup:  # rows in hand: the retriever is not used
             self.pipeline.retriever = None
         self.lookup, self.dry_run = lookup, dry_run
-        log.warning("scoring actor for pipeline %s ready in %.1fs", pipeline,
+        log.info("scoring actor for pipeline %s ready in %.1fs", pipeline,
                     time.perf_counter() - started)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -172,10 +172,11 @@ class KeyQuery(Source):
         col = self.engine.dialect.identifier_preparer.quote(self._columns[0])
         distinct = "DISTINCT " if self.lookup else ""
         keys = f"SELECT {distinct}mp_q.{col} AS mp_key FROM ({self.query}) AS mp_q"
-        numbered = (f"SELECT mp_key, row_number() OVER (ORDER BY mp_key) AS mp_n "
-                    f"FROM ({keys}) AS mp_k")
+        numbered = (f"SELECT mp_key, row_number() OVER (ORDER BY mp_key) AS mp_n, "
+                    f"count(*) OVER () AS mp_all FROM ({keys}) AS mp_k")
+        # not the last key: the block after it would be empty
         sql = f"SELECT mp_key FROM ({numbered}) AS mp_b WHERE mp_n % {int(rows)} = 0 " \
-              "ORDER BY mp_key"
+              "AND mp_n < mp_all ORDER BY mp_key"
         try:
             with self.engine.connect() as conn:
                 found = [row[0] for row in conn.execute(sa.text(sql))]
