@@ -59,10 +59,6 @@ READ_CPUS = 0.25
 CPU each would leave none for the actors on a small cluster."""
 
 
-class RayJobFailed(ModelportError):
-    """The job could not finish on Ray (rerun the same command to resume it)."""
-
-
 class RayBatchJob:
     """One run of a batch job on Ray; `job.run()` (blocking) returns what it did.
 
@@ -151,11 +147,40 @@ class RayBatchJob:
                table: BlockTable | None, result: BatchResult) -> None:
         if not todo:
             return
+        progress = {b.index: _Progress() for b in todo}
+
+        def commit(index: int) -> None:
+            p = progress.pop(index)
+            _count(p, cp, result)
+            if state is not None and table is not None:  # every row of it is written
+                state.commit(cp, p.rejects, table.mark_done(cp.job_id, cp.run, index))
+
+        try:
+            for batch in self._dataset(todo).iter_batches(batch_format="numpy",
+                                                          batch_size=None):
+                for row in _rows(batch):
+                    index = int(row["block"])
+                    progress[index].add(row)
+                    if self.reporter is not None:
+                        self.reporter.advance(int(row["read"]))
+                    if progress[index].complete:
+                        commit(index)
+        except ModelportError:
+            raise
+        except Exception as exc:  # Ray's, wrapping what failed in a task or an actor
+            raise ModelportError(f"batch job {self.job_id} failed on Ray (run it again to "
+                                 f"resume): {_first_line(exc)}") from exc
+        # every block's rows have come back: those left had none (an empty key range)
+        for index in list(progress):
+            commit(index)
+
+    def _dataset(self, todo: list[Block]) -> Any:
+        """Read tasks (one per block), then the scoring actors; runs as it is iterated."""
         connect(self.ray.address)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the command shows its own
         context.print_on_execution_start = False
-        scored = ray.data.read_datasource(
+        return ray.data.read_datasource(
             _BlockSource(self.source, todo, self.options.chunk_size),
             override_num_blocks=len(todo),
             num_cpus=READ_CPUS,
@@ -166,44 +191,6 @@ class RayBatchJob:
             batch_size=self.options.chunk_size, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=self.ray.actors),
             num_cpus=self.ray.cpus_per_actor)
-        progress = {b.index: _Progress() for b in todo}
-
-        def commit(index: int) -> None:
-            p = progress.pop(index)
-            written = p.read - len(p.rejects)
-            result.read += p.read
-            result.written += written
-            result.rejected += len(p.rejects)
-            for r in p.rejects:
-                if r.reason in result.reasons or len(result.reasons) < 10:
-                    result.reasons[r.reason] = result.reasons.get(r.reason, 0) + 1
-            cp.chunks += 1
-            cp.read += p.read
-            cp.written += written
-            cp.rejected += len(p.rejects)
-            if state is not None and table is not None:  # every row of it is written
-                state.commit(cp, p.rejects, table.mark_done(cp.job_id, cp.run, index))
-
-        try:
-            for batch in scored.iter_batches(batch_format="numpy", batch_size=None):
-                for row in _rows(batch):
-                    index = int(row["block"])
-                    p = progress[index]
-                    p.read += int(row["read"])
-                    p.rejects += [RejectRow(k, reason, payload) for k, reason, payload
-                                  in orjson.loads(row["rejects"])]
-                    if int(row["total"]) >= 0:
-                        p.total = int(row["total"])
-                    if self.reporter is not None:
-                        self.reporter.advance(int(row["read"]))
-                    if p.total is not None and p.read >= p.total:
-                        commit(index)
-        except ray.exceptions.RayError as exc:
-            raise RayJobFailed(f"batch job {self.job_id} failed on Ray: "
-                               f"{_first_line(exc)}") from exc
-        # every block's rows have come back: those left had none (an empty key range)
-        for index in list(progress):
-            commit(index)
 
     def _actor_settings(self) -> Settings:
         # the actors' registry is the driver's: an absolute home, wherever they run
@@ -258,9 +245,37 @@ def connect(address: str | None) -> None:
 
 @dataclass
 class _Progress:
+    """What the actors reported of one block so far."""
+
     read: int = 0
     total: int | None = None
     rejects: list[RejectRow] = field(default_factory=list)
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.read += int(row["read"])
+        self.rejects += [RejectRow(key, reason, payload)
+                         for key, reason, payload in orjson.loads(row["rejects"])]
+        if int(row["total"]) >= 0:  # the block's last rows say how many it has
+            self.total = int(row["total"])
+
+    @property
+    def complete(self) -> bool:
+        return self.total is not None and self.read >= self.total
+
+
+def _count(p: _Progress, cp: Checkpoint, result: BatchResult) -> None:
+    """A finished block's rows, into the checkpoint and this run's result."""
+    written = p.read - len(p.rejects)
+    result.read += p.read
+    result.written += written
+    result.rejected += len(p.rejects)
+    for r in p.rejects:
+        if r.reason in result.reasons or len(result.reasons) < 10:
+            result.reasons[r.reason] = result.reasons.get(r.reason, 0) + 1
+    cp.chunks += 1
+    cp.read += p.read
+    cp.written += written
+    cp.rejected += len(p.rejects)
 
 
 class _BlockSource(Datasource):
