@@ -303,17 +303,18 @@ KEYS, ROWS, DRY = ("modelport, --keys 'SELECT id' (lookup)",
 RAY = "modelport --engine ray, --keys 'SELECT *'"
 
 
-def start_ray() -> float:
-    """A local Ray for the Ray rows (on loopback, as `--engine ray` starts one); seconds."""
+def start_ray(address: str | None) -> float:
+    """Join the Ray at `address`, or start a local one as `--engine ray` does (on
+    loopback); seconds."""
     from modelport.jobs.ray import connect
 
     started = time.perf_counter()
-    connect(None)
+    connect(address)
     return time.perf_counter() - started
 
 
-def bench(n: int, reps: int, chunk: int, url: str, ray: tuple[int, int] | None = None
-          ) -> dict[str, Any]:
+def bench(n: int, reps: int, chunk: int, url: str, ray: tuple[int, int] | None = None,
+          ray_address: str | None = None) -> dict[str, Any]:
     table = f"bench_batch_{uuid.uuid4().hex[:8]}"
     conn = psycopg.connect(url, autocommit=True)
     X, clf = model()
@@ -340,7 +341,7 @@ def bench(n: int, reps: int, chunk: int, url: str, ray: tuple[int, int] | None =
             if ray is not None:
                 actors, block_size = ray
                 print("starting a local Ray ...", file=sys.stderr)
-                ray_start = start_ray()
+                ray_start = start_ray(ray_address)
                 measures.append((RAY, lambda: ray_job(mp, conn, table, actors, block_size)))
             job(mp, conn, table, f"SELECT id FROM {table} WHERE id <= 20000", [])  # warm-up
             for rep in range(reps):
@@ -482,12 +483,13 @@ def main() -> None:
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray row")
     parser.add_argument("--ray-actors", type=int, default=2)
     parser.add_argument("--ray-block-size", type=int, default=50_000)
+    parser.add_argument("--ray-address", help="a running Ray (default: start a local one)")
     args = parser.parse_args()
     n = args.rows or (200_000 if args.quick else 1_000_000)
     reps = args.reps or (1 if args.quick else 3)
     started = time.monotonic()
     ray = None if args.no_ray else (args.ray_actors, args.ray_block_size)
-    result = bench(n, reps, args.chunk_size, args.url, ray)
+    result = bench(n, reps, args.chunk_size, args.url, ray, args.ray_address)
     print(report(result))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({

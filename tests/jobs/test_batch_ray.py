@@ -40,9 +40,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
 """Ray binds a node to the host's network address even when told 127.0.0.1, except
-where it assumes a laptop (this switch): then everything stays on loopback."""
+where it assumes a laptop (this switch): then everything stays on loopback. No token
+auth (a token file left in ~/.ray would turn it on for the head, not the drivers)."""
 
 
 @dataclass
@@ -75,8 +76,13 @@ def cluster() -> Iterator[Cluster]:
             return s.connect_ex(("127.0.0.1", port)) == 0
 
     try:
-        wait_for(lambda: listening() or proc.poll() is not None, 60, "the Ray head")
+        wait_for(lambda: listening() or proc.poll() is not None, 120, "the Ray head")
         assert proc.poll() is None, "ray start --head exited"
+        # the GCS listens before the node is up (or has failed): one task says it is
+        probe = ("import ray; ray.init(address='127.0.0.1:%d'); "
+                 "assert ray.get(ray.remote(lambda: 1).remote()) == 1" % port)
+        subprocess.run([sys.executable, "-c", probe], env=env, check=True, timeout=600,
+                       stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         yield Cluster(f"127.0.0.1:{port}", proc.pid)
     finally:
         for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
