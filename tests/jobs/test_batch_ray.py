@@ -79,8 +79,8 @@ def cluster() -> Iterator[Cluster]:
         wait_for(lambda: listening() or proc.poll() is not None, 120, "the Ray head")
         assert proc.poll() is None, "ray start --head exited"
         # the GCS listens before the node is up (or has failed): one task says it is
-        probe = ("import ray; ray.init(address='127.0.0.1:%d'); "
-                 "assert ray.get(ray.remote(lambda: 1).remote()) == 1" % port)
+        probe = (f"import ray; ray.init(address='127.0.0.1:{port}'); "
+                 "assert ray.get(ray.remote(lambda: 1).remote()) == 1")
         subprocess.run([sys.executable, "-c", probe], env=env, check=True, timeout=600,
                        stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         yield Cluster(f"127.0.0.1:{port}", proc.pid)
