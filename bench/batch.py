@@ -1,6 +1,6 @@
 """Batch benchmark: `modelport batch` against a plain PostgreSQL read and the raw model.
 
-    .venv/bin/python bench/batch.py [--rows 1000000] [--quick]     # or: make bench-batch
+    .venv/bin/python bench/batch.py [--rows 1000000] [--quick] [--no-ray]  # or: make bench-batch
 
 Loads N rows of breast-cancer-like features (an integer id and 30 floats) into a
 PostgreSQL table with COPY, registers StandardScaler + LogisticRegression in a
@@ -14,7 +14,11 @@ shared machine hits every measurement alike:
   upserting predictions and probabilities into a results table it creates, fed by a
   keys query (`SELECT id FROM t`, each chunk looked up by the retriever) and by a query
   that carries the features (`SELECT * FROM t`, no lookup); a dry run of the latter
-  (no writes) separates reading and scoring from writing.
+  (no writes) separates reading and scoring from writing;
+- modelport on Ray (`--engine ray`, unless --no-ray): the same job (the query that
+  carries the features) on a local Ray started once beforehand (its start is reported
+  on its own), blocks of --ray-block-size rows, --ray-actors actors; each run starts
+  its actors, which load the model, so the time includes that.
 
 Prints medians and the target ratio, modelport rows/s / min(raw model, raw read), and
 writes JSON to bench/results/batch.json. bench/README.md explains it.
@@ -238,6 +242,40 @@ class Modelport:
         timing.rows = result.read if dry_run else result.written
         return startup, timing
 
+    def run_on_ray(self, query: str, actors: int, block_size: int) -> Timing:
+        """The same job on Ray Data (the cluster already started), as `--engine ray`
+        runs it: the driver's service loads the model once to check it and pin its
+        version, then the job plans, reads, scores and commits its blocks."""
+        return asyncio.run(self._run_on_ray(query, actors, block_size))
+
+    async def _run_on_ray(self, query: str, actors: int, block_size: int) -> Timing:
+        from modelport import Registry, Settings
+        from modelport.config import RayConfig, load_config
+        from modelport.jobs import BatchOptions, source_for
+        from modelport.jobs.ray import RayBatchJob, pinned_versions
+        from modelport.service import Service
+
+        settings = Settings(home=self.home)
+        with Registry(settings=settings) as reg:
+            service = Service(settings, load_config(self.config, {}), reg)
+            await service.start(follow=False)
+            try:
+                pinned = pinned_versions(service)
+            finally:
+                await service.stop()
+            source = source_for(service, "score", keys=query)
+            job = RayBatchJob(service, "score", source, BatchOptions(
+                chunk_size=service.config.pipelines[0].chunk_size,
+                job_id=f"{self.table}-{uuid.uuid4().hex[:8]}"),
+                RayConfig(actors=actors, block_size=block_size, cpus_per_actor=0.5),
+                pinned=pinned)
+            timing = await timed_async(lambda: asyncio.to_thread(job.run))
+        result = timing.result
+        if result.rejected:
+            raise SystemExit(f"{result.rejected} rows rejected: {result.reasons}")
+        timing.rows = result.written
+        return timing
+
     def process_startup(self) -> float:
         """`modelport batch` as a command on 1,000 rows, less the job's own time: the
         cost of starting Python, importing, loading the model and connecting."""
@@ -262,9 +300,21 @@ MODEL, COPY, SELECT = "raw model (predict_proba)", "raw read: COPY binary", "raw
 KEYS, ROWS, DRY = ("modelport, --keys 'SELECT id' (lookup)",
                    "modelport, --keys 'SELECT *' (no lookup)",
                    "modelport, --keys 'SELECT *', dry run")
+RAY = "modelport --engine ray, --keys 'SELECT *'"
 
 
-def bench(n: int, reps: int, chunk: int, url: str) -> dict[str, Any]:
+def start_ray(address: str | None) -> float:
+    """Join the Ray at `address`, or start a local one as `--engine ray` does (on
+    loopback); seconds."""
+    from modelport.jobs.ray import connect
+
+    started = time.perf_counter()
+    connect(address)
+    return time.perf_counter() - started
+
+
+def bench(n: int, reps: int, chunk: int, url: str, ray: tuple[int, int] | None = None,
+          ray_address: str | None = None) -> dict[str, Any]:
     table = f"bench_batch_{uuid.uuid4().hex[:8]}"
     conn = psycopg.connect(url, autocommit=True)
     X, clf = model()
@@ -287,6 +337,12 @@ def bench(n: int, reps: int, chunk: int, url: str) -> dict[str, Any]:
                 (DRY, lambda: job(mp, conn, table, f"SELECT * FROM {table}", startups,
                                   dry_run=True)),
             ]
+            ray_start = None
+            if ray is not None:
+                actors, block_size = ray
+                print("starting a local Ray ...", file=sys.stderr)
+                ray_start = start_ray(ray_address)
+                measures.append((RAY, lambda: ray_job(mp, conn, table, actors, block_size)))
             job(mp, conn, table, f"SELECT id FROM {table} WHERE id <= 20000", [])  # warm-up
             for rep in range(reps):
                 for label, measure in measures:
@@ -304,7 +360,13 @@ def bench(n: int, reps: int, chunk: int, url: str) -> dict[str, Any]:
         if conn.execute("SELECT to_regclass('mp_batch_checkpoints')").fetchone() != (None,):
             conn.execute("DELETE FROM mp_batch_checkpoints WHERE job_id LIKE %s", [f"{table}-%"])
         conn.close()
-    return summarize(n, chunk, runs, load_seconds, statistics.median(startups), process)
+    result = summarize(n, chunk, runs, load_seconds, statistics.median(startups), process)
+    if ray is not None:
+        result["ray"] = {"actors": ray[0], "block_size": ray[1], "start_s": ray_start,
+                         "rows_per_s_vs_local": statistics.median(
+                             runs[ROWS][i].seconds / runs[RAY][i].seconds
+                             for i in range(reps))}
+    return result
 
 
 def register(home: Path, X: Any, clf: Any) -> None:
@@ -342,6 +404,12 @@ def job(mp: Modelport, conn: psycopg.Connection[Any], table: str, query: str,
     startup, timing = mp.run(query, dry_run=dry_run)
     startups.append(startup)
     return timing
+
+
+def ray_job(mp: Modelport, conn: psycopg.Connection[Any], table: str, actors: int,
+            block_size: int) -> Timing:
+    conn.execute(f"DROP TABLE IF EXISTS {table}_results")
+    return mp.run_on_ray(f"SELECT * FROM {table}", actors, block_size)
 
 
 def summarize(n: int, chunk: int, timings: dict[str, list[Timing]], load: float,
@@ -390,7 +458,13 @@ def report(result: dict[str, Any]) -> str:
         lines.append(f"  {label}: {ratio:.0%} {'ok' if ratio >= TARGET else 'MISSED'} "
                      f"(vs the COPY read: {result['ratio_vs_copy'][label]:.0%}, vs the "
                      f"SELECT read: {result['ratio_vs_select'][label]:.0%})")
-    lines.append("CPU s: this process's CPU time (all threads; PostgreSQL's is not in it)")
+    lines.append("CPU s: this process's CPU time (all threads; PostgreSQL's is not in it; "
+                 "on Ray, the driver's alone)")
+    if "ray" in result:
+        ray = result["ray"]
+        lines.append(f"on Ray: {ray['actors']} actors, blocks of {ray['block_size']:,} rows; "
+                     f"{ray['rows_per_s_vs_local']:.2f}x the local engine's rows/s on the same "
+                     f"query; the local Ray's start, not in the times: {ray['start_s']:.1f} s")
     lines.append(f"start-up, not in the times above: {result['startup_in_process_s']:.2f} s "
                  f"in-process (model load, connections); {result['startup_process_s']:.1f} s "
                  "for the `modelport batch` command (Python, imports, the same)")
@@ -406,11 +480,16 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=10_000)
     parser.add_argument("--url", default=URL, help=f"PostgreSQL (default {URL})")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray row")
+    parser.add_argument("--ray-actors", type=int, default=2)
+    parser.add_argument("--ray-block-size", type=int, default=50_000)
+    parser.add_argument("--ray-address", help="a running Ray (default: start a local one)")
     args = parser.parse_args()
     n = args.rows or (200_000 if args.quick else 1_000_000)
     reps = args.reps or (1 if args.quick else 3)
     started = time.monotonic()
-    result = bench(n, reps, args.chunk_size, args.url)
+    ray = None if args.no_ray else (args.ray_actors, args.ray_block_size)
+    result = bench(n, reps, args.chunk_size, args.url, ray, args.ray_address)
     print(report(result))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({

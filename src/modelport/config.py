@@ -106,6 +106,21 @@ class StreamConfig(BaseModel):
         return self
 
 
+class RayConfig(BaseModel):
+    """For batch runs on Ray (`engine: ray`): the cluster and how the job is cut up."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = None
+    """`ray://HOST:10001` (Ray Client), `HOST:6379` (on a cluster node) or `auto`; default
+    a Ray started for the job, on loopback."""
+    actors: int = Field(2, ge=1)
+    """Scoring actors, each loading the model once and scoring one batch at a time."""
+    block_size: int = Field(100_000, ge=1)
+    """Rows per block: the unit read in parallel, and committed (and redone) whole."""
+    cpus_per_actor: float = Field(1.0, gt=0)
+
+
 class PipelineEntry(PipelineConfig):
     """One pipeline under `pipelines:`: what it is built from (`PipelineConfig`) and the
     options of the triggers that run it, which the pipeline itself never reads."""
@@ -118,6 +133,10 @@ class PipelineEntry(PipelineConfig):
     keys: str | None = None
     """For scheduled batch runs: the query (or file) that lists the keys to score."""
     chunk_size: int = Field(10_000, ge=1)
+    engine: Literal["local", "ray"] = "local"
+    """Where batch runs go: `local` (this process) or `ray` (Ray Data; `pip install
+    'modelport[ray]'`)."""
+    ray: RayConfig = Field(default_factory=RayConfig)
     stream: StreamConfig | None = None
     """For `modelport stream`: the broker to consume, dead letters, batch size."""
 

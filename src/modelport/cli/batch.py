@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import textwrap
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,8 +33,15 @@ from rich.progress import (
 from rich.text import Text
 
 from modelport.cli.context import CliState, load_service_config, state
+from modelport.config import RayConfig, ServiceConfig
+from modelport.errors import ConfigError
 from modelport.jobs.batch import BatchJob, BatchOptions, BatchResult, source_for
 from modelport.service import Service
+
+
+class Engine(StrEnum):
+    local = "local"
+    ray = "ray"
 
 
 def batch(
@@ -68,14 +76,30 @@ def batch(
              "<writer table>_rejects table.", show_default=False)] = None,
     fresh: Annotated[bool, typer.Option(
         "--fresh", help="Start over instead of resuming an unfinished run.")] = False,
+    engine: Annotated[Engine | None, typer.Option(
+        help="Run here (local) or on Ray Data (ray; needs modelport[ray]); default the "
+             "pipeline's engine: setting.", show_default=False)] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        help="The Ray cluster (ray://HOST:10001); default the pipeline's ray.address, "
+             "else a local Ray.", show_default=False)] = None,
+    actors: Annotated[int | None, typer.Option(
+        min=1, help="Ray scoring actors (default: the pipeline's ray.actors).",
+        show_default=False)] = None,
 ) -> int:
     """Score a query's keys or rows, or a file's rows, through a pipeline, in resumable
     chunks."""
     cli = state(ctx)
     service_config = load_service_config(config, pipeline=pipeline)
+    entry = service_config.pipelines[0]
     options = BatchOptions(
-        chunk_size=chunk_size or service_config.pipelines[0].chunk_size, dry_run=dry_run,
+        chunk_size=chunk_size or entry.chunk_size, dry_run=dry_run,
         job_id=job_id, rejects_file=rejects, fresh=fresh)
+    if (engine.value if engine else entry.engine) == "ray":
+        updates: dict[str, Any] = {"address": ray_address, "actors": actors}
+        ray_config = entry.ray.model_copy(
+            update={k: v for k, v in updates.items() if v is not None})
+        return batch_on_ray(cli, service_config, pipeline, options, ray_config,
+                            keys=keys, input_file=input_file, keys_url=keys_url, key=key)
     with cli.registry() as reg:
         service = Service(cli.settings, service_config, reg)
         source = source_for(service, pipeline, keys=keys, input_file=input_file,
@@ -92,6 +116,46 @@ def batch(
             return 130
     summarize(cli, result)
     return result.exit_code
+
+
+def batch_on_ray(cli: CliState, service_config: ServiceConfig, pipeline: str,
+                 options: BatchOptions, ray_config: RayConfig, **source: Any) -> int:
+    """The same job on Ray Data: checked and pinned here, scored by the cluster."""
+    try:
+        from modelport.jobs.ray import RayBatchJob
+    except ImportError as exc:
+        raise ConfigError("--engine ray needs Ray: pip install 'modelport[ray]'") from exc
+    with cli.registry() as reg:
+        service = Service(cli.settings, service_config, reg)
+        src = source_for(service, pipeline, **source)
+        src.check()
+        if not src.lookup:
+            service.pipeline(pipeline).retriever = None
+        pinned = asyncio.run(_check(service))
+        progress = RichReporter(cli.err)
+        job = RayBatchJob(service, pipeline, src, options, ray_config, pinned=pinned,
+                          reporter=progress)
+        try:
+            with progress:
+                result = job.run()
+                progress.finish(result.rate)
+        except KeyboardInterrupt:
+            cli.err.print(f"interrupted: run the same command again to resume job {job.job_id}")
+            return 130
+    summarize(cli, result)
+    return result.exit_code
+
+
+async def _check(service: Service) -> dict[str, int]:
+    """The model loads and the tables are there (one line each, before Ray starts);
+    the versions loaded, which every actor then scores with."""
+    from modelport.jobs.ray import pinned_versions
+
+    await service.start(follow=False, strict=True)
+    try:
+        return pinned_versions(service)
+    finally:
+        await service.stop()
 
 
 async def _run(service: Service, job: BatchJob, progress: RichReporter) -> BatchResult:

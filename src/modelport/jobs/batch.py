@@ -214,10 +214,7 @@ class BatchJob:
         if previous is not None:
             await previous
         await writing
-        rejects = _missing(chunk.frame, found) + [
-            RejectRow(r.key, r.reason, None) for r in scored.rejects]
-        if scored.rejects:
-            _add_payloads(rejects, found)
+        rejects = rejects_of(chunk.frame, found, scored)
         read, written = len(chunk.frame), len(scored.results)
         result.read += read
         result.written += written
@@ -295,15 +292,20 @@ class BatchJob:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     def _state(self) -> JobState:
-        """Checkpoints in the writer's database (with a rejects table) or the registry's."""
-        rejects_file = self.options.rejects_file
-        target = sql_target(self.service, self.pipeline.name)
-        if target is not None:
-            url, table = target
-            return JobState(url, rejects_table=f"{table}_rejects", rejects_file=rejects_file)
-        default = self.home / "batch" / f"{self.job_id}.rejects.jsonl"
-        return JobState(self.service.settings.resolved_registry_url,
-                        rejects_file=rejects_file or default)
+        return job_state(self.service, self.pipeline.name, self.job_id,
+                         self.options.rejects_file, self.home)
+
+
+def job_state(service: Service, pipeline: str, job_id: str, rejects_file: Path | None,
+              home: Path) -> JobState:
+    """Checkpoints in the writer's database (with a rejects table) or the registry's."""
+    target = sql_target(service, pipeline)
+    if target is not None:
+        url, table = target
+        return JobState(url, rejects_table=f"{table}_rejects", rejects_file=rejects_file)
+    default = home / "batch" / f"{job_id}.rejects.jsonl"
+    return JobState(service.settings.resolved_registry_url,
+                    rejects_file=rejects_file or default)
 
 
 def sql_target(service: Service, pipeline: str) -> tuple[str, str] | None:
@@ -373,6 +375,16 @@ def _key_column(config: PipelineConfig | None) -> str:
         if component is not None and isinstance(component.options.get("key"), str):
             return str(component.options["key"])
     return "id"
+
+
+def rejects_of(asked: Frame, found: Frame, scored: Scored) -> list[RejectRow]:
+    """A chunk's rows set aside: keys the retriever did not find, rows the pipeline
+    rejected (with their input row)."""
+    rejects = _missing(asked, found) + [RejectRow(r.key, r.reason, None)
+                                        for r in scored.rejects]
+    if scored.rejects:
+        _add_payloads(rejects, found)
+    return rejects
 
 
 def _missing(asked: Frame, found: Frame) -> list[RejectRow]:

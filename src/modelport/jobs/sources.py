@@ -37,10 +37,14 @@ from modelport.pipeline.columns import column
 
 @dataclass
 class Resume:
-    """Where a resumed job starts: after `last_key` (queries) or `offset` rows (files)."""
+    """Where a resumed job starts: after `last_key` (queries) or `offset` rows (files);
+    and, for one block of a job run in blocks (`modelport.jobs.blocks`), where it ends:
+    at the key `until` (included) or before the row `stop`."""
 
     last_key: Key | None = None
     offset: int = 0
+    until: Key | None = None
+    stop: int | None = None
 
 
 @dataclass
@@ -77,6 +81,11 @@ class Source(ABC):
 
     def close(self) -> None:
         return None
+
+    def bounds(self, rows: int) -> list[Key]:
+        """Where blocks of about `rows` rows end, in the order `chunks` reads: the ends
+        (included) of all but the last block, which runs to the end."""
+        raise ConfigError(f"{self.describe()} cannot be read in blocks")
 
 
 class KeyQuery(Source):
@@ -125,13 +134,20 @@ class KeyQuery(Source):
         self._columns = columns
         self.lookup = len(columns) == 1
 
-    def _ordered(self, after: str | None, select: str | None = None) -> str:
-        """The query in key order, after the key `after` (SQL) when given; `select`
-        replaces the ordering with an aggregate over it (a count)."""
+    def __getstate__(self) -> dict[str, Any]:
+        # shipped to the workers of a job run in blocks: each opens its own engine
+        return {**self.__dict__, "_engine": None}
+
+    def _ordered(self, after: str | None, select: str | None = None,
+                 until: str | None = None) -> str:
+        """The query in key order, after the key `after` and up to `until` (SQL) when
+        given; `select` replaces the ordering with an aggregate over it (a count)."""
         if not self._columns:
             self.check()
         col = self.engine.dialect.identifier_preparer.quote(self._columns[0])
-        where = f" WHERE mp_q.{col} > {after}" if after else ""
+        conditions = [f"mp_q.{col} > {after}"] if after else []
+        conditions += [f"mp_q.{col} <= {until}"] if until else []
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
         if self.lookup:
             inner = f"SELECT DISTINCT mp_q.{col} AS mp_key FROM ({self.query}) AS mp_q{where}"
             order = " ORDER BY mp_key"
@@ -141,15 +157,33 @@ class KeyQuery(Source):
         return f"SELECT {select} FROM ({inner}) AS mp_k" if select else inner + order
 
     def count(self, resume: Resume) -> int | None:
-        after = resume.last_key is not None
+        after, until, params = _range(resume)
         try:
             with self.engine.connect() as conn:
-                return int(conn.execute(sa.text(self._ordered(":after" if after else None,
-                                                              "count(*)")),
-                                        {"after": resume.last_key} if after else {}
-                                        ).scalar_one())
+                return int(conn.execute(sa.text(self._ordered(after, "count(*)", until)),
+                                        params).scalar_one())
         except SQLAlchemyError as exc:
             raise sql_error("counting the keys", exc) from exc
+
+    def bounds(self, rows: int) -> list[Key]:
+        # every rows-th key in key order (one scan of the keys, numbered by the database)
+        if not self._columns:
+            self.check()
+        col = self.engine.dialect.identifier_preparer.quote(self._columns[0])
+        distinct = "DISTINCT " if self.lookup else ""
+        keys = f"SELECT {distinct}mp_q.{col} AS mp_key FROM ({self.query}) AS mp_q"
+        numbered = (f"SELECT mp_key, row_number() OVER (ORDER BY mp_key) AS mp_n, "
+                    f"count(*) OVER () AS mp_all FROM ({keys}) AS mp_k")
+        # not the last key: the block after it would be empty
+        sql = f"SELECT mp_key FROM ({numbered}) AS mp_b WHERE mp_n % {int(rows)} = 0 " \
+              "AND mp_n < mp_all ORDER BY mp_key"
+        try:
+            with self.engine.connect() as conn:
+                found = [row[0] for row in conn.execute(sa.text(sql))]
+        except SQLAlchemyError as exc:
+            raise sql_error("planning the blocks of the keys", exc) from exc
+        # a key listed twice (a rows query) ends one block, not two
+        return [k for i, k in enumerate(found) if i == 0 or k != found[i - 1]]
 
     def chunks(self, chunk_size: int, resume: Resume) -> Iterator[Chunk]:
         if self.engine.dialect.name == "sqlite":
@@ -169,7 +203,8 @@ class KeyQuery(Source):
         is not a number (the cursor reads those)."""
         raw: Any = conn.connection.driver_connection
         after = None if resume.last_key is None else _literal(resume.last_key, raw)
-        query = self._ordered(after)
+        until = None if resume.until is None else _literal(resume.until, raw)
+        query = self._ordered(after, until=until)
         with driver_errors(conn, raw), raw.cursor() as cursor:
             oids = [oid for _, oid in pgcopy.describe(cursor, query)]
         return self._copied(conn, query, oids, chunk_size) if pgcopy.readable(oids) else None
@@ -184,10 +219,9 @@ class KeyQuery(Source):
     def _cursor(self, conn: Connection, chunk_size: int, resume: Resume) -> Iterator[Chunk]:
         # `yield_per` makes a server-side cursor (psycopg: a named cursor): the
         # database sends rows as they are fetched, never the whole result at once
-        after = resume.last_key is not None
+        after, until, params = _range(resume)
         result = conn.execution_options(yield_per=chunk_size).execute(
-            sa.text(self._ordered(":after" if after else None)),
-            {"after": resume.last_key} if after else {})
+            sa.text(self._ordered(after, until=until)), params)
         for rows in result.partitions(chunk_size):
             yield self._rows_chunk(rows)
 
@@ -207,12 +241,9 @@ class KeyQuery(Source):
         while True:
             try:
                 with self.engine.connect() as conn:
-                    stmt = sa.text(f"{self._ordered(':after' if last is not None else None)}"
-                                   " LIMIT :n")
-                    params: dict[str, Any] = {"n": chunk_size}
-                    if last is not None:
-                        params["after"] = last
-                    rows = list(conn.execute(stmt, params))
+                    after, until, params = _range(Resume(last, until=resume.until))
+                    stmt = sa.text(f"{self._ordered(after, until=until)} LIMIT :n")
+                    rows = list(conn.execute(stmt, {**params, "n": chunk_size}))
             except SQLAlchemyError as exc:
                 raise sql_error("reading the keys", exc) from exc
             if not rows:
@@ -226,6 +257,14 @@ class KeyQuery(Source):
     def close(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
+
+
+def _range(resume: Resume) -> tuple[str | None, str | None, dict[str, Any]]:
+    """The bounds of a key range as SQL parameters, with their values."""
+    params = {name: value for name, value in (("after", resume.last_key),
+                                               ("until", resume.until)) if value is not None}
+    return (":after" if "after" in params else None, ":until" if "until" in params else None,
+            params)
 
 
 def _literal(value: Any, raw: Any) -> str:
@@ -272,10 +311,25 @@ class FileRows(Source):
 
     def chunks(self, chunk_size: int, resume: Resume) -> Iterator[Chunk]:
         reader = self._parquet_chunks if self.parquet else self._csv_chunks
+        left = None if resume.stop is None else resume.stop - resume.offset
         for columns in reader(chunk_size, resume.offset):
+            if left is not None:  # a block's rows end at `stop`
+                if left <= 0:
+                    return
+                columns = {name: values[:left] for name, values in columns.items()}
+                left -= len(columns[self.key])
             keys = _python_list(columns.pop(self.key))
             if keys:
                 yield Chunk(Frame(keys, columns), keys[-1])
+
+    def bounds(self, rows: int) -> list[Key]:
+        if self.parquet:
+            total = int(self._parquet().metadata.num_rows)
+        else:  # the key column alone, parsed as CSV (a quoted value may hold a newline)
+            with _pandas().read_csv(self.path, usecols=[self.key],
+                                    chunksize=100_000) as reader:
+                total = sum(len(df) for df in reader)
+        return list(range(rows, total, rows))
 
     def _csv_chunks(self, chunk_size: int, offset: int) -> Iterator[dict[str, Any]]:
         pd = _pandas()

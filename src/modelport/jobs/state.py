@@ -12,6 +12,7 @@ rejects file is cut back to its committed length when a job resumes.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -184,8 +185,10 @@ class JobState:
             with self.engine.begin() as conn:
                 conn.exec_driver_sql(f"ALTER TABLE {CHECKPOINTS} ADD COLUMN definition TEXT")
 
-    def commit(self, cp: Checkpoint, rejects: list[RejectRow]) -> None:
-        """Record a chunk as done (its results are already written), with its rejects."""
+    def commit(self, cp: Checkpoint, rejects: list[RejectRow],
+               also: Callable[[Connection], None] | None = None) -> None:
+        """Record a chunk as done (its results are already written), with its rejects;
+        `also` writes more in the same transaction (a block marked done)."""
         if rejects and self.rejects_file is not None:
             cp.rejects_offset = self.rejects_file.append(cp.job_id, cp.run, rejects)
         try:
@@ -193,6 +196,8 @@ class JobState:
                 if rejects and self.rejects is not None:
                     self._reject(conn, cp, rejects)
                 self._save(conn, cp)
+                if also is not None:
+                    also(conn)
         except SQLAlchemyError as exc:
             raise sql_error(f"saving a checkpoint in {self._where()}", exc) from exc
 
