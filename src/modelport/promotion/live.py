@@ -102,7 +102,8 @@ METRICS: dict[str, LiveMetric] = {
 batch is one call), `error_rate` is the share of them that failed, `pNN_ms` are
 latency quantiles within one bucket of the truth (the log's 1-2-5 buckets);
 `accuracy`, `auc`, `mae` and `rmse` are live quality on the feedback that arrived
-since the promotion (docs/feedback.md), judged, like the rates, once the version has `min_requests` calls."""
+since the promotion (docs/feedback.md), judged, like the rates, once the version has
+`min_requests` calls."""
 
 
 def register_metric(name: str, metric: LiveMetric) -> None:
