@@ -61,6 +61,13 @@ class Admission:
         self._rejections: dict[str, Counter] = {}
         self._requests: dict[tuple[str, str, str], Counter] = {}
 
+    @property
+    def pressed(self) -> bool:
+        """Whether any served model's queue is full: the one check made of every
+        request's head, before its path is even parsed."""
+        return any(ep.current is not None and ep.current.batcher.full
+                   for ep in self.dataplane.endpoints.values())
+
     def refusal(self, method: str, path: str,
                 headers: Iterable[tuple[bytes, bytes]]) -> Refusal | None:
         """The refusal for this request, or None to let it through. A request the key

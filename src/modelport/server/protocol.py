@@ -64,6 +64,8 @@ class DrainingHttpToolsProtocol(HttpToolsProtocol):
         body; a pipelined request (one still running before it) or one that closes
         its connection takes the usual way."""
         assert self.admission is not None
+        if not self.admission.pressed:
+            return False
         if self.cycle is not None and not self.cycle.response_complete:
             return False
         if self.parser.get_http_version() != "1.1" or not self.parser.should_keep_alive():
