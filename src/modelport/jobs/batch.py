@@ -2,8 +2,8 @@
 
 The batch trigger is a thin adapter like the others: chunks of keys (looked up with
 the pipeline's retriever) or of rows (from a file, or a query that selects them) go
-through `Pipeline.process`, so the same data plane and batcher as the server score
-them, and the pipeline's writer upserts the results. Reading the next chunks and
+through `Pipeline.score`, so the same data plane and batcher as the server score them,
+and `Pipeline.write` upserts the results with the pipeline's writer. Reading the next chunks and
 writing the previous ones overlap scoring the current one (at most two chunks read
 ahead, three being written), so memory is bounded by the chunk size, not the data size.
 
@@ -132,10 +132,7 @@ class BatchJob:
         state: JobState | None = None
         try:
             await self._in_thread(self.source.check)  # a query says here if it has rows
-            if self.source.lookup and pipe.retriever is None:
-                raise ConfigError(f"pipeline {pipe.name!r} has no retriever to look the keys "
-                                  "up with; select the rows' columns in the query, or give "
-                                  "rows with --input")
+            check_lookup(self.source, pipe)
             # what the source is, for people, and a fingerprint that tells sources apart
             described = f"{self.source.describe()} #{fingerprint(self.source)}"
             cp = Checkpoint(self.job_id, pipe.name, described)
@@ -294,6 +291,14 @@ class BatchJob:
     def _state(self) -> JobState:
         return job_state(self.service, self.pipeline.name, self.job_id,
                          self.options.rejects_file, self.home)
+
+
+def check_lookup(source: Source, pipe: Pipeline) -> None:
+    """A source of keys needs the pipeline's retriever to look the rows up."""
+    if source.lookup and pipe.retriever is None:
+        raise ConfigError(f"pipeline {pipe.name!r} has no retriever to look the keys "
+                          "up with; select the rows' columns in the query, or give "
+                          "rows with --input")
 
 
 def job_state(service: Service, pipeline: str, job_id: str, rejects_file: Path | None,

@@ -39,7 +39,14 @@ from ray.data.datasource import Datasource, ReadTask
 
 from modelport.config import PipelineEntry, RayConfig, ServiceConfig
 from modelport.errors import ConfigError, ModelportError
-from modelport.jobs.batch import BatchOptions, BatchResult, Reporter, job_state, rejects_of
+from modelport.jobs.batch import (
+    BatchOptions,
+    BatchResult,
+    Reporter,
+    check_lookup,
+    job_state,
+    rejects_of,
+)
 from modelport.jobs.blocks import Block, BlockTable, plan
 from modelport.jobs.definition import definition
 from modelport.jobs.sources import Chunk, Resume, Source, fingerprint, job_id
@@ -88,10 +95,7 @@ class RayBatchJob:
         state: JobState | None = None
         try:
             self.source.check()
-            if self.source.lookup and pipe.retriever is None:
-                raise ConfigError(f"pipeline {pipe.name!r} has no retriever to look the keys "
-                                  "up with; select the rows' columns in the query, or give "
-                                  "rows with --input")
+            check_lookup(self.source, pipe)
             # "on ray": a run the local engine left unfinished is not resumed here (its
             # checkpoint is a last key, not blocks), nor the other way round
             described = f"{self.source.describe()} #{fingerprint(self.source)} on ray"
