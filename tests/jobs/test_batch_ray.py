@@ -21,6 +21,7 @@ import pytest
 from batch_helpers import (
     HERE,
     cancer,
+    features,
     make_patients,
     make_results,
     modelport,
@@ -186,6 +187,32 @@ def test_ray_job_scores_every_key_once_with_rejects(
                          "FROM mp_batch_checkpoints")
     assert tuple(cp) == ("done", 5, 3005, 3000, 5)  # 700-key blocks: 5 of them
     assert query(pg_url, "SELECT count(*), bool_and(done) FROM mp_batch_blocks") == [(5, True)]
+
+
+def test_ray_job_scores_a_file_in_row_ranges_with_its_rejects(
+        cluster: Cluster, home: Path, tmp_path: Path, pg_url: str) -> None:
+    X, _ = cancer()
+    data = features(1500)
+    frame = pd.DataFrame(data, columns=X.columns)
+    frame.insert(0, "id", np.arange(1, 1501))
+    frame.loc[10, "mean texture"] = np.nan  # key 11: set aside with its reason
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    make_patients(pg_url, 1)  # the pipeline's retriever's table (rows come from the file)
+    make_results(pg_url)
+    config = _config(tmp_path / "modelport.yaml", block_size=400, chunk_size=200)
+    r = modelport(home, pg_url, "batch", "score", "-c", str(config), "--ray-address",
+                  cluster.address, "--input", str(tmp_path / "rows.csv"), timeout=600,
+                  **LOOPBACK)
+    assert r.code == 3, r.err
+    want = expected(data)
+    del want[11]
+    assert predictions(pg_url) == want
+    [(key, reason)] = query(pg_url, "SELECT key, reason FROM results_rejects")
+    assert key == "11" and "mean texture" in reason
+    [cp] = query(pg_url, "SELECT status, chunks, rows_read, rows_written, rows_rejected "
+                         "FROM mp_batch_checkpoints")
+    assert tuple(cp) == ("done", 4, 1500, 1499, 1)  # 400-row blocks: 4 of them
+    assert query(pg_url, "SELECT count(*), bool_and(done) FROM mp_batch_blocks") == [(4, True)]
 
 
 def test_ray_job_killed_driver_then_actor_ends_with_one_row_per_key(
