@@ -88,7 +88,9 @@ class Matrix:
         means"); a raw play count here was 9493.0 beside a warm user's 0.9.
         """
         users = max(self.counts.shape[0], 1)
-        return np.asarray((self.counts > 0).sum(axis=0), dtype=np.float64).ravel() / users
+        played: np.ndarray = np.asarray((self.counts > 0).sum(axis=0), dtype=np.float64)
+        share: np.ndarray = played.ravel() / users
+        return share
 
 
 def interaction_matrix(frame: pd.DataFrame, items: Iterable[str] | None = None) -> Matrix:
