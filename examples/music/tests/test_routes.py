@@ -198,7 +198,11 @@ def test_page_users_and_model_panel(client: TestClient, system: System) -> None:
     # promotes it anyway and says so in the alias history
     assert model["versions"][0]["gate"] == "undecided"
     with Registry(settings=system.settings()) as registry:
-        (move,) = registry.alias_history(MODEL, "production")
+        history = registry.alias_history(MODEL, "production")
+    # the gate's verdict is recorded as a refusal, then the bootstrap moves the alias
+    assert [h.kind for h in history] == ["refuse", "set"]
+    refused, move = history
+    assert refused.reason is not None and refused.reason.startswith("gate undecided: ")
     assert move.reason is not None and move.reason.startswith(
         "bootstrap: no production version; the gate not decided: ")
 
