@@ -95,11 +95,11 @@ class DataPlane:
             if self.settings.monitoring.quality_interval_s > 0:
                 # here, not at the top: worker processes import this module too
                 from modelport.monitoring.feedback import FeedbackStore
-                from modelport.monitoring.logstore import LogStore
                 from modelport.monitoring.quality import QualityWatch
 
+                # on the prediction log's store (its engine), as the drift watch
                 self.quality = QualityWatch(
-                    FeedbackStore(LogStore(self.settings.resolved_log_url)), self.metrics,
+                    FeedbackStore(self.prediction_log.store), self.metrics,
                     self.served_versions,
                     interval_s=self.settings.monitoring.quality_interval_s,
                     window_s=self.settings.monitoring.quality_window_s)

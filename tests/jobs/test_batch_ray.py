@@ -29,6 +29,7 @@ from batch_helpers import (
     register,
     start,
     wait_for,
+    write_config,
 )
 
 # the deadlines are generous: Ray's processes start slowly on a busy two-core machine
@@ -106,20 +107,11 @@ def home(tmp_path: Path) -> Path:
 
 
 def _config(path: Path, *, block_size: int, chunk_size: int, pre: str | None = None) -> Path:
-    lines = [
-        "pipelines:",
-        "  - name: score",
-        "    model: cancer@production",
-        "    retriever: {type: sql, url: '${DB}', table: patients}",
-        "    writer: {type: sql, url: '${DB}', table: results}",
-        "    outputs: [predictions]",
-        f"    chunk_size: {chunk_size}",
-        "    engine: ray",
-        f"    ray: {{actors: 2, block_size: {block_size}, cpus_per_actor: 0.5}}",
-    ]
-    if pre:
-        lines.append(f"    pre: {pre}")
-    path.write_text("\n".join(lines) + "\n")
+    """The batch tests' pipeline, on Ray."""
+    write_config(path, "${DB}", pre=pre, chunk_size=chunk_size)
+    with path.open("a") as out:
+        out.write("    engine: ray\n"
+                  f"    ray: {{actors: 2, block_size: {block_size}, cpus_per_actor: 0.5}}\n")
     return path
 
 

@@ -272,6 +272,7 @@ async def test_the_gauges_follow_the_served_versions(settings: Settings) -> None
     assert value("modelport_live_quality", accuracy) is None
     assert value("modelport_feedback_joined_rows", {"model": "m", "version": "1"}) is None
     await watch.stop()
+    store.close()
 
 
 async def test_a_guard_can_bound_live_quality_since_the_promotion(

@@ -294,8 +294,7 @@ class QualityWatch:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            self._task = None
-        await asyncio.to_thread(self.log.close)
+            self._task = None  # the store is its owner's to close
 
     async def _run(self) -> None:
         while True:
