@@ -11,6 +11,7 @@ import pytest
 
 from modelport.config import load_config
 from modelport.errors import ConfigError
+from modelport.monitoring.agreement import agreement
 from modelport.monitoring.metrics import Metrics
 from modelport.traffic import (
     CanaryPolicy,
@@ -18,7 +19,6 @@ from modelport.traffic import (
     ShadowPolicy,
     ShadowRunner,
     Splitter,
-    agreement,
     bucket,
 )
 

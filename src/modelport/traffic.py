@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from modelport.errors import DeadlineExceeded, ModelportError
 from modelport.model import Model
+from modelport.monitoring.agreement import agreement
 from modelport.monitoring.metrics import Metrics
 from modelport.registry import parse_ref
 from modelport.signature import Batch
@@ -165,37 +166,6 @@ def bucket(key: str) -> int:
     """A stable bucket for a key: the same in every replica and every restart."""
     digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % BUCKETS
-
-
-def agreement(primary: Batch, shadow: Batch, tolerance: float) -> tuple[float, int]:
-    """How many rows of two answers agree, and how many were compared, on the first
-    output: labels equal, numbers within `tolerance`, and for a row of ids (a
-    ranker's top k) the share of the primary's ids the shadow also returned."""
-    name = next(iter(primary), None)
-    if name is None:
-        return 0.0, 0
-    a = primary[name]
-    rows = int(a.shape[0]) if a.ndim else 1
-    b = shadow.get(name)
-    if b is None or b.shape[:1] != a.shape[:1]:
-        return 0.0, rows
-    if a.ndim <= 1 or (a.ndim == 2 and a.shape[1] == 1 and b.ndim <= 2):
-        return float(np.count_nonzero(_same(a.reshape(rows), b.reshape(rows), tolerance))), rows
-    if a.ndim == 2 and not np.issubdtype(a.dtype, np.floating):
-        overlap = sum(len(set(x.tolist()) & set(y.tolist())) / max(len(x), 1)
-                      for x, y in zip(a, b, strict=True))
-        return float(overlap), rows
-    if a.shape != b.shape:
-        return 0.0, rows
-    same = _same(a.reshape(rows, -1), b.reshape(rows, -1), tolerance)
-    return float(np.count_nonzero(same.all(axis=1))), rows
-
-
-def _same(a: np.ndarray, b: np.ndarray, tolerance: float) -> np.ndarray:
-    if np.issubdtype(a.dtype, np.number) and np.issubdtype(b.dtype, np.number):
-        return np.isclose(a.astype(np.float64), b.astype(np.float64),
-                          rtol=tolerance, atol=tolerance)
-    return np.asarray(a == b, dtype=bool)
 
 
 class ShadowLog(Protocol):

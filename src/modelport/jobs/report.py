@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from modelport.errors import InvalidInput, NotFound
-from modelport.jobs.report_shadow import ShadowAgreement, shadow_agreement
+from modelport.monitoring.agreement import ShadowAgreement, shadow_agreement
 from modelport.monitoring.drift import MIN_ROWS, FeatureDrift, drift
 from modelport.monitoring.feedback import FeedbackStore
 from modelport.monitoring.logstore import Count, LogStore, percentile
@@ -139,7 +139,7 @@ class Report:
     models: list[ModelReport]
     generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     shadows: list[ShadowAgreement] = field(default_factory=list)
-    """How often each shadow agreed with the model it shadowed (jobs.report_shadow)."""
+    """How often each shadow agreed with the model it shadowed (monitoring.agreement)."""
 
     @property
     def sampled_share(self) -> float | None:

@@ -3,8 +3,7 @@
 Every replica adds its calls to the same per-minute rows of `mp_traffic` (see
 `modelport.monitoring.logstore`), so these numbers cover the whole fleet, not one
 process. A metric is a function of a `LiveWindow`, kept in a table by name: the guard
-reads any metric in it, and other measures (shadow agreement, live accuracy from
-feedback) plug in with `register_metric`.
+reads any metric in it, and other measures plug in with `register_metric`.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from modelport.monitoring.agreement import version_agreement
 from modelport.monitoring.feedback import FeedbackStore
 from modelport.monitoring.logstore import Count, LogStore, percentile
 from modelport.monitoring.quality import live_quality
@@ -89,6 +89,13 @@ def _quality(metric: str) -> Callable[[LiveWindow], float | None]:
     return read
 
 
+def _agreement(w: LiveWindow) -> float | None:
+    """Shadow agreement since the promotion, from the logged pairs: None until a row of
+    the version was compared with another version's answer."""
+    agreed, rows = version_agreement(w.store, w.model, w.version, w.since)
+    return agreed / rows if rows else None
+
+
 METRICS: dict[str, LiveMetric] = {
     "requests": LiveMetric(lambda w: float(w.traffic().calls), rate=False, grows=True),
     "errors": LiveMetric(lambda w: float(w.traffic().errors), rate=False, grows=True),
@@ -96,18 +103,21 @@ METRICS: dict[str, LiveMetric] = {
     "p50_ms": LiveMetric(_quantile(0.50)),
     "p95_ms": LiveMetric(_quantile(0.95)),
     "p99_ms": LiveMetric(_quantile(0.99)),
+    "agreement": LiveMetric(_agreement, percent=True),
     **{name: LiveMetric(_quality(name)) for name in ("accuracy", "auc", "mae", "rmse")},
 }
 """Live metrics by name: what a guard can bound. `requests` counts model calls (a
 batch is one call), `error_rate` is the share of them that failed, `pNN_ms` are
 latency quantiles within one bucket of the truth (the log's 1-2-5 buckets);
+`agreement` is the share of the version's sampled rows that agreed with the other
+version they were compared with, as primary or as shadow (`monitoring.agreement`);
 `accuracy`, `auc`, `mae` and `rmse` are live quality on the feedback that arrived
 since the promotion (docs/feedback.md), judged, like the rates, once the version has
 `min_requests` calls."""
 
 
 def register_metric(name: str, metric: LiveMetric) -> None:
-    """Make `name` a live metric guards can bound (e.g. `agreement`, `accuracy`)."""
+    """Make `name` a live metric guards can bound (e.g. `rows_per_call`)."""
     METRICS[name] = metric
 
 
