@@ -23,3 +23,12 @@ class FailsOneRowInFive(Summer):
         if (x[:, 0] % 5 == 0).any():
             raise ValueError("refuses multiples of five")
         return super().predict(x)
+
+
+class OffOneRowInFive(Summer):
+    """Answers one more than the sum on every row whose first value is a multiple of 5:
+    it disagrees with `Summer` on one row in five of a counting load, and never fails."""
+
+    def predict(self, x: Any) -> Any:
+        x = np.asarray(x, dtype=np.float64)
+        return super().predict(x) + (x[:, 0] % 5 == 0)
