@@ -28,8 +28,8 @@ def promote(
         help="Promote only if the candidate's registered metric wins, e.g. "
              "'auc>=production' or 'mae<=production'.", show_default=False)] = None,
     guard: Annotated[str | None, typer.Option(
-        help="Live bounds, e.g. 'error_rate<1%,p99_ms<50': on a breach within the window "
-             f"the alias is rolled back. Metrics: {', '.join(sorted(METRICS))}.",
+        help="Live bounds, e.g. 'error_rate<1%,p99_ms<50,agreement>95%': on a breach within "
+             f"the window the alias is rolled back. Metrics: {', '.join(sorted(METRICS))}.",
         show_default=False)] = None,
     window: Annotated[str, typer.Option(help="How long the guard watches: 90s, 10m, 1h."
                                         )] = "10m",
