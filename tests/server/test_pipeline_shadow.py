@@ -17,8 +17,8 @@ from modelport import ModelConfig, Registry, Service, ServiceConfig
 from modelport.config import PipelineEntry
 from modelport.errors import ConfigError
 from modelport.pipeline import MemoryWriter, Pipeline
-from modelport.settings import Settings
 from modelport.server import create_app
+from modelport.settings import Settings
 from waiting import wait_for
 
 SAMPLE = pd.DataFrame({"a": [1.0, 2.0], "b": [1.0, 1.0], "c": [0.0, 1.0]})
