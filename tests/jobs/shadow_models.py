@@ -16,3 +16,14 @@ class BreaksLater:
         if os.environ.get("MP_TEST_SHADOW_BREAKS"):
             raise RuntimeError("the shadow is broken")
         return np.zeros(len(x), dtype=np.int64)
+
+
+class SlowLater(BreaksLater):
+    """Answers at once, then takes a second per call once MP_TEST_SHADOW_SLOW is set."""
+
+    def predict(self, x: Any) -> Any:
+        if os.environ.get("MP_TEST_SHADOW_SLOW"):
+            import time
+
+            time.sleep(1.0)
+        return super().predict(x)

@@ -111,10 +111,15 @@ async def test_the_side_table_holds_the_shadows_answer_for_every_row(
     assert {r.version for r in logged if r.source.startswith("shadow:")} == {2}
 
 
-async def test_a_shadow_that_raises_leaves_the_job_and_its_results_whole(
+@pytest.mark.parametrize(("shadow", "switch", "outcome", "reason"), [
+    (shadow_models.BreaksLater(), "MP_TEST_SHADOW_BREAKS", "error", "the shadow is broken"),
+    (shadow_models.SlowLater(), "MP_TEST_SHADOW_SLOW", "timeout", "no answer within"),
+], ids=["raises", "times-out"])
+async def test_a_shadow_that_fails_leaves_the_job_and_its_results_whole(
         tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
-    make_patients(pg_url, ROWS)
+        caplog: pytest.LogCaptureFixture, shadow: Any, switch: str, outcome: str,
+        reason: str) -> None:
+    make_patients(pg_url, ROWS)  # the results table is made by its writer (create: true)
     engine = sa.create_engine(pg_url)
     with engine.begin() as conn:
         conn.execute(sa.text("CREATE TABLE results_shadow (id BIGINT PRIMARY KEY, "
@@ -125,11 +130,11 @@ async def test_a_shadow_that_raises_leaves_the_job_and_its_results_whole(
     with Registry(settings=settings) as reg:
         reg.set_alias("cancer", "production",
                       reg.register("cancer", primary, sample_input=X[:5]).version)
-        reg.register("cancer", shadow_models.BreaksLater(), sample_input=X[:5])
-    cfg = config(tmp_path, pg_url, "cancer:2")
+        reg.register("cancer", shadow, sample_input=X[:5])
+    cfg = config(tmp_path, pg_url, "{ref: 'cancer:2', timeout_s: 0.2}")
     service = Service(settings, cfg)
     await service.start(follow=False, strict=True)
-    monkeypatch.setenv("MP_TEST_SHADOW_BREAKS", "1")  # loaded and smoke-tested: now break
+    monkeypatch.setenv(switch, "1")  # loaded and smoke-tested: now it fails
     caplog.set_level(logging.WARNING, "modelport.pipeline")
     try:
         result = await BatchJob(service, "score",
@@ -142,11 +147,11 @@ async def test_a_shadow_that_raises_leaves_the_job_and_its_results_whole(
     assert [r.predictions for r in main] == primary.predict(
         query_frame(pg_url, X.columns)).tolist()
     assert query(pg_url, "SELECT count(*) FROM results_shadow") == [(0,)]
-    assert calls(service, "cancer:2", "error") == CHUNKS
+    assert calls(service, "cancer:2", outcome) == CHUNKS
     assert calls(service, "cancer:2", "compared") == 0
     failures = [r.getMessage() for r in caplog.records if "shadow_writer" in r.getMessage()]
     assert len(failures) == CHUNKS
-    assert "the shadow is broken" in failures[0]
+    assert reason in failures[0]
 
 
 def query_frame(url: str, columns: Any) -> pd.DataFrame:

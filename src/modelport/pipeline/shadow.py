@@ -81,7 +81,10 @@ class ShadowSide:
             self._failed(side, f"the shadow_writer failed: {_reason(exc)}")
 
     async def run(self, side: SideCall) -> None:
-        await self.write(side, await self._score(side))
+        try:
+            await self.write(side, await self._score(side))
+        except Exception:  # a bug here must not go unseen in a background task
+            log.exception("pipeline %s: shadow %s failed", self.pipeline, side.call.policy.ref)
 
     def later(self, side: SideCall) -> None:
         """Score and write `side` in the background (an HTTP run does not wait)."""
