@@ -21,6 +21,7 @@ from modelport import Registry, Settings
 from modelport.config import load_config
 from modelport.jobs import BatchJob, BatchOptions, KeyQuery
 from modelport.jobs.definition import definition
+from modelport.pipeline import Frame, MemoryWriter
 from modelport.service import Service
 from modelport.settings import MonitoringSettings
 
@@ -152,6 +153,48 @@ async def test_a_shadow_that_fails_leaves_the_job_and_its_results_whole(
     failures = [r.getMessage() for r in caplog.records if "shadow_writer" in r.getMessage()]
     assert len(failures) == CHUNKS
     assert reason in failures[0]
+
+
+class CrashingWriter(MemoryWriter):
+    """Writes, then dies on its `crash_on`-th write (before that chunk's checkpoint)."""
+
+    def __init__(self, crash_on: int) -> None:
+        super().__init__()
+        self.crash_on = crash_on
+
+    async def write(self, frame: Frame) -> None:
+        await super().write(frame)
+        if self.writes == self.crash_on:
+            raise RuntimeError("killed")
+
+
+async def test_a_resumed_job_leaves_one_side_row_per_key(tmp_path: Path, pg_url: str) -> None:
+    """Killed part-way, the job is run again: it writes the side again from its last
+    checkpoint, and the side table's upsert leaves one right row per key."""
+    data = make_patients(pg_url, ROWS)
+    X, primary = cancer()
+    shadow = DecisionTreeClassifier(max_depth=1, random_state=0).fit(X, primary.predict(X))
+    settings = Settings(home=tmp_path / "home")
+    with Registry(settings=settings) as reg:
+        for model, alias in ((primary, "production"), (shadow, "staging")):
+            reg.set_alias("cancer", alias,
+                          reg.register("cancer", model, sample_input=X[:5]).version)
+    service = Service(settings, config(tmp_path, pg_url, "cancer@staging"))
+    pipe = service.pipeline("score")
+    pipe.writer = CrashingWriter(crash_on=4)
+    await service.start(follow=False, strict=True)
+    source = KeyQuery(pg_url, "SELECT id FROM patients")
+    try:
+        with pytest.raises(RuntimeError, match="killed"):
+            await BatchJob(service, "score", source, BatchOptions(chunk_size=CHUNK)).run()
+        pipe.writer = MemoryWriter()
+        result = await BatchJob(service, "score", source, BatchOptions(chunk_size=CHUNK)).run()
+    finally:
+        await service.stop()
+    assert result.resumed_after == 3 * CHUNK and result.read == ROWS - 3 * CHUNK
+    want = shadow.predict(pd.DataFrame(data, columns=X.columns)).tolist()
+    side = query(pg_url, "SELECT id, predictions FROM results_shadow ORDER BY id")
+    assert [tuple(r) for r in side] == [(i + 1, p) for i, p in enumerate(want)]
 
 
 def query_frame(url: str, columns: Any) -> pd.DataFrame:
