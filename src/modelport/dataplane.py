@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -297,13 +297,17 @@ class DataPlane:
                      request_id: str | None = None,
                      headers: Mapping[str, str] | None = None,
                      keys: Sequence[Any] | None = None,
-                     outputs: Sequence[str] | None = None) -> tuple[Batch, Deployment]:
+                     outputs: Sequence[str] | None = None,
+                     shadow_to: Callable[[ShadowCall], None] | None = None
+                     ) -> tuple[Batch, Deployment]:
         """`predict` under the served model's traffic policy: the outputs and the
         deployment that answered (the canary's, for its share of the calls); the shadow
         is handed the call once answered. Every trigger calls this.
 
         `headers`: the HTTP request's, for a canary keyed on a header; `keys`: the
-        rows' (a pipeline's), logged for feedback by key; `outputs`: as `predict`."""
+        rows' (a pipeline's), logged for feedback by key; `outputs`: as `predict`;
+        `shadow_to`: takes the shadow's call (when it is one of its `fraction`) instead
+        of the background queue (a pipeline's `shadow_writer` scores it itself)."""
         ep = self.endpoints.get(deployment.served)
         policy = ep.policy if ep is not None else None
         if ep is None or policy is None or not (policy.shadow or policy.canary):
@@ -324,8 +328,12 @@ class DataPlane:
             ep.config.served_name, str(chosen.version),
             "primary" if chosen is deployment else "canary").inc()
         if shadow is not None and (target := self.targets[shadow.ref].current) is not None:
-            self.shadows.offer(ShadowCall(ep.config.served_name, shadow, target, batch,
-                                          answer, source, request_id, rows))
+            call = ShadowCall(ep.config.served_name, shadow, target, batch, answer,
+                              source, request_id, rows)
+            if shadow_to is None:
+                self.shadows.offer(call)
+            elif self.shadows.sampled(shadow):
+                shadow_to(call)
         return answer, chosen
 
     # --- traffic policies -----------------------------------------------------------

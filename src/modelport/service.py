@@ -114,6 +114,9 @@ class Service:
         """Drain the models (requests in flight are answered) and close the pipelines;
         then the registry, when the service opened it."""
         try:
+            # the shadow sides of HTTP runs still under way need the shadow's model
+            await asyncio.gather(*(p.drain() for p in self.pipelines.values()),
+                                 return_exceptions=True)
             await self.dataplane.stop()
             await asyncio.gather(*(p.close() for p in self.pipelines.values()),
                                  return_exceptions=True)

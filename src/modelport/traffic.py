@@ -224,20 +224,22 @@ class ShadowRunner:
 
     def offer(self, call: ShadowCall) -> None:
         """Queue a shadow call, or drop it (counted) when the queue is full; never waits."""
-        if self._queue is None:
-            return
-        if call.policy.fraction < 1 and self._rng.random() >= call.policy.fraction:
+        if self._queue is None or not self.sampled(call.policy):
             return
         try:
             self._queue.put_nowait(call)
         except asyncio.QueueFull:
-            self._count(call, "dropped")
+            self.count(call, "dropped")
             self._dropped_since_log += 1
             now = time.monotonic()
             if now - self._last_drop_log >= DROP_LOG_EVERY_S:
                 log.warning("shadow queue full (%d waiting): %d shadow calls dropped",
                             self.queue_size, self._dropped_since_log)
                 self._last_drop_log, self._dropped_since_log = now, 0
+
+    def sampled(self, policy: ShadowPolicy) -> bool:
+        """Whether this call is one of the `fraction` the shadow scores."""
+        return policy.fraction >= 1 or self._rng.random() < policy.fraction
 
     @property
     def waiting(self) -> int:
@@ -257,23 +259,32 @@ class ShadowRunner:
 
     async def run(self, call: ShadowCall) -> None:
         """Score one call with the shadow, compare, count and log it."""
+        await self.score(call)
+
+    async def score(self, call: ShadowCall) -> tuple[Batch | None, str]:
+        """`run`, answering with the shadow's outputs, or None and why it failed (a
+        pipeline's `shadow_writer` stores the outputs)."""
         record = call.target.model.record
         started = time.perf_counter()
         outputs: Batch | None = None
+        reason = ""
         try:
             outputs = await call.target.submit(call.inputs, timeout=call.policy.timeout_s)
         except DeadlineExceeded:  # the batcher's own timer
-            self._count(call, "timeout")
+            self.count(call, "timeout")
+            reason = f"no answer within timeout_s={call.policy.timeout_s:g}"
         except Exception as exc:
-            self._count(call, "error")
-            log.debug("shadow %s failed: %s", call.policy.ref, exc)
+            self.count(call, "error")
+            reason = exc.message if isinstance(exc, ModelportError) else \
+                f"{type(exc).__name__}: {exc}"
+            log.debug("shadow %s failed: %s", call.policy.ref, reason)
         if self.plog is not None:
             self.plog.record(record.name, record.version, f"shadow:{call.source}",
                              call.inputs, outputs, (time.perf_counter() - started) * 1000,
                              call.request_id, rows=call.rows)
         if outputs is None:
-            return
-        self._count(call, "compared")
+            return None, reason
+        self.count(call, "compared")
         agreed, rows = agreement(call.primary, outputs, call.policy.tolerance)
         labels = (call.served, call.policy.ref)
         self.metrics.shadow_rows.labels(*labels).inc(rows)
@@ -281,6 +292,9 @@ class ShadowRunner:
         before_agreed, before = self._agreed.get(labels, (0.0, 0))
         total_agreed, total = self._agreed[labels] = before_agreed + agreed, before + rows
         self.metrics.shadow_agreement.labels(*labels).set(total_agreed / total if total else 1)
+        return outputs, ""
 
-    def _count(self, call: ShadowCall, outcome: str) -> None:
+    def count(self, call: ShadowCall, outcome: str) -> None:
+        """Count a shadow call's outcome (a pipeline's `shadow_writer` counts its own
+        `dropped` and `unwritten`)."""
         self.metrics.shadow_calls.labels(call.served, call.policy.ref, outcome).inc()

@@ -265,3 +265,34 @@ def test_ray_job_killed_driver_then_actor_ends_with_one_row_per_key(
     [cp] = query(pg_url, "SELECT status, rows_read, rows_written, chunks "
                          "FROM mp_batch_checkpoints")
     assert tuple(cp) == ("done", n, n, 24)
+
+
+def test_ray_job_writes_the_shadows_answers_to_the_side_table(
+        cluster: Cluster, home: Path, tmp_path: Path, pg_url: str) -> None:
+    """The actors score through the same pipeline: its shadow_writer gets every row."""
+    from sklearn.tree import DecisionTreeClassifier
+
+    from modelport import Registry, Settings
+
+    data = make_patients(pg_url, 1500)
+    make_results(pg_url)
+    X, clf = cancer()
+    shadow = DecisionTreeClassifier(max_depth=1, random_state=0).fit(X, clf.predict(X))
+    with Registry(settings=Settings(home=home)) as reg:
+        reg.set_alias("cancer", "staging",
+                      reg.register("cancer", shadow, sample_input=X[:5]).version)
+    config = _config(tmp_path / "modelport.yaml", block_size=700, chunk_size=400)
+    config.write_text(
+        "models: [{ref: cancer@production, shadow: cancer@staging}]\n"
+        + config.read_text().replace(
+            "    outputs:", "    shadow_writer: {type: sql, url: '${DB}', table: side, "
+                           "create: true}\n    outputs:"))
+    r = modelport(home, pg_url, "batch", "score", "-c", str(config), "--ray-address",
+                  cluster.address, "--keys", "SELECT id FROM patients", timeout=600,
+                  **LOOPBACK)
+    assert r.code == 0, r.err
+    assert predictions(pg_url) == expected(data)
+    preds = shadow.predict(pd.DataFrame(data, columns=X.columns))
+    want = {1 + i: int(p) for i, p in enumerate(preds)}
+    assert want != expected(data)
+    assert dict(query(pg_url, "SELECT id, predictions FROM side")) == want  # type: ignore[arg-type]

@@ -1,7 +1,8 @@
 """What a batch job is, beyond its source: the model, the retriever, the writer and the
-pipeline options that change its output. A checkpoint stores it, so that a run of a
-changed job (another results table, another model) never continues where the old one
-stopped, which would leave the new output holding only the rows after that point.
+pipeline options that change its output (with a `shadow_writer`, it and the shadow).
+A checkpoint stores it, so that a run of a changed job (another results table, another
+model) never continues where the old one stopped, which would leave the new output
+holding only the rows after that point.
 
 The definition is JSON text: what the configuration says (or, for components handed
 to a service in Python, their class and where they read or write), without settings
@@ -43,6 +44,12 @@ def definition(service: Service, pipeline: str) -> str:
         "version_column": pipe.version_column,
         "features": pipe.features or None,
     }
+    if pipe.shadow_writer is not None:
+        # the side table is output too; only when there is one, so that the definitions
+        # stored before shadow writers existed still match
+        shadow = endpoint.policy.shadow if endpoint is not None else None
+        parts["shadow"] = shadow.ref if shadow is not None else None
+        parts["shadow_writer"] = _component(config, "shadow_writer", pipe.shadow_writer)
     return orjson.dumps(_redacted(parts), option=orjson.OPT_SORT_KEYS,
                         default=str).decode()
 

@@ -112,7 +112,8 @@ class Metrics:
             ["model", "version", "role"], registry=r)
         self.shadow_calls = Counter(
             "modelport_shadow_calls_total", "Shadow calls by outcome (compared; error; "
-            "timeout; dropped: the shadow queue was full)",
+            "timeout; dropped: the shadow queue was full; unwritten: a pipeline's "
+            "shadow_writer failed)",
             ["model", "shadow", "outcome"], registry=r)
         self.shadow_rows = Counter(
             "modelport_shadow_rows_total", "Rows answered by both primary and shadow",

@@ -9,6 +9,7 @@ their neighbours.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 from collections.abc import Callable, Sequence
@@ -22,7 +23,9 @@ from modelport.dataplane import DataPlane
 from modelport.datatypes import jsonable
 from modelport.errors import ConfigError, InvalidInput, ModelOutputError
 from modelport.pipeline.base import Frame, Key, Retriever, Writer
+from modelport.pipeline.shadow import ShadowSide, SideCall
 from modelport.signature import Signature
+from modelport.traffic import ShadowCall
 
 log = logging.getLogger("modelport.pipeline")
 
@@ -69,6 +72,10 @@ class PipelineConfig(BaseModel):
     """The model, as `name@alias` or `name:version` (served by this service)."""
     retriever: ComponentConfig | None = None
     writer: ComponentConfig | None = None
+    shadow_writer: ComponentConfig | None = None
+    """Where the shadow's results go (a side table, a side sink), when the model has a
+    shadow policy: the rows the primary scored, scored by the shadow too
+    (`modelport.pipeline.shadow`). Idle while the model has no shadow."""
     pre: str | None = None
     """Import path of a `Frame -> Frame` step run before the model."""
     post: str | None = None
@@ -96,6 +103,8 @@ class Scored:
 
     results: Frame
     rejects: list[Reject] = field(default_factory=list)
+    shadow: SideCall | None = None
+    """The shadow's share of these rows, for the `shadow_writer` (`Pipeline.write`)."""
 
 
 class Pipeline:
@@ -106,7 +115,8 @@ class Pipeline:
                  pre: Step | None = None, post: Step | None = None,
                  outputs: Sequence[str] | None = None,
                  version_column: str | None = None,
-                 features: dict[str, list[str]] | None = None) -> None:
+                 features: dict[str, list[str]] | None = None,
+                 shadow_writer: Writer | None = None) -> None:
         self.name = name
         # the served name in the data plane; None for a pipeline that only moves data
         # (a stream folded into a store): its frames go from `pre` to the writer as they are
@@ -119,6 +129,12 @@ class Pipeline:
         self.outputs = list(outputs) if outputs else None
         self.version_column = version_column
         self.features = features or {}
+        if shadow_writer is not None and model is None:
+            raise ConfigError(f"pipeline {name!r}: a shadow_writer needs a model to shadow")
+        self.shadow_writer = shadow_writer
+        self._side = ShadowSide(name, dataplane, shadow_writer, outputs=self.outputs,
+                                version_column=version_column, post=post) \
+            if shadow_writer is not None else None
 
     @classmethod
     def from_config(cls, config: PipelineConfig, dataplane: DataPlane, *,
@@ -134,6 +150,9 @@ class Pipeline:
             outputs=config.outputs,
             version_column=config.version_column,
             features=config.features,
+            shadow_writer=build(config.shadow_writer, WRITERS,
+                                f"{config.name}.shadow_writer")
+            if config.shadow_writer else None,
         )
 
     @property
@@ -141,12 +160,29 @@ class Pipeline:
         return [c for c in (self.retriever, self.writer) if c is not None]
 
     async def start(self) -> None:
-        for component in self.components:
+        for component in self._opened:
             await component.start()
+        if self.shadow_writer is not None and self.model is not None:
+            ep = self.dataplane.endpoints.get(self.model)
+            if ep is not None and ep.policy.shadow is None:
+                log.warning("pipeline %s: model %s has no shadow: the shadow_writer writes "
+                            "nothing until it has one", self.name, self.model)
+
+    async def drain(self) -> None:
+        """Wait for the shadow sides of HTTP runs still being scored or written."""
+        if self._side is not None:
+            await self._side.drain()
 
     async def close(self) -> None:
-        for component in self.components:
+        await self.drain()
+        for component in self._opened:
             await component.close()
+
+    @property
+    def _opened(self) -> list[Retriever | Writer]:
+        # the side writer is opened and closed with the rest, but is not part of the
+        # pipeline's readiness: a shadow's sink never takes the pipeline out of service
+        return [*self.components, *([self.shadow_writer] if self.shadow_writer else [])]
 
     async def run(self, keys: Sequence[Key]) -> dict[Key, dict[str, Any]]:
         """Retrieve, score, write; a result or an error per key (what the HTTP trigger
@@ -155,7 +191,11 @@ class Pipeline:
             raise ConfigError(f"pipeline {self.name!r} has no retriever to look keys up with")
         frame = await self.retriever.get(list(dict.fromkeys(keys)))
         scored = await self.score(frame)
+        # the caller does not wait for the shadow: its side is written in the background
+        side, scored.shadow = scored.shadow, None
         await self.write(scored)
+        if side is not None and self._side is not None:
+            self._side.later(side)
         answers: dict[Key, dict[str, Any]] = {
             k: {"error": f"no data for key {k!r}"} for k in keys}
         for reject in scored.rejects:
@@ -177,9 +217,22 @@ class Pipeline:
         return scored
 
     async def write(self, scored: Scored) -> None:
-        """Store the results with the writer (nothing to do without one, or no rows)."""
-        if self.writer is not None and len(scored.results):
-            await self.writer.write(scored.results)
+        """Store the results with the writer (nothing to do without one, or no rows),
+        and the shadow's results of the same rows with the `shadow_writer`: scored
+        while the results are written, written once they are (never raising)."""
+        side, scored.shadow = scored.shadow, None
+        scoring = self._side.scoring(side) if side is not None and self._side else None
+        try:
+            if self.writer is not None and len(scored.results):
+                await self.writer.write(scored.results)
+        except BaseException:
+            if scoring is not None:  # a write tried again scores its side again
+                scoring.cancel()
+                await asyncio.gather(scoring, return_exceptions=True)
+                scored.shadow = side
+            raise
+        if scoring is not None and side is not None and self._side is not None:
+            await self._side.write(side, await scoring)
 
     async def _predict(self, frame: Frame) -> Scored:
         if not len(frame):
@@ -193,10 +246,12 @@ class Pipeline:
         if batch is None:
             return Scored(Frame([], {}), rejects)
         keys = list(frame.keys) if not rejects else [frame.keys[i] for i in good]
+        shadowed: list[ShadowCall] = []
         try:
             outputs, deployment = await self.dataplane.answer(
                 deployment, batch, source=f"pipeline:{self.name}", keys=keys,
-                outputs=self.outputs)
+                outputs=self.outputs,
+                shadow_to=shadowed.append if self.shadow_writer is not None else None)
         except ModelOutputError as exc:  # nothing of that answer fits a row: reject all
             return Scored(Frame([], {}), rejects + [Reject(k, exc.message) for k in keys])
         if self.outputs:
@@ -204,11 +259,12 @@ class Pipeline:
         # columns the model does not take (ids, timestamps, a routing key) ride along
         extra = {k: v if not rejects else _rows(v, good) for k, v in frame.columns.items()
                  if k not in consumed and k not in outputs}
+        side = SideCall(shadowed[0], keys, dict(extra)) if shadowed else None
         if self.version_column:
             # read off the deployment that answered, not the one serving now: an alias
             # may have moved while the batch was in the model
             extra[self.version_column] = np.full(len(keys), deployment.version, np.int64)
-        return Scored(Frame(keys, {**extra, **outputs}), rejects)
+        return Scored(Frame(keys, {**extra, **outputs}), rejects, side)
 
     def _inputs(self, frame: Frame, signature: Signature) -> tuple[dict[str, Any], set[str]]:
         """The model's inputs from the frame's columns, and the columns they used: an

@@ -44,8 +44,9 @@ def stream_worker(service: Service, pipeline: str, *, where: str = "") -> Stream
     broker = make_broker(spec, prefix)
     codec = make_codec(spec, prefix)
     pipe = service.pipeline(pipeline)
-    if isinstance(pipe.writer, StreamWriter):
-        pipe.writer.lend(broker, spec.avro)
+    for writer in (pipe.writer, pipe.shadow_writer):
+        if isinstance(writer, StreamWriter):
+            writer.lend(broker, spec.avro)
     return StreamWorker(
         pipe, broker, dead_letter_subject=spec.dead_letter, batch_size=spec.batch_size,
         fetch_timeout=spec.fetch_timeout, max_deliveries=spec.max_deliveries,

@@ -277,7 +277,8 @@ class StreamWorker:
         """Write a scored round; the rows rejected, by the model's signature or the sink."""
         if r.error is None and r.scored is not None:
             scored = r.scored
-            if self.pipeline.writer is None or not len(scored.results):
+            if (self.pipeline.writer is None and scored.shadow is None) \
+                    or not len(scored.results):
                 return scored.rejects
             try:
                 await self._retry(functools.partial(self.pipeline.write, scored), "write")
