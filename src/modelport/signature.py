@@ -230,15 +230,17 @@ class Signature(BaseModel):
         if not self.numeric_block or len(batch) != len(self.inputs):
             return False
         dtype = self.inputs[0].dtype
-        columns = [batch.get(s.name) for s in self.inputs]
-        first = columns[0]
-        if type(first) is not np.ndarray or first.ndim != 1 or not len(first):
-            return False
-        shape = first.shape
-        for column in columns:
+        columns: list[np.ndarray] = []
+        shape: tuple[int, ...] = (0,)
+        for spec in self.inputs:
+            column = batch.get(spec.name)
             if type(column) is not np.ndarray or column.dtype != dtype \
-                    or column.shape != shape:
+                    or column.ndim != 1 or (columns and column.shape != shape):
                 return False
+            shape = column.shape
+            columns.append(column)
+        if not shape[0]:
+            return False
         # one pass over a copy of them all: cheaper than a check per column
         return dtype.kind != "f" or self.allow_nan or bool(
             np.isfinite(np.column_stack(columns)).all())
