@@ -347,6 +347,23 @@ def test_columns_cut_from_one_table_are_checked_as_it() -> None:
         sig.validate(columns)
 
 
+def test_typed_columns_of_any_making_are_checked_together_and_kept() -> None:
+    # arrays of the signature's type made one by one (a batch job's, a stream's after
+    # a round): one check for them all, the arrays handed on as they are
+    sig = infer_signature(pd.DataFrame({"a": [1.0], "b": [2.0]}))
+    columns = {"a": np.array([1.0, 2.0]), "b": np.array([3.0, 4.0])}
+    batch = sig.validate(columns)
+    assert all(batch[n] is columns[n] for n in "ab")
+    columns["b"][1] = np.nan
+    with pytest.raises(InvalidInput, match=r"column 'b': null/NaN at row 1"):
+        sig.validate(columns)
+    # another number type, or rows of another count: the column-by-column way
+    assert sig.validate({"a": np.array([1, 2]), "b": np.array([3.0, 4.0])})["a"].dtype \
+        == np.float64
+    with pytest.raises(InvalidInput, match="has 1 rows, other inputs have 2"):
+        sig.validate({"a": np.array([1.0, 2.0]), "b": np.array([3.0])})
+
+
 def test_columns_of_a_wider_table_are_checked_each() -> None:
     # views of one table, but not its columns side by side: what lies between them
     # (here a NaN the model never sees) must not be checked in their place, nor a NaN

@@ -315,28 +315,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def table_of(columns: Sequence[Any]) -> np.ndarray | None:
-    """The 2-D array whose columns `columns` are, in order (`table[:, i]`: how a
-    stream's records and a request's rows are read), as a view; None for columns made
-    any other way: such columns are checked in one pass rather than one each."""
-    first = columns[0]
-    if type(first) is not np.ndarray or first.ndim != 1 or first.base is None:
-        return None
-    base, dtype, shape, strides = first.base, first.dtype, first.shape, first.strides
-    step = dtype.itemsize
-    if strides[0] < len(columns) * step:
-        return None  # rows that overlap: not a table's
-    start = first.__array_interface__["data"][0]
-    for i, column in enumerate(columns):
-        if type(column) is not np.ndarray or column.base is not base \
-                or column.dtype != dtype or column.shape != shape \
-                or column.strides != strides \
-                or column.__array_interface__["data"][0] != start + i * step:
-            return None
-    return np.lib.stride_tricks.as_strided(
-        first, (shape[0], len(columns)), (strides[0], step), writeable=False)
-
-
 def shape_matches(actual: Sequence[int], expected: Sequence[int]) -> bool:
     return len(actual) == len(expected) and all(
         e == -1 or a == e for a, e in zip(actual, expected, strict=True)

@@ -31,7 +31,6 @@ from modelport.datatypes import (
     is_missing,
     jsonable,
     shape_matches,
-    table_of,
     to_numpy,
 )
 from modelport.errors import InvalidInput, ModelOutputError
@@ -171,8 +170,9 @@ class Signature(BaseModel):
     def validate(self, batch: Mapping[str, Any]) -> Batch:  # type: ignore[override]
         """Check names, dtypes, shapes and row counts; return typed arrays."""
         names = [spec.name for spec in self.inputs]
+        known = set(names)
         for key in batch:
-            if key not in names:
+            if key not in known:
                 raise InvalidInput(f"unknown input {key!r}; this model takes {names}")
         if self._checked_as_one_table(batch):
             return {n: batch[n] for n in names}
@@ -223,15 +223,27 @@ class Signature(BaseModel):
         return {s.name: batch[s.name] for s in self.inputs}
 
     def _checked_as_one_table(self, batch: Mapping[str, Any]) -> bool:
-        """Whether the inputs are the columns of one array (`table_of`) of the
-        signature's one number type, which passes its NaN check in one pass; False to
+        """Whether the inputs are arrays of the signature's one number type, one value
+        per row, as many rows each (a stream's or a batch job's columns), with no NaN
+        or infinity where none is allowed: checked in one pass over them all; False to
         check column by column, which also names what is wrong."""
         if not self.numeric_block or len(batch) != len(self.inputs):
             return False
-        table = table_of([batch.get(s.name) for s in self.inputs])
-        if table is None or not len(table) or table.dtype != self.inputs[0].dtype:
+        dtype = self.inputs[0].dtype
+        columns: list[np.ndarray] = []
+        shape: tuple[int, ...] = (0,)
+        for spec in self.inputs:
+            column = batch.get(spec.name)
+            if type(column) is not np.ndarray or column.dtype != dtype \
+                    or column.ndim != 1 or (columns and column.shape != shape):
+                return False
+            shape = column.shape
+            columns.append(column)
+        if not shape[0]:
             return False
-        return table.dtype.kind != "f" or self.allow_nan or bool(np.isfinite(table).all())
+        # one pass over a copy of them all: cheaper than a check per column
+        return dtype.kind != "f" or self.allow_nan or bool(
+            np.isfinite(np.column_stack(columns)).all())
 
     @property
     def numeric_block(self) -> bool:

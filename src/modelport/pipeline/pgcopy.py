@@ -197,14 +197,19 @@ def _text(values: np.ndarray, prefix: bytes) -> list[_Field] | None:
         texts: list[bytes | None] = [prefix + t for t in _json_rows(values)]
     elif values.ndim == 1 and values.dtype.kind == "O":
         items = values.tolist()
-        if not all(type(v) is str for v in items):
+        try:
+            # one join checks that every value is a string (a stream's ids are), in C
+            joined = "".join(items)
+        except TypeError:
             if not all(v is None or isinstance(v, str) for v in items):
                 return None
             texts = [None if v is None else prefix + v.encode() for v in items]
-        elif not prefix and len(data := "".join(items).encode()) == sum(map(len, items)):
-            # ASCII, as ids mostly are: a character is a byte, one encode for them all
-            return _text_fields(np.fromiter(map(len, items), np.int64, len(items)), data)
         else:
+            data = joined.encode()
+            lengths = np.fromiter(map(len, items), np.int64, len(items))
+            if not prefix and len(data) == len(joined):
+                # ASCII, as ids mostly are: a character is a byte, one encode for them all
+                return _text_fields(lengths, data)
             texts = [prefix + v.encode() for v in items]
     else:
         return None

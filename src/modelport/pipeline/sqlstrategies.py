@@ -139,6 +139,7 @@ class PostgresCopy(RowsUpsert):
         """The type OIDs of a table's columns, by column list: learnt in a thread at
         the first frame that may fit binary COPY, then read on the event loop."""
         self._copier = AsyncCopier(engine.url, WRITE_CONCURRENCY)
+        self._statements: dict[tuple[str | None, str, str], str] = {}
 
     async def write(self, table: Table, frame: Frame, names: list[str]) -> Way:
         if len(frame) < BINARY_MIN_ROWS:  # below COPY_MIN_ROWS too
@@ -251,8 +252,13 @@ class PostgresCopy(RowsUpsert):
         return Way.TEXT_COPY_UPSERT if data is None else Way.COPY_UPSERT
 
     def _copy_into(self, table: Table, cols: str) -> str:
-        target = self.engine.dialect.identifier_preparer.format_table(table)
-        return f"COPY {target} ({cols}) FROM STDIN (FORMAT BINARY)"
+        # made once per table and column list: quoting them anew costs at every frame
+        statement = self._statements.get((table.schema, table.name, cols))
+        if statement is None:
+            target = self.engine.dialect.identifier_preparer.format_table(table)
+            statement = f"COPY {target} ({cols}) FROM STDIN (FORMAT BINARY)"
+            self._statements[(table.schema, table.name, cols)] = statement
+        return statement
 
 
 def for_engine(engine: Engine, key: str) -> WriteStrategy:
