@@ -292,19 +292,23 @@ def jsonable(arr: np.ndarray) -> Any:
         obj[~finite] = None
         return obj.tolist()
     if kind == "O":
-        return _plain(arr.tolist())
+        return plain(arr.tolist())
     if kind in "Mm":
         return arr.astype(str).tolist()
     return arr.tolist()
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """A value as JSON holds it: NaN and missing values null, arrays nested lists,
+    bytes text, dates ISO 8601 text."""
     if isinstance(value, list):
         if all(type(v) is str for v in value):
             return value  # text, the usual object column: nothing to convert, no call each
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, np.ndarray):
         return jsonable(value)
+    if isinstance(value, np.datetime64 | np.timedelta64):
+        return str(value)  # as decode hands dates to the model: ISO 8601 text
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, bytes):
@@ -313,6 +317,21 @@ def _plain(value: Any) -> Any:
     if is_missing(value) or (isinstance(value, float) and not math.isfinite(value)):
         return None
     return value
+
+
+def column_datatype(values: np.ndarray) -> str:
+    """A column's datatype, reading None, NaN and pandas' <NA> as missing values."""
+    if values.dtype.kind != "O":
+        return from_numpy(values.dtype)
+    present = [v for v in values.tolist() if not is_missing(v)]
+    if not present:
+        return "FP64"  # nothing but gaps: the likeliest column is numbers with NaN
+    if all(isinstance(v, str | bytes) for v in present):
+        return "BYTES"
+    typed = np.asarray(present)
+    if typed.dtype.kind in "iu" and len(present) < len(values):
+        return "FP64"  # integers with gaps are floats: a missing value is NaN
+    return from_numpy(typed.dtype)
 
 
 def shape_matches(actual: Sequence[int], expected: Sequence[int]) -> bool:

@@ -16,7 +16,6 @@ goes; `to_model_input` and `encode_outputs` convert at the model's edge.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any, Literal
@@ -27,9 +26,9 @@ from pydantic import BaseModel, Field, field_validator
 from modelport.datatypes import (
     DATATYPES,
     coerce,
+    column_datatype,
     from_numpy,
-    is_missing,
-    jsonable,
+    plain,
     shape_matches,
     to_numpy,
 )
@@ -341,7 +340,7 @@ def infer_signature(
     """
     if _is_dataframe(sample):
         columns = _frame_columns(sample)
-        sig = _columns_signature({k: _column_datatype(v) for k, v in columns.items()})
+        sig = _columns_signature({k: column_datatype(v) for k, v in columns.items()})
         rows = _rows_of(columns, min(SAMPLE_ROWS, len(sample)))
     elif isinstance(sample, Mapping):
         arrays = {str(k): np.asarray(v) for k, v in sample.items()}
@@ -356,7 +355,7 @@ def infer_signature(
         # then reported by name when the sample is decoded
         names = list(dict.fromkeys(str(k) for r in sample for k in r))
         columns = {n: np.asarray([r.get(n) for r in sample], dtype=object) for n in names}
-        sig = _columns_signature({k: _column_datatype(v) for k, v in columns.items()})
+        sig = _columns_signature({k: column_datatype(v) for k, v in columns.items()})
         rows = [{str(k): v for k, v in r.items()} for r in sample[:SAMPLE_ROWS]]
     else:
         arr = np.asarray(sample)
@@ -366,7 +365,7 @@ def infer_signature(
         sig = Signature(layout="tensor", inputs=[spec])
         rows = _rows_of({"input": arr}, min(SAMPLE_ROWS, len(arr)))
     sig.allow_nan = allow_nan
-    sig.sample = [{k: _plain(v) for k, v in r.items()} for r in rows]
+    sig.sample = [{k: plain(v) for k, v in r.items()} for r in rows]
     if outputs is not None:
         sig.outputs = output_specs(outputs)
     return sig
@@ -381,27 +380,12 @@ def output_specs(outputs: Batch) -> list[FieldSpec]:
 def sample_rows(batch: Batch) -> list[dict[str, Any]]:
     """The first rows of a decoded batch, as a signature keeps its sample."""
     n = min(SAMPLE_ROWS, min((len(v) for v in batch.values()), default=0))
-    return [{k: _plain(v) for k, v in r.items()} for r in _rows_of(batch, n)]
+    return [{k: plain(v) for k, v in r.items()} for r in _rows_of(batch, n)]
 
 
 def _columns_signature(datatypes: Mapping[str, str]) -> Signature:
     inputs = [FieldSpec(name=name, datatype=dt) for name, dt in datatypes.items()]
     return Signature(layout="columns", inputs=inputs, model_input="dataframe")
-
-
-def _column_datatype(values: np.ndarray) -> str:
-    """A column's datatype, reading None, NaN and pandas' <NA> as missing values."""
-    if values.dtype.kind != "O":
-        return from_numpy(values.dtype)
-    present = [v for v in values.tolist() if not is_missing(v)]
-    if not present:
-        return "FP64"  # nothing but gaps: the likeliest column is numbers with NaN
-    if all(isinstance(v, str | bytes) for v in present):
-        return "BYTES"
-    typed = np.asarray(present)
-    if typed.dtype.kind in "iu" and len(present) < len(values):
-        return "FP64"  # integers with gaps are floats: a missing value is NaN
-    return from_numpy(typed.dtype)
 
 
 def _frame_columns(frame: Any) -> Batch:
@@ -421,21 +405,6 @@ def _rows(arrays: Mapping[str, np.ndarray]) -> int:
 
 def _rows_of(arrays: Mapping[str, np.ndarray], n: int) -> list[dict[str, Any]]:
     return [{k: a[i] for k, a in arrays.items()} for i in range(n)]
-
-
-def _plain(value: Any) -> Any:
-    """A sample value as JSON can hold it: NaN becomes null, arrays nested lists."""
-    if isinstance(value, np.ndarray):
-        return jsonable(value)
-    if isinstance(value, np.datetime64 | np.timedelta64):
-        return str(value)  # as decode hands dates to the model: ISO 8601 text
-    if isinstance(value, np.generic):
-        value = value.item()
-    if is_missing(value) or (isinstance(value, float) and not math.isfinite(value)):
-        return None
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="backslashreplace")
-    return value
 
 
 def _is_dataframe(obj: Any) -> bool:
