@@ -195,7 +195,7 @@ class FeedbackStore:
         if self.ready:
             return
         self.log.ensure()  # mp_predictions with its feedback columns, for the join
-        with self.log._errors():
+        with self.log.errors():
             try:
                 metadata.create_all(self.log.engine, checkfirst=True)
             except (sa_exc.IntegrityError, sa_exc.ProgrammingError):
@@ -212,7 +212,7 @@ class FeedbackStore:
         ts = now or datetime.now(UTC)
         rows = [{"scope": s, "ident": i, "row_index": r, "label": lb.label, "ts": ts}
                 for (s, i, r), lb in latest.items()]
-        with self.log._errors(), self.log.engine.connect() as conn:
+        with self.log.errors(), self.log.engine.connect() as conn:
             conn = conn.execution_options(**{WRITE: True})
             with conn.begin():
                 _upsert(conn, rows)
@@ -223,7 +223,7 @@ class FeedbackStore:
 
     def count(self) -> int:
         self.ensure()
-        with self.log._errors(), self.log.engine.connect() as conn:
+        with self.log.errors(), self.log.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(feedback))
                        .scalar_one())
 

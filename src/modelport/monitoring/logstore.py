@@ -152,14 +152,16 @@ class LogStore:
     def close(self) -> None:
         self.engine.dispose()
 
-    def _errors(self) -> contextlib.AbstractContextManager[None]:
+    def errors(self) -> contextlib.AbstractContextManager[None]:
+        """Database errors as one `ModelportError` naming the log's database (for
+        every reader of these tables: feedback and live quality too)."""
         return sql_errors(f"prediction log database {self.where}")
 
     def ensure(self) -> None:
         """Create the tables if they are missing (once per process)."""
         if self.ready:
             return
-        with self._errors():
+        with self.errors():
             try:
                 metadata.create_all(self.engine, checkfirst=True)
             except (sa_exc.IntegrityError, sa_exc.ProgrammingError):
@@ -171,7 +173,7 @@ class LogStore:
     def write(self, rows: list[dict[str, Any]], counts: dict[TrafficKey, Count]) -> None:
         """One transaction: the sampled rows (executemany) and the traffic upserts."""
         self.ensure()
-        with self._errors(), self.engine.connect() as conn:
+        with self.errors(), self.engine.connect() as conn:
             conn = conn.execution_options(**{WRITE: True})  # SQLite: BEGIN IMMEDIATE
             with conn.begin():
                 if rows:
@@ -186,7 +188,7 @@ class LogStore:
         query = sa.select(traffic).where(traffic.c.minute >= since, traffic.c.minute < until)
         if model is not None:
             query = query.where(traffic.c.model == model)
-        with self._errors(), self.engine.connect() as conn:
+        with self.errors(), self.engine.connect() as conn:
             result = conn.execute(query.order_by(traffic.c.minute)).mappings().all()
         return [(r["minute"], r["model"], r["version"], r["source"],
                  Count(r["calls"], r["rows"], r["errors"], r["latency_ms_sum"],
@@ -203,7 +205,7 @@ class LogStore:
                                   predictions.c.ts < until)
         if version is not None:
             where = (*where, predictions.c.version == version)
-        with self._errors(), self.engine.connect() as conn:
+        with self.errors(), self.engine.connect() as conn:
             total = conn.execute(sa.select(sa.func.count()).where(*where)).scalar_one()
             query = sa.select(predictions).where(*where)
             if total > limit:

@@ -124,7 +124,7 @@ def joined(log: FeedbackStore, model: str, version: int, since: datetime | timed
         f.scope == p.source, f.ident == p.row_key)).where(*where, p.row_key.is_not(None))
     both = sa.union_all(by_request, by_key).subquery()
     query = sa.select(both.c.outputs, both.c.label).order_by(both.c.id.desc()).limit(limit)
-    with log.log._errors(), log.log.engine.connect() as conn:
+    with log.log.errors(), log.log.engine.connect() as conn:
         return [(outputs, label) for outputs, label in conn.execute(query)]
 
 
