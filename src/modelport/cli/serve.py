@@ -49,6 +49,9 @@ def serve(
                           "or pass --config modelport.yaml")
     if workers is not None:
         for model in service.models:
+            if workers and model.on_loop is True:
+                raise ConfigError(f"--workers {workers}: model {model.served_name} runs on "
+                                  "the event loop (on_loop: true), not in worker processes")
             model.workers = workers
     server = cli.settings.server.model_copy(update={
         k: v for k, v in {"host": host, "port": port}.items() if v is not None})
