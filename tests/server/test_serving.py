@@ -416,6 +416,8 @@ async def test_models_can_run_in_worker_processes(settings, reg, data) -> None:
     await dp.stop()
     assert [a.json()["predictions"][0] for a in answers] == expected
     assert deployment.batcher.concurrency == 2  # one batch in flight per process
+    assert (deployment.placement.where, deployment.placement.reason) == \
+        ("process", "workers: 2")
     assert os.getpid() not in pids
 
 
