@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/placement.py                      # about 5 minutes
     .venv/bin/python bench/placement.py --models small --conns 64 --rounds 3
+    .venv/bin/python bench/placement.py --inproc             # about 2 minutes
 
 Starts the benchmark's modelport server (`serving.py --worker modelport`, default
 settings, access log off) on the two models `bench/serving.py` trains, once per
@@ -10,17 +11,27 @@ the first. Placements alternate within each round (the order reverses every roun
 medians over rounds. Prints req/s, p99, the batch size the batcher formed, the
 server's CPU per request and the core's busy share, what `auto` chose (from
 readiness) and the forced placements' req/s against `auto`'s.
+
+`--inproc` leaves HTTP out: the three placements of each model are three data planes
+in this process, pinned to one core, each sent the same one-row requests at each
+concurrency through `DataPlane.predict` (validation, batcher, model), in turn, many
+short times; it prints the CPU time per request (this process's, every thread) and
+the requests per second, medians, and the forced placements' against `auto`'s, the
+median of the ratios taken within each turn. What a request costs the core, with the
+parsing and the sockets left out, so the thread hop's share of it shows.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +48,102 @@ def chosen(port: int, name: str) -> dict[str, Any]:
     return placement
 
 
+async def turn(dp: Any, deployment: Any, batches: list[Any], conns: int,
+               seconds: float) -> tuple[float, float]:
+    """`conns` callers sending one-row requests for `seconds`: (CPU µs per request,
+    requests per second)."""
+    done = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def caller(n: int) -> None:
+        nonlocal done
+        while time.perf_counter() < stop_at:
+            await dp.predict(deployment, batches[(n + done) % len(batches)])
+            done += 1
+
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(caller(n) for n in range(conns)))
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    return cpu / done * 1e6, done / wall
+
+
+async def inproc(home: Path, keys: list[str], conns: list[int], rounds: int,
+                 seconds: float) -> None:
+    import servers
+
+    from modelport.config import ServiceConfig
+    from modelport.dataplane import DataPlane, ModelConfig
+    from modelport.registry import Registry
+
+    cores = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cores[-1]})  # the loop and the lanes share one core
+    names = {"small": "bench-small", "heavy": "bench-heavy"}
+    settings = servers.settings_for(home)
+    registry = Registry(settings=settings)
+    planes: dict[str, DataPlane] = {}
+    for label, on_loop in PLACEMENTS.items():
+        models = [ModelConfig.model_validate({"ref": f"{names[k]}@production",
+                                              "on_loop": on_loop}) for k in keys]
+        planes[label] = DataPlane(registry, settings, ServiceConfig(models=models).models)
+        await planes[label].start(follow=False)
+    rows = {k: servers.dataset(k)[0] for k in keys}
+    results: dict[tuple[str, int, str], list[tuple[float, float]]] = {}
+    for key in keys:
+        placement = planes["auto"].deployment(names[key]).placement
+        print(f"auto placed {key}: {placement.describe()}", flush=True)
+        for c in conns:
+            for r in range(rounds):
+                order = list(planes.items()) if r % 2 == 0 else list(planes.items())[::-1]
+                for label, dp in order:
+                    deployment = dp.deployment(names[key])
+                    sig = deployment.model.signature
+                    batches = [sig.decode(rows[key][i:i + 1]) for i in range(64)]
+                    results.setdefault((key, c, label), []).append(
+                        await turn(dp, deployment, batches, c, seconds))
+    for dp in planes.values():
+        await dp.stop()
+    registry.close()
+    print(f"\nload average {os.getloadavg()[0]:.1f}; {rounds} turns of {seconds} s per "
+          "cell; medians\n")
+    labels = list(PLACEMENTS)
+    print("| model | c | " + " | ".join(f"{t}: CPU µs/req, req/s" for t in labels)
+          + " | " + " | ".join(f"{t} / auto: CPU, req/s" for t in labels[1:]) + " |")
+    print("|---|---:|" + "---:|" * (2 * len(labels) - 1))
+    for key in keys:
+        for c in conns:
+            cells = [f"{statistics.median(x[0] for x in results[(key, c, t)]):.0f}, "
+                     f"{statistics.median(x[1] for x in results[(key, c, t)]):.0f}"
+                     for t in labels]
+            ratios = []
+            for t in labels[1:]:
+                pairs = list(zip(results[(key, c, t)], results[(key, c, "auto")], strict=True))
+                ratios.append(f"{statistics.median(a[0] / b[0] for a, b in pairs):.2f}, "
+                              f"{statistics.median(a[1] / b[1] for a, b in pairs):.2f}")
+            print(f"| {key} | {c} | " + " | ".join(cells + ratios) + " |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="small,heavy")
     parser.add_argument("--conns", default="1,8,64")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=3, help="per wrk run (whole seconds)")
+    parser.add_argument("--inproc", action="store_true",
+                        help="the data plane in this process, without HTTP (see above)")
+    parser.add_argument("--turn-seconds", type=float, default=0.5,
+                        help="with --inproc: seconds per placement per turn")
     args = parser.parse_args(argv)
+    if args.inproc:
+        tmp = Path(tempfile.mkdtemp(prefix="modelport-placement-"))
+        try:
+            print("training and registering the models …", flush=True)
+            register(tmp / "home")
+            asyncio.run(inproc(tmp / "home", args.models.split(","),
+                               [int(c) for c in args.conns.split(",")],
+                               max(args.rounds, 5), args.turn_seconds))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return 0
     if shutil.which("wrk") is None:
         print("wrk is missing: sudo apt-get install -y wrk", file=sys.stderr)
         return 2
