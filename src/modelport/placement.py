@@ -5,9 +5,10 @@ set (`on_loop: auto`, the default), the load times the model on its signature's
 sample rows, at one row and at the largest batch the batcher forms, and:
 
 - runs it on the event loop when the larger of the two calls takes under
-  `LOOP_MAX_S` (1 ms): handing a batch to a thread and back costs tens of
-  microseconds of CPU and a GIL handover per batch, a real share of such a call, and
-  the loop is held no longer than a request's own parsing and answer take;
+  `LOOP_MAX_S` (1 ms): the thread's hand-over and wake-up, saved there, cost a
+  scikit-learn model of ~400 µs 6-26 % of a request's server CPU at 8 and 64
+  concurrent callers (bench/README.md, "Placement"), and the loop is held no longer
+  than a request's own parsing and answer take;
 - runs it in a thread otherwise, when there are no sample rows to time it on, and
   always for the python flavor (a user's class may wait on a database or a service,
   and a call fast at load may not be fast later: on the loop such a wait would stall
