@@ -61,12 +61,13 @@ def estimator(home: Path, ref: str) -> Any:
 
 
 def run_modelport(home: Path, port: int, ref: str, *, batching: bool, poll_interval_s: float,
-                  keys: Path | None) -> None:
+                  keys: Path | None, on_loop: str = "auto") -> None:
     from modelport.server.run import serve
 
     settings = settings_for(home, port=port, batching=batching,
                             poll_interval_s=poll_interval_s, keys=keys)
-    serve(settings, ServiceConfig(models=[ModelConfig(ref=ref)]))
+    model = ModelConfig.model_validate({"ref": ref, "on_loop": on_loop})
+    serve(settings, ServiceConfig(models=[model]))
 
 
 # --- the FastAPI baseline -----------------------------------------------------------

@@ -430,7 +430,8 @@ def run_worker(args: argparse.Namespace) -> int:
     if args.worker == "modelport":
         servers.run_modelport(home, args.port, args.ref, batching=not args.no_batching,
                               poll_interval_s=args.poll,
-                              keys=Path(args.keys) if args.keys else None)
+                              keys=Path(args.keys) if args.keys else None,
+                              on_loop=args.on_loop)
     elif args.worker == "fastapi":
         servers.run_fastapi(home, args.port, args.ref)
     else:
@@ -454,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--poll", type=float, default=2.0, help=argparse.SUPPRESS)
     parser.add_argument("--no-batching", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--on-loop", default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return run_worker(args)

@@ -187,6 +187,24 @@ async def test_waiting_for_company_is_bounded_by_max_delay_in_all() -> None:
     await batcher.close()
 
 
+async def test_a_closed_loop_of_callers_on_the_loop_does_not_wait_out_max_delay() -> None:
+    """Callers that ask again only once answered: after a batch with company, the batch
+    task waits for the rest of the loop's turn (in which the answered callers come
+    back), as a lane does, not `max_delay` for company that cannot come."""
+    model = SlowDouble(delay=0)
+    batcher = AdaptiveBatcher(model, max_batch_size=64, max_delay_ms=10_000)
+
+    async def caller(i: int) -> None:
+        for _ in range(5):
+            assert (await batcher.submit(rows(i)))["y"].tolist() == [2.0 * i]
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller(i) for i in range(8)))
+    assert time.perf_counter() - started < 5  # not 10 s for each batch after the first
+    assert model.calls.count(8) >= 3, model.calls  # one cohort, after the first two
+    await batcher.close()
+
+
 # --- a model given as a plain function runs on the batcher's own threads (lanes) ---
 
 

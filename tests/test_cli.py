@@ -366,6 +366,14 @@ def test_more_user_errors(inproc: Run, files: dict[str, Path], args: list[str], 
     one_line_error(inproc(*(paths.get(a, a) for a in args)), code, *words)
 
 
+def test_serve_workers_against_a_model_on_the_loop_is_one_line(inproc: Run,
+                                                               tmp_path: Path) -> None:
+    config = tmp_path / "modelport.yaml"
+    config.write_text("models:\n  - ref: m:1\n    on_loop: true\n")
+    one_line_error(inproc("serve", "--config", str(config), "--workers", "2"), 1,
+                   "--workers 2: model m runs on the event loop (on_loop: true)")
+
+
 def test_global_options_override_settings(mp: Run, files: dict[str, Path], tmp_path: Path,
                                           home: Path) -> None:
     other = tmp_path / "other"

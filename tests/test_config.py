@@ -89,12 +89,12 @@ def test_an_empty_file_is_a_service_of_nothing(path: Path, text: str) -> None:
     assert (config.name, config.models, config.pipelines) == ("modelport", [], [])
 
 
-def test_a_model_s_options_default_to_threads_untrusted_and_the_service_batching(
+def test_a_model_s_options_default_to_auto_placement_untrusted_and_the_service_batching(
         path: Path) -> None:
     model = load(path, "models:\n  - ref: cancer@production\n").models[0]
     assert model.served_name == "cancer"  # the registered name, alias and all stripped
     assert (model.trusted, model.workers, model.on_loop, model.batching) == \
-        (False, 0, False, None)
+        (False, 0, "auto", None)
     assert load(path, "models:\n  - ref: cancer:4\n    name: c\n").models[0].served_name == "c"
 
 
@@ -127,8 +127,10 @@ pipelines:
     ("models:\n  - ref: m:1\n    batching: {max_batch_size: 0}\n",
      "models.0.batching.max_batch_size: Input should be greater than or equal to 1"),
     ("models:\n  - ref: m:1\n    on_loop: true\n    workers: 2\n",
-     "models.0: Value error, a model runs on the event loop (on_loop) or in worker "
+     "models.0: Value error, a model runs on the event loop (on_loop: true) or in worker "
      "processes (workers), not both"),
+    ("models:\n  - ref: m:1\n    on_loop: sometimes\n",
+     "models.0.on_loop: Value error, expected true, false or auto, got 'sometimes'"),
     ("pipelines:\n  - name: p\n    model: m:1\n    chunk_size: 0\n",
      "pipelines.0.chunk_size: Input should be greater than or equal to 1"),
     ("models: cancer@production\n", "models: Input should be a valid list"),

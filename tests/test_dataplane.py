@@ -28,6 +28,10 @@ from modelport.signature import Batch
 from small_models import DropsFirstRow
 from waiting import until
 
+IN_A_THREAD = {"where": "thread", "reason": "auto: python-flavor code may wait on I/O",
+               "us_per_call": {}}
+"""Where `on_loop: auto` runs every model here (modelport.placement)."""
+
 # Packaged python models are imported afresh from their own copy of this module when
 # loaded, so the switches that reach them are environment variables and files.
 
@@ -184,7 +188,8 @@ async def test_an_alias_move_loads_the_new_version_before_the_old_one_goes(
     gate.touch()
     await refreshing
     assert await answer(dp, "m", 1) == (2, [3.0])
-    assert dp.readiness() == (True, {"m": {"ready": True, "version": 2, "ref": "m@production"}})
+    assert dp.readiness() == (True, {"m": {"ready": True, "version": 2, "ref": "m@production",
+                                           "placement": IN_A_THREAD}})
     with pytest.raises(Overloaded, match="being unloaded"):  # the old one is closed
         await old.batcher.submit(rows(1))
     assert dp.metrics.registry.get_sample_value(
@@ -251,7 +256,8 @@ async def test_a_model_that_fails_to_load_is_reported_not_ready_and_retried(
 
     monkeypatch.delenv("DP_BROKEN")  # the weights are back
     await dp.refresh(force=True)
-    assert dp.readiness() == (True, {"m": {"ready": True, "version": 1, "ref": "m@production"}})
+    assert dp.readiness() == (True, {"m": {"ready": True, "version": 1, "ref": "m@production",
+                                           "placement": IN_A_THREAD}})
     assert dp.load_errors() == []
     assert await answer(dp, "m", 1) == (1, [1.0])
 
@@ -278,7 +284,7 @@ async def test_an_alias_that_does_not_exist_is_not_ready_naming_it(
                      ModelConfig(ref="m@missing", name="other", trusted=True))
     ready, detail = dp.readiness()
     assert not ready
-    assert detail["m"] == {"ready": True, "version": 1, "ref": "m:1"}
+    assert detail["m"] == {"ready": True, "version": 1, "ref": "m:1", "placement": IN_A_THREAD}
     assert detail["other"] == {"ready": False, "version": None, "ref": "m@missing",
                                "error": "m@missing: model 'm' has no alias 'missing'"}
     reg.set_alias("m", "missing", 1)  # created later: picked up by the next refresh

@@ -37,6 +37,7 @@ from modelport.model import Model
 from modelport.monitoring.livedrift import DriftWatch
 from modelport.monitoring.metrics import Metrics
 from modelport.outputs import Outputs
+from modelport.placement import choose, configured
 from modelport.registry import ModelVersion, Registry, parse_ref
 from modelport.settings import Settings
 from modelport.signature import Batch
@@ -195,8 +196,17 @@ class DataPlane:
                                        self.registry.cache_dir)
         model = Model(record, path, trusted=config.trusted)
         await asyncio.to_thread(model.load)
-        executor = process_pool(record, path, config) if config.workers else None
         batching = config.batching or self.settings.batching
+        max_batch_size = batching.max_batch_size if batching.enabled else 1
+        placement = configured(config.on_loop, config.workers)
+        if placement is None:  # on_loop: auto: timed on the sample, in a thread
+            try:
+                placement = await asyncio.to_thread(choose, model, max_batch_size)
+            except Exception as exc:
+                raise ModelportError(
+                    f"smoke test on the signature's sample failed: {exc}") from exc
+        executor = process_pool(record, path, config) if placement.where == "process" \
+            else None
         name = config.served_name
         outputs = Outputs.of(record.signature)
 
@@ -215,27 +225,28 @@ class DataPlane:
             return run(batch)
 
         # a plain function runs on the batcher's own threads; a coroutine on the loop
-        infer: Infer | Predict = on_loop if config.on_loop else run
+        infer: Infer | Predict = on_loop if placement.where == "loop" else run
 
         def on_batch(rows: int, seconds: float) -> None:
             self.metrics.batch_size.labels(name, str(record.version)).observe(rows)
 
         batcher = AdaptiveBatcher(
             infer,
-            max_batch_size=batching.max_batch_size if batching.enabled else 1,
+            max_batch_size=max_batch_size,
             max_delay_ms=batching.max_delay_ms if batching.enabled else 0,
             max_queue=batching.max_queue,
             concurrency=max(config.workers, 1),
             on_batch=on_batch,
         )
         batcher.start()
-        deployment = Deployment(model, batcher, executor, served=name)
+        deployment = Deployment(model, batcher, placement, executor, served=name)
         try:  # smoke test through the same path requests take
             if model.signature.sample:
                 await deployment.submit(model.signature.sample_batch(), timeout=60)
         except Exception as exc:
             await deployment.close()
             raise ModelportError(f"smoke test on the signature's sample failed: {exc}") from exc
+        log.info("%s (served as %s) %s", record.ref, name, placement.describe())
         return deployment
 
     # --- serving --------------------------------------------------------------------
@@ -348,7 +359,7 @@ class DataPlane:
                 # in threads even when the primary runs on the loop: a slow shadow must
                 # not hold the loop that answers the callers
                 config = ModelConfig(ref=ref, name=ref, trusted=ep.config.trusted,
-                                     batching=ep.config.batching)
+                                     batching=ep.config.batching, on_loop=False)
                 added.append(self.targets.setdefault(ref, Endpoint(config)))
         return added
 
@@ -394,4 +405,5 @@ class DataPlane:
     @staticmethod
     def _state(ep: Endpoint) -> dict[str, Any]:
         return {"ready": ep.ready, "version": ep.current.version if ep.current else None,
-                "ref": ep.config.ref, **({"error": ep.error} if ep.error else {})}
+                "ref": ep.config.ref, **({"error": ep.error} if ep.error else {}),
+                **({"placement": ep.current.placement.as_json()} if ep.current else {})}

@@ -11,12 +11,14 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from modelport.batching import AdaptiveBatcher
 from modelport.model import Model
 from modelport.outputs import Outputs
+from modelport.placement import Placement
 from modelport.registry import ModelVersion, parse_ref
 from modelport.settings import BatchingSettings
 from modelport.signature import Batch
@@ -36,23 +38,33 @@ class ModelConfig(BaseModel):
     trusted: bool = False
     """Allow artifacts that run code when loaded (pickle, python flavor)."""
     workers: int = Field(0, ge=0)
-    """0 runs the model in threads; N runs it in N worker processes (GIL-bound models)."""
-    on_loop: bool = False
-    """Call the model on the event loop rather than in a thread: for models that answer
-    a batch in a fraction of a millisecond (a factor lookup, a small linear model), where
-    handing each batch to a thread and back costs more CPU than the model. The loop
-    waits for every batch: leave it off for anything slower."""
+    """N > 0 runs the model in N worker processes (GIL-bound models); 0: `on_loop` says."""
+    on_loop: bool | Literal["auto"] = "auto"
+    """Where the model runs in this process (see modelport.placement): `auto` times it
+    at load and runs it on the event loop when a call at one row and at the largest
+    batch takes under a millisecond, in a thread otherwise; `true` on the loop, `false`
+    in a thread, whatever the timing."""
     batching: BatchingSettings | None = None
     shadow: ShadowPolicy | None = None
     """`NAME@ALIAS` or `{ref, fraction, tolerance, timeout_s}`: also scores calls, unseen."""
     canary: CanaryPolicy | None = None
     """`{ref, weight, key}`: answers `weight` percent of the calls (see modelport.traffic)."""
 
+    @field_validator("on_loop", mode="before")
+    @classmethod
+    def _true_false_or_auto(cls, value: object) -> object:
+        # one message for a bad value, not one per member of the union
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if value == "auto" or isinstance(value, bool):
+            return value
+        raise ValueError(f"expected true, false or auto, got {value!r}")
+
     @model_validator(mode="after")
     def _one_place_to_run(self) -> ModelConfig:
-        if self.on_loop and self.workers:
-            raise ValueError("a model runs on the event loop (on_loop) or in worker "
-                             "processes (workers), not both")
+        if self.on_loop is True and self.workers:
+            raise ValueError("a model runs on the event loop (on_loop: true) or in "
+                             "worker processes (workers), not both")
         return self
 
     @property
@@ -70,6 +82,7 @@ class Deployment:
 
     model: Model
     batcher: AdaptiveBatcher
+    placement: Placement
     executor: Executor | None = None
     loaded_at: float = field(default_factory=time.time)
     served: str = ""

@@ -333,8 +333,9 @@ async def test_a_failed_load_is_retried_with_backoff_and_at_once_when_asked(
         assert "weights are corrupt" in dp.readiness()[1]["m"]["error"]
         reg.set_alias("m", "production", 2)  # moved back to what is served
         await dp.refresh()
-        assert dp.readiness() == (True, {"m": {"ready": True, "version": 2,
-                                               "ref": "m@production"}})
+        ready, detail = dp.readiness()
+        assert (ready, detail["m"].keys()) == (True, {"ready", "version", "ref", "placement"})
+        assert detail["m"]["version"] == 2  # and no error
     finally:
         await http.aclose()
         await dp.stop()
@@ -416,6 +417,8 @@ async def test_models_can_run_in_worker_processes(settings, reg, data) -> None:
     await dp.stop()
     assert [a.json()["predictions"][0] for a in answers] == expected
     assert deployment.batcher.concurrency == 2  # one batch in flight per process
+    assert (deployment.placement.where, deployment.placement.reason) == \
+        ("process", "workers: 2")
     assert os.getpid() not in pids
 
 

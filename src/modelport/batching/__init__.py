@@ -14,7 +14,8 @@ busy refusing the excess, and a model that needed loop turns between batches wou
 sit idle behind that work while its queue is full (goodput collapses). On lanes the
 wait for company is the rest of the loop's current turn (the requests it is taking
 in), bounded by `max_delay_ms`. A coroutine function (a model run on the loop) is
-batched by a task on the loop instead.
+batched by a task on the loop instead, whose wait for company is the same: the rest
+of the loop's turn.
 """
 
 from __future__ import annotations
@@ -190,24 +191,19 @@ class AdaptiveBatcher:
                 slots.release()
                 return
             items, rows = [first], first.rows
-            deadline: float | None = None
+            waited = False
             while rows < self.max_batch_size:
                 if queue.empty():
-                    if self._last_size <= 1 or self.max_delay <= 0:
+                    if self._last_size <= 1 or self.max_delay <= 0 or waited:
                         break
-                    # others were here last time: give them a moment to arrive, once
-                    # (max_delay in all, not again after each arrival: a trickle of
-                    # requests would otherwise hold the batch open for up to a full one)
-                    now = asyncio.get_running_loop().time()
-                    deadline = now + self.max_delay if deadline is None else deadline
-                    if now >= deadline:
-                        break
-                    try:
-                        nxt = await asyncio.wait_for(queue.get(), deadline - now)
-                    except TimeoutError:
-                        break
-                else:
-                    nxt = queue.get_nowait()
+                    # others were here last time: let the loop finish its turn (the
+                    # requests it is taking in, the callers just answered coming back),
+                    # once, as a lane does. Not a wait of max_delay: callers that wait
+                    # for their answer would not come, and every batch would wait it out
+                    waited = True
+                    await asyncio.sleep(0)
+                    continue
+                nxt = queue.get_nowait()
                 if nxt is _STOP:
                     stopping = True
                     break

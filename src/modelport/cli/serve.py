@@ -28,8 +28,9 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port to listen on.",
                                              show_default=False)] = None,
     workers: Annotated[int | None, typer.Option(
-        help="Worker processes per model, for models that hold the GIL "
-             "(default: run models in threads).", show_default=False)] = None,
+        help="Worker processes per model, for models that hold the GIL (default: "
+             "on the event loop or in a thread, as each model's timing at load says).",
+        show_default=False)] = None,
     trusted: Annotated[bool, typer.Option(
         help="Allow artifacts that run code when loaded (pickle, python models).")] = False,
 ) -> None:
@@ -49,6 +50,9 @@ def serve(
                           "or pass --config modelport.yaml")
     if workers is not None:
         for model in service.models:
+            if workers and model.on_loop is True:
+                raise ConfigError(f"--workers {workers}: model {model.served_name} runs on "
+                                  "the event loop (on_loop: true), not in worker processes")
             model.workers = workers
     server = cli.settings.server.model_copy(update={
         k: v for k, v in {"host": host, "port": port}.items() if v is not None})

@@ -22,6 +22,10 @@ class Flavor(ABC):
     """
 
     name: ClassVar[str]
+    computes_only: ClassVar[bool] = True
+    """`predict` only computes (it never waits on I/O, a lock or another service), so
+    a call's time at load is its time later: `on_loop: auto` may place it on the event
+    loop by that time (modelport.placement). False for code of the user's own."""
 
     def __init__(self, path: Path, options: dict[str, Any], *, trusted: bool = False) -> None:
         self.path = path

@@ -41,6 +41,7 @@ _IMPORT_LOCK = threading.Lock()
 
 class PythonFlavor(Flavor):
     name = "python"
+    computes_only = False  # the class may call a database or a service: never timed
 
     @classmethod
     def save(cls, obj: Any, path: Path, *, trusted: bool = False) -> dict[str, Any]:
