@@ -288,6 +288,28 @@ async def test_frames_written_at_once_to_a_table_not_made_yet(url, table) -> Non
     assert execute(url, f"SELECT COUNT(*) FROM {table}") == [(80,)]
 
 
+async def test_two_writers_creating_one_table_at_once_both_write_into_it(url, table) -> None:
+    # two workers (or jobs) whose writer creates the table: both find it missing and
+    # CREATE it; the one that loses takes the winner's table and writes into it
+    writers = [SqlWriter(url, table, create=True) for _ in range(2)]
+    for writer in writers:
+        await writer.start()
+    try:
+        await asyncio.gather(*(writers[i % 2].write(scores(10, start=10 * i))
+                               for i in range(6)))
+        # the table each writer holds is the one in the database: a later frame with
+        # a column neither made yet is added once, and read back by both
+        late = Frame([1000], {"score": [0.5], "note": ["late"]})
+        await writers[0].write(late)
+        await writers[1].write(Frame([1001], {"score": [0.25], "note": ["later"]}))
+    finally:
+        for writer in writers:
+            await writer.close()
+    assert execute(url, f"SELECT COUNT(*), COUNT(DISTINCT id) FROM {table}") == [(62, 62)]
+    assert execute(url, f"SELECT id, note FROM {table} WHERE note IS NOT NULL "
+                        "ORDER BY id") == [(1000, "late"), (1001, "later")]
+
+
 async def test_configuration_errors_are_clear(url, table) -> None:
     with pytest.raises(ConfigError, match="either 'table' or 'query'"):
         SqlRetriever(url)

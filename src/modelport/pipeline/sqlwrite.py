@@ -108,25 +108,22 @@ class SqlWriter(SqlComponent, Writer):
     def _prepare(self, frame: Frame, names: list[str]) -> Table:
         """The table, with a column for each of `names`: created, or columns added,
         if the writer may (`create`)."""
-        table = self._existing()
-        if table is None:
-            table = self._create(frame, names)
-        missing = [n for n in names if n not in table.c]
-        if missing and self.create:
-            table = self._add_columns(table, frame, missing)
-        elif missing:
+        # the first frames may be written side by side (threads): one looks the table
+        # up and creates it, the others wait and take it (each reflecting it on its
+        # own, on a table not there yet, kept a job's first writes from starting)
+        with self._creating:
+            table = self._existing()
+            if table is None:
+                table = self._create_table(frame, names)
+            missing = [n for n in names if n not in table.c]
+            if missing and self.create:
+                table = self._add_columns(table, frame, missing)
+        if missing and not self.create:
             raise ConfigError(f"{self.where}: table {self.table!r} has no column(s) "
                               f"{', '.join(missing)}; add them, or list the ones to store "
                               "in the writer's 'columns', or let the writer add them "
                               "('create: true')")
         return table
-
-    def _create(self, frame: Frame, names: list[str]) -> Table:
-        # the first frames may be written side by side (threads): one creates the table
-        with self._creating:
-            if self._table is not None:
-                return self._table
-            return self._create_table(frame, names)
 
     def _create_table(self, frame: Frame, names: list[str]) -> Table:
         keys = plain_keys(frame.keys)
@@ -139,16 +136,19 @@ class SqlWriter(SqlComponent, Writer):
                       *(Column(n, _sql_type(frame.columns[n], dialect)) for n in names),
                       schema=schema or None)
         try:
-            table.create(self.engine, checkfirst=True)
+            # no check first: the table was not there a moment ago (`_existing`)
+            table.create(self.engine, checkfirst=False)
         except sa_exc.DBAPIError:
-            # another write (this writer's own, on another thread, or another process)
-            # may create it between our check and our CREATE: SQLite says so with an
-            # OperationalError, PostgreSQL with a ProgrammingError or IntegrityError
+            # another process may create it between our look and our CREATE: SQLite
+            # says so with an OperationalError, PostgreSQL with a ProgrammingError or
+            # IntegrityError; then the table is theirs, as it is: read it back
             with contextlib.suppress(sa_exc.NoSuchTableError):
                 self._table = self._load_table(self.table)
                 return self._table
             raise
-        self._table = self._load_table(self.table)
+        # the table made is the one just described: reading it back from the catalog
+        # costs a job's first write more than the CREATE does
+        self._table = table
         return self._table
 
     def _add_columns(self, table: Table, frame: Frame, missing: list[str]) -> Table:
