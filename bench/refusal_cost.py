@@ -78,8 +78,7 @@ def main() -> None:
             for _ in range(16):
                 held.append(socket.create_connection(("127.0.0.1", port)))
                 held[-1].sendall(REQUEST)
-            while httpx.post(f"{url}/models/sleeper/predict", content=BODY,
-                             headers={"content-type": "application/json"}).status_code != 503:
+            while not _refused(url):
                 if time.monotonic() > deadline:
                     raise SystemExit("the queue did not fill")
                 time.sleep(0.05)
@@ -99,6 +98,14 @@ def _ready(url: str) -> bool:
     try:
         return httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200
     except httpx.TransportError:
+        return False
+
+
+def _refused(url: str) -> bool:
+    try:
+        return httpx.post(f"{url}/models/sleeper/predict", content=BODY, timeout=1,
+                          headers={"content-type": "application/json"}).status_code == 503
+    except httpx.TimeoutException:  # admitted before the held ones came: it is held too
         return False
 
 

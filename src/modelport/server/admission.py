@@ -80,9 +80,9 @@ class Admission:
         self._rejections: dict[str, Counter] = {}
         self._requests: dict[tuple[str, str, str], Counter] = {}
         # under overload most requests are refused, each at the cost of a core's time:
-        # a refusal and its answer are built once per model version and route, and
-        # the answer again only when the server's default headers (its date) change
-        self._refusals: dict[tuple[str, str], tuple[object, object, Refusal]] = {}
+        # a refusal's answer is built once (per model version, route and message), and
+        # again only when the server's default headers (its date) change. Keyed by
+        # value: a retired version's model is not kept alive by it
         self._answers: dict[Refusal, _Answer] = {}
 
     @property
@@ -117,14 +117,7 @@ class Admission:
                 name, "queue_full")
         rejected.inc()
         route = "predict" if match[1] else "v2"
-        made = self._refusals.get((name, route))
-        if made is not None and made[0] is current and made[1] is current.batcher:
-            return made[2]
-        refused = Refusal(name, str(current.version), route, current.batcher.full_message())
-        if len(self._refusals) >= _CACHED:
-            self._refusals.clear()
-        self._refusals[name, route] = (current, current.batcher, refused)
-        return refused
+        return Refusal(name, str(current.version), route, current.batcher.full_message())
 
     def response(self, refused: Refusal, request_id: bytes | None,
                  default_headers: Iterable[tuple[bytes, bytes]]) -> bytes:
