@@ -12,7 +12,9 @@ connections, each sending its next request as soon as it has an answer (a refuse
 client retries at once, the worst case). `--pin` runs the server on core 1 and the
 load on core 0 (`taskset`). Rounds alternate the connection counts, so a shared
 machine's weather hits each alike. Prints a table of ratios against the capacity
-measured in the same run.
+measured in the same run, and the CPU time the server and the load spent per answer
+(from /proc and getrusage: under overload nearly every answer is a refusal, and in a
+closed loop the 503 latency is about the connections times the larger of the two).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -91,7 +94,10 @@ async def _load(port: int, connections: int, seconds: float) -> dict[str, object
 def load_main(port: int, connections: int, seconds: float, out: str) -> None:
     import uvloop
 
+    before = resource.getrusage(resource.RUSAGE_SELF)
     result = uvloop.run(_load(port, connections, seconds))
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    result["load_cpu_s"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     # a file, not stdout: the event loop may leave stdout non-blocking, and a large
     # result written to a full pipe then comes back cut short
     Path(out).write_text(json.dumps(result))
@@ -144,13 +150,22 @@ def healthy(port: int) -> bool:
     return ready.status_code == 200 and answer.status_code == 200
 
 
-def run_load(port: int, connections: int, seconds: float, core: int | None) -> dict[str, object]:
+def cpu_s(pid: int) -> float:
+    """A process's user + system CPU time so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_load(port: int, connections: int, seconds: float, core: int | None,
+             server: int) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "load.json"
+        started = cpu_s(server)
         subprocess.run(
             [*pinned(core), sys.executable, __file__, "--load", str(port), str(connections),
              str(seconds), str(out)], check=True)
         result: dict[str, object] = json.loads(out.read_text())
+    result["server_cpu_s"] = cpu_s(server) - started
     return result
 
 
@@ -180,7 +195,7 @@ def main() -> None:
             for round_ in range(args.rounds):
                 order = plan if round_ % 2 == 0 else plan[::-1]
                 for c in order:
-                    runs[c].append(run_load(port, c, args.seconds, load_core))
+                    runs[c].append(run_load(port, c, args.seconds, load_core, proc.pid))
             still = healthy(port)
         finally:
             proc.terminate()
@@ -201,19 +216,28 @@ def report(runs: dict[int, list[dict[str, object]]], plan: list[int], still: boo
             seconds += float(run["seconds"])  # type: ignore[arg-type]
         return len(ok) / seconds, p99(ok), p99(refused), errors
 
+    def cpu_us(c: int, whose: str) -> float:
+        """CPU µs per answer (any status) at `c` connections, `whose`: server or load."""
+        spent = sum(float(run[f"{whose}_cpu_s"]) for run in runs[c])  # type: ignore[arg-type]
+        answers = sum(len(v) for run in runs[c]
+                      for v in run["latencies"].values())  # type: ignore[attr-defined]
+        return spent / max(1, answers) * 1e6
+
     capacity, cap_p99, _, _ = stats(plan[0])
     print(f"model: 20 ms a call, max_batch_size 1, max_queue {QUEUE}; "
           f"{args.rounds} rounds of {args.seconds:g} s; pinned: {'yes' if args.pin else 'no'}")
     print(f"capacity (c={plan[0]}): {capacity:.1f} req/s, p99 {cap_p99:.0f} ms")
     print()
     print("| connections | goodput req/s | goodput / capacity | admitted p99 ms "
-          "| admitted p99 / p99 at capacity | 503 p99 ms | other errors |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+          "| admitted p99 / p99 at capacity | 503 p99 ms | other errors "
+          "| server CPU µs / answer | load CPU µs / answer |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for c in plan:
         goodput, ok_p99, refused_p99, errors = stats(c)
         refused = "-" if refused_p99 != refused_p99 else f"{refused_p99:.1f}"
         print(f"| {c} ({c // QUEUE}x queue) | {goodput:.1f} | {goodput / capacity:.0%} "
-              f"| {ok_p99:.0f} | {ok_p99 / cap_p99:.2f}x | {refused} | {errors} |")
+              f"| {ok_p99:.0f} | {ok_p99 / cap_p99:.2f}x | {refused} | {errors} "
+              f"| {cpu_us(c, 'server'):.0f} | {cpu_us(c, 'load'):.0f} |")
     print()
     print(f"healthy afterwards: {'yes' if still else 'NO'}")
 

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -357,6 +358,22 @@ def test_a_full_queue_is_refused_from_the_request_head_and_the_connection_lives_
                 # connection serves the next one
                 sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
                 assert _read_response(sock)[0] == 200
+                # a refusal without an id gets a new one of its own, and the current date
+                # (the answer is built once: these are the parts that change)
+                anonymous = predict.replace(b"X-Request-ID: req-7\r\n", b"")
+                sock.sendall(anonymous)
+                first = _read_response(sock)[1]
+                ids, deadline = {first["x-request-id"]}, time.monotonic() + 10
+                while True:
+                    sock.sendall(anonymous)
+                    status, headers, _ = _read_response(sock)
+                    assert status == 503 and headers["x-request-id"] not in ids
+                    ids.add(headers["x-request-id"])
+                    if headers["date"] != first["date"] or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.05)
+                assert headers["date"] != first["date"], "the refusals' date never changed"
+                assert all(uuid.UUID(i).version == 4 and uuid.UUID(i).hex == i for i in ids)
                 # a request that closes its connection is refused the usual way
                 sock.sendall(predict.replace(b"Host: x\r\n", b"Host: x\r\nConnection: close\r\n"))
                 status, headers, answer = _read_response(sock)
@@ -365,8 +382,10 @@ def test_a_full_queue_is_refused_from_the_request_head_and_the_connection_lives_
             assert [held.result().json()["predictions"], queued.result().json()["predictions"]] \
                 == [[2.0], [4.0]]
         metrics = httpx.get(f"{url}/metrics").text
-        assert 'modelport_rejections_total{model="gated",reason="queue_full"} 2.0' in metrics
-        assert 'model="gated",route="predict",status="503",version="1"} 2.0' in metrics
+        refusals = len(ids) + 2
+        assert f'modelport_rejections_total{{model="gated",reason="queue_full"}} {refusals}.0' \
+            in metrics
+        assert f'model="gated",route="predict",status="503",version="1"}} {refusals}.0' in metrics
     finally:
         proc.terminate()
         proc.wait()

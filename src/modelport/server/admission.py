@@ -16,8 +16,8 @@ log); they are counted as requests with status 503 and as rejections `queue_full
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 
 _PREDICT = re.compile(r"/models/([^/]+)/predict|/v2/models/([^/]+)(?:/versions/[^/]+)?/infer")
 RETRY_AFTER_S = 1.0
+_CACHED = 1024  # refusals whose answers are kept built (models x versions x routes)
+# a request id in uuid4's form (what `uuid.uuid4().hex` gives), at half its cost
+_UUID4_CLEAR = ~((0xf000 << 64) | (0xc000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,21 @@ class Refusal:
     version: str
     route: str
     message: str
+
+
+class _Answer:
+    """A refusal's whole 503 but its request id, for one set of default headers."""
+
+    __slots__ = ("count", "defaults", "head", "tail")
+
+    def __init__(self, defaults: Iterable[tuple[bytes, bytes]], head: bytes, tail: bytes,
+                 count: Counter) -> None:
+        self.defaults, self.head, self.tail, self.count = defaults, head, tail, count
+
+
+def new_request_id() -> bytes:
+    """A new request id, as `uuid.uuid4().hex` would make it."""
+    return b"%032x" % (int.from_bytes(os.urandom(16), "big") & _UUID4_CLEAR | _UUID4_SET)
 
 
 class Admission:
@@ -60,6 +79,11 @@ class Admission:
         # labelled children, cached (as RequestContext does): rejections, 503s
         self._rejections: dict[str, Counter] = {}
         self._requests: dict[tuple[str, str, str], Counter] = {}
+        # under overload most requests are refused, each at the cost of a core's time:
+        # a refusal's answer is built once (per model version, route and message), and
+        # again only when the server's default headers (its date) change. Keyed by
+        # value: a retired version's model is not kept alive by it
+        self._answers: dict[Refusal, _Answer] = {}
 
     @property
     def pressed(self) -> bool:
@@ -99,19 +123,30 @@ class Admission:
                  default_headers: Iterable[tuple[bytes, bytes]]) -> bytes:
         """The whole HTTP/1.1 503 for `refused`, as the error handlers would write it,
         counted as a request (the protocol writes it: no middleware sees it)."""
+        answer = self._answers.get(refused)
+        if answer is None or answer.defaults is not default_headers:
+            answer = self._answer(refused, default_headers)
+        answer.count.inc()
+        return answer.head + (request_id or new_request_id()) + answer.tail
+
+    def _answer(self, refused: Refusal,
+                default_headers: Iterable[tuple[bytes, bytes]]) -> _Answer:
         key = (refused.model, refused.version, refused.route)
         count = self._requests.get(key)
         if count is None:
             count = self._requests[key] = self.dataplane.metrics.requests.labels(*key, "503")
-        count.inc()
         body = error_response(Overloaded(refused.message, retry_after=RETRY_AFTER_S)).body
         head = [b"HTTP/1.1 503 Service Unavailable",
                 *(name + b": " + value for name, value in default_headers),
                 b"content-type: application/json",
                 b"content-length: %d" % len(body),
                 b"retry-after: %d" % max(1, round(RETRY_AFTER_S)),
-                b"x-request-id: " + (request_id or uuid.uuid4().hex.encode())]
-        return b"\r\n".join(head) + b"\r\n\r\n" + bytes(body)
+                b"x-request-id: "]
+        answer = _Answer(default_headers, b"\r\n".join(head), b"\r\n\r\n" + bytes(body), count)
+        if len(self._answers) >= _CACHED:
+            self._answers.clear()
+        self._answers[refused] = answer
+        return answer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         assert self.app is not None

@@ -81,19 +81,29 @@ class DrainingHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(self.admission.response(
             refused, request_id, self.server_state.default_headers))
         # an answered cycle: the parser's body and message-complete callbacks skip it
-        self.cycle = cast(RequestResponseCycle, _Answered())
+        self.cycle = _ANSWERED
         self.on_response_complete()
         return True
 
 
+class _NoWaiters:
+    """The message event of an answered request: nothing waits on it."""
+
+    def set(self) -> None:
+        pass
+
+
 class _Answered:
-    """Stands in for the cycle of a request answered from its head."""
+    """Stands in for the cycle of a request answered from its head. One serves every
+    such request: it is never changed (what uvicorn changes on a cycle it changes only
+    while its response is incomplete), and nothing waits on its event."""
 
     response_complete = True
     keep_alive = True
+    message_event = _NoWaiters()
 
-    def __init__(self) -> None:
-        self.message_event = asyncio.Event()
+
+_ANSWERED = cast(RequestResponseCycle, _Answered())
 
 
 def http_protocol(admission: Admission) -> type[DrainingHttpToolsProtocol]:
