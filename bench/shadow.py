@@ -1,19 +1,24 @@
 """What a shadow costs the callers: p50 and p99 of single-row predictions over HTTP
 from a server without a shadow, with a shadow that raises on every call, and with one
-that sleeps 1 s a call; the ratio to the no-shadow server is from the same run.
+that sleeps 1 s a call; the difference to the no-shadow server is from the same run.
 
-    .venv/bin/python bench/shadow.py [--seconds 10] [--concurrency 8] [--rounds 2]
+    .venv/bin/python bench/shadow.py [--seconds 10] [--rate 200] [--rounds 2] [--pin]
 
-Each server is `modelport serve --config` of a modelport.yaml in a throwaway home; the
-load is an asyncio httpx client in this process, `--concurrency` requests in flight,
-timed per request. Each round runs every server, starting with another one each time,
-so drift on a shared machine is spread over all of them.
+Each server is `modelport serve --config` of a modelport.yaml in a throwaway home. The
+load is open-loop, as production traffic is: requests are due at a fixed `--rate`,
+spread over `--connections` raw HTTP/1.1 keep-alive connections (no client library in
+the measurement), and a request's latency runs from when it was due, so a stall of
+the server is counted for every request it delayed, not hidden by a client that waits.
+`--pin` runs the servers on core 1 and this load on core 0 (`taskset`). Each round
+runs every server, starting with another one each time, so drift on a shared machine
+is spread over all of them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -55,44 +60,59 @@ def register(home: Path) -> list[float]:
     return [float(v) for v in x[0]]
 
 
-def start(home: Path, label: str, shadow: str | None) -> tuple[subprocess.Popen[str], str]:
+def start(home: Path, label: str, shadow: str | None, pin: bool
+          ) -> tuple[subprocess.Popen[str], int]:
     config = home / f"{label.split()[0]}.yaml"
     policy = f"\n    shadow: {{ref: '{shadow}', timeout_s: 2}}" if shadow else ""
     config.write_text(f"models:\n  - ref: cancer@production\n    trusted: true{policy}\n")
     port = free_port()
     env = {**os.environ, "MODELPORT_HOME": str(home), "PYTHONPATH": str(HERE),
            "MODELPORT_MONITORING__SAMPLE_RATE": "0", "MODELPORT_SERVER__ACCESS_LOG": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "modelport", "serve", "--config",
-                             str(config), "--port", str(port)], env=env,
+    command = [sys.executable, "-m", "modelport", "serve", "--config", str(config),
+               "--port", str(port)]
+    proc = subprocess.Popen((["taskset", "-c", "1"] if pin else []) + command, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     while "serving" not in (line := proc.stderr.readline()):
         if not line:
             raise SystemExit(f"the {label} server exited before it was ready")
-    return proc, f"http://127.0.0.1:{port}"
+    return proc, port
 
 
-async def load(url: str, row: list[float], seconds: float, concurrency: int
-               ) -> tuple[list[float], int]:
+async def load(port: int, row: list[float], seconds: float, rate: float,
+               connections: int) -> tuple[list[float], int]:
+    """Open-loop load: request i is due at i / rate; its latency counts from then."""
+    body = json.dumps({"instances": [row]}).encode()
+    request = (b"POST /models/cancer/predict HTTP/1.1\r\nHost: bench\r\n"
+               b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+               % (len(body), body))
     latencies: list[float] = []
     errors = 0
-    body = {"instances": [row]}
-    deadline = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-        async def caller() -> None:
-            nonlocal errors
-            while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                response = await client.post("/models/cancer/predict", json=body)
-                latencies.append(time.perf_counter() - started)
-                errors += response.status_code != 200
-        await asyncio.gather(*(caller() for _ in range(concurrency)))
+    total = int(seconds * rate)
+    start_at = time.perf_counter() + 0.05
+
+    async def connection(first: int) -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for i in range(first, total, connections):
+            due = start_at + i / rate
+            if (wait := due - time.perf_counter()) > 0:
+                await asyncio.sleep(wait)
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - due)
+            errors += not head.startswith(b"HTTP/1.1 200")
+        writer.close()
+
+    await asyncio.gather(*(connection(j) for j in range(connections)))
     return latencies, errors
 
 
-def shadow_counts(url: str) -> str:
-    page = httpx.get(f"{url}/metrics").text
+def shadow_counts(port: int) -> str:
+    page = httpx.get(f"http://127.0.0.1:{port}/metrics").text
     counts = {}
     for line in page.splitlines():
         if line.startswith("modelport_shadow_calls_total{"):
@@ -104,32 +124,42 @@ def shadow_counts(url: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rate", type=float, default=200.0,
+                        help="requests a second, well under the server's capacity")
+    parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--pin", action="store_true",
+                        help="servers on core 1, the load on core 0 (taskset)")
     args = parser.parse_args()
+    if args.pin:
+        os.sched_setaffinity(0, {0})
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
         row = register(home)
-        servers = {label: start(home, label, shadow) for label, shadow in SHADOWS.items()}
+        servers = {label: start(home, label, shadow, args.pin)
+                   for label, shadow in SHADOWS.items()}
         try:
             runs: dict[str, list[float]] = {label: [] for label in SHADOWS}
             errors = dict.fromkeys(SHADOWS, 0)
             order = list(servers)
             for i in range(args.rounds):  # each round starts with another server
                 for label in order[i % len(order):] + order[:i % len(order)]:
-                    url = servers[label][1]
-                    asyncio.run(load(url, row, 1.0, args.concurrency))  # warm-up
+                    port = servers[label][1]
+                    asyncio.run(load(port, row, 1.0, args.rate, args.connections))  # warm-up
                     latencies, failed = asyncio.run(
-                        load(url, row, args.seconds, args.concurrency))
+                        load(port, row, args.seconds, args.rate, args.connections))
                     runs[label] += latencies
                     errors[label] += failed
             base = np.percentile(runs["none"], [50, 99]) * 1000
+            print(f"open loop at {args.rate:g} requests/s, {args.connections} connections, "
+                  f"{args.rounds} x {args.seconds:g} s a server, load average "
+                  f"{os.getloadavg()[0]:.1f}")
             print(f"{'shadow':<14}{'requests':>10}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}"
-                  f"{'p99 ratio':>11}  shadow calls")
+                  f"{'p99 +ms':>9}  shadow calls")
             for label, latencies in runs.items():
                 p50, p99 = np.percentile(latencies, [50, 99]) * 1000
                 print(f"{label:<14}{len(latencies):>10,}{errors[label]:>8}{p50:>9.2f}"
-                      f"{p99:>9.2f}{p99 / base[1]:>11.2f}  "
+                      f"{p99:>9.2f}{p99 - base[1]:>+9.2f}  "
                       f"{shadow_counts(servers[label][1])}")
         finally:
             for proc, _ in servers.values():
