@@ -16,6 +16,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from modelport import Registry, Settings
+from modelport.pipeline import Frame, MemoryWriter
 from small_models import cancer
 from waiting import wait_for as wait_for  # the jobs tests import it from here
 
@@ -137,3 +138,16 @@ def slow(frame: Any) -> Any:
     """A `pre` step that takes its time, so a test can kill a job part-way."""
     time.sleep(0.05)
     return frame
+
+
+class CrashingWriter(MemoryWriter):
+    """Writes, then dies on the `crash_on`-th write (before that chunk's checkpoint)."""
+
+    def __init__(self, crash_on: int) -> None:
+        super().__init__()
+        self.crash_on = crash_on
+
+    async def write(self, frame: Frame) -> None:
+        await super().write(frame)
+        if self.writes == self.crash_on:
+            raise RuntimeError("killed")

@@ -13,7 +13,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from batch_helpers import cancer, features, make_patients, make_results, query, register
+from batch_helpers import (
+    CrashingWriter,
+    cancer,
+    features,
+    make_patients,
+    make_results,
+    query,
+    register,
+)
 
 from modelport import Registry, Settings
 from modelport.config import load_config
@@ -71,19 +79,6 @@ async def test_memory_stays_bounded_on_300k_rows(tmp_path: Path, pg_url: str) ->
     data_bytes = rows * 31 * 8
     assert peak < data_bytes / 4, f"peak {peak / 1e6:.1f} MB of {data_bytes / 1e6:.0f} MB"
     assert query(pg_url, "SELECT count(*), count(DISTINCT id) FROM results") == [(rows, rows)]
-
-
-class CrashingWriter(MemoryWriter):
-    """Writes, then dies on the `crash_on`-th write (before that chunk's checkpoint)."""
-
-    def __init__(self, crash_on: int) -> None:
-        super().__init__()
-        self.crash_on = crash_on
-
-    async def write(self, frame: Frame) -> None:
-        await super().write(frame)
-        if self.writes == self.crash_on:
-            raise RuntimeError("killed")
 
 
 def sqlite_keys(tmp_path: Path, n: int) -> str:

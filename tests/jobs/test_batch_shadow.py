@@ -14,14 +14,14 @@ import pandas as pd
 import pytest
 import shadow_models
 import sqlalchemy as sa
-from batch_helpers import cancer, make_patients, query
+from batch_helpers import CrashingWriter, cancer, make_patients, query
 from sklearn.tree import DecisionTreeClassifier
 
 from modelport import Registry, Settings
 from modelport.config import load_config
 from modelport.jobs import BatchJob, BatchOptions, KeyQuery
 from modelport.jobs.definition import definition
-from modelport.pipeline import Frame, MemoryWriter
+from modelport.pipeline import MemoryWriter
 from modelport.service import Service
 from modelport.settings import MonitoringSettings
 
@@ -153,19 +153,6 @@ async def test_a_shadow_that_fails_leaves_the_job_and_its_results_whole(
     failures = [r.getMessage() for r in caplog.records if "shadow_writer" in r.getMessage()]
     assert len(failures) == CHUNKS
     assert reason in failures[0]
-
-
-class CrashingWriter(MemoryWriter):
-    """Writes, then dies on its `crash_on`-th write (before that chunk's checkpoint)."""
-
-    def __init__(self, crash_on: int) -> None:
-        super().__init__()
-        self.crash_on = crash_on
-
-    async def write(self, frame: Frame) -> None:
-        await super().write(frame)
-        if self.writes == self.crash_on:
-            raise RuntimeError("killed")
 
 
 async def test_a_resumed_job_leaves_one_side_row_per_key(tmp_path: Path, pg_url: str) -> None:
