@@ -75,10 +75,11 @@ def rows(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 100, (n, 3)).astype(np.float64)
 
 
+@pytest.mark.timeout(600)  # 10,000 requests, one at a time
 def test_with_a_shadow_every_caller_gets_productions_answer_and_both_are_logged(
         settings: Settings, reg: Registry) -> None:
     service = Service(settings, served(shadow="m@candidate"), reg, follow=False)
-    x, ids = rows(2000), []
+    x, ids = rows(10_000), []
     with TestClient(create_app(service)) as client:
         for row in x:
             r = client.post("/models/m/predict", json={"instances": [row.tolist()]})
@@ -86,7 +87,8 @@ def test_with_a_shadow_every_caller_gets_productions_answer_and_both_are_logged(
             assert r.json()["predictions"] == [row.sum() * 2]  # production's, not 3x
             assert r.json()["version"] == 1 and r.headers["x-model-version"] == "1"
             ids.append(r.headers["x-request-id"])
-        wait_for(lambda: shadow_calls(service, "m@candidate") == 2000, what="2000 shadows")
+        wait_for(lambda: shadow_calls(service, "m@candidate") == 10_000,
+                 what="10,000 shadows")
         compared = metric(service, "modelport_shadow_rows_total", model="m",
                           shadow="m@candidate")
         assert compared > 0 and compared == metric(
@@ -157,13 +159,14 @@ def test_a_shadow_that_raises_or_sleeps_adds_no_error(
                       outcome="compared") == 0
 
 
+@pytest.mark.timeout(600)  # 10,000 requests, one at a time
 def test_a_canary_answers_its_share_and_names_its_version(
         settings: Settings, reg: Registry) -> None:
     service = Service(settings, served(canary={"ref": "m@candidate", "weight": 10}), reg,
                       follow=False)
     versions: Counter[int] = Counter()
     with TestClient(create_app(service)) as client:
-        for row in rows(5000, seed=2):
+        for row in rows(10_000, seed=2):
             r = client.post("/models/m/predict", json={"instances": [row.tolist()]})
             body = r.json()
             versions[body["version"]] += 1
@@ -171,7 +174,7 @@ def test_a_canary_answers_its_share_and_names_its_version(
             # the answer is the named version's own
             assert body["predictions"] == [row.sum() * (3 if body["version"] == 3 else 2)]
         assert set(versions) == {1, 3}
-        assert 0.085 <= versions[3] / 5000 <= 0.115
+        assert 0.085 <= versions[3] / 10_000 <= 0.115
         # the Open Inference Protocol names the version that answered too
         oip = Counter()
         for _ in range(100):
