@@ -111,6 +111,12 @@ async def load(port: int, row: list[float], seconds: float, rate: float,
     return latencies, errors
 
 
+def cpu_s(pid: int) -> float:
+    """A process's user + system CPU time so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def shadow_counts(port: int) -> str:
     page = httpx.get(f"http://127.0.0.1:{port}/metrics").text
     counts = {}
@@ -141,13 +147,16 @@ def main() -> None:
         try:
             runs: dict[str, list[float]] = {label: [] for label in SHADOWS}
             errors = dict.fromkeys(SHADOWS, 0)
+            cpu = dict.fromkeys(SHADOWS, 0.0)
             order = list(servers)
             for i in range(args.rounds):  # each round starts with another server
                 for label in order[i % len(order):] + order[:i % len(order)]:
-                    port = servers[label][1]
+                    proc, port = servers[label]
                     asyncio.run(load(port, row, 1.0, args.rate, args.connections))  # warm-up
+                    before = cpu_s(proc.pid)
                     latencies, failed = asyncio.run(
                         load(port, row, args.seconds, args.rate, args.connections))
+                    cpu[label] += cpu_s(proc.pid) - before
                     runs[label] += latencies
                     errors[label] += failed
             base = np.percentile(runs["none"], [50, 99]) * 1000
@@ -155,11 +164,12 @@ def main() -> None:
                   f"{args.rounds} x {args.seconds:g} s a server, load average "
                   f"{os.getloadavg()[0]:.1f}")
             print(f"{'shadow':<14}{'requests':>10}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}"
-                  f"{'p99 +ms':>9}  shadow calls")
+                  f"{'p99 +ms':>9}{'CPU µs':>8}  shadow calls")
             for label, latencies in runs.items():
                 p50, p99 = np.percentile(latencies, [50, 99]) * 1000
                 print(f"{label:<14}{len(latencies):>10,}{errors[label]:>8}{p50:>9.2f}"
-                      f"{p99:>9.2f}{p99 - base[1]:>+9.2f}  "
+                      f"{p99:>9.2f}{p99 - base[1]:>+9.2f}"
+                      f"{cpu[label] / len(latencies) * 1e6:>8.0f}  "
                       f"{shadow_counts(servers[label][1])}")
         finally:
             for proc, _ in servers.values():

@@ -61,6 +61,29 @@ def test_an_http_run_answers_before_its_shadow_is_written(
         "model": "m", "shadow": "m@staging", "outcome": "compared"}) == 1
 
 
+def test_http_runs_beyond_the_sides_in_flight_drop_their_side_not_their_answer(
+        settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("modelport.pipeline.shadow.SIDE_IN_FLIGHT", 2)
+    svc = service(settings, shadow="m@staging")
+    gate = tmp_path / "gate"
+    side = svc.pipeline("score").shadow_writer
+    assert isinstance(side, MemoryWriter)
+    with TestClient(create_app(svc)) as client:
+        monkeypatch.setenv("TOY_GATE", str(gate))  # the shadow holds every call
+        answers = [client.post("/pipelines/score/run", json={"key": k}).json()
+                   for k in (1, 2, 3, 4)]
+        # every caller answered while both sides in flight are held
+        assert [a["result"]["predictions"] for a in answers] == [8.0, 10.0, 12.0, 14.0]
+        wait_for(lambda: Path(f"{gate}.started").exists(), what="the shadow's call")
+        assert svc.metrics.registry.get_sample_value("modelport_shadow_calls_total", {
+            "model": "m", "shadow": "m@staging", "outcome": "dropped"}) == 2
+        gate.touch()
+    # the first two sides were written when the service stopped; the rest never were
+    assert sorted(side.rows) == [1, 2]
+    assert svc.metrics.registry.get_sample_value("modelport_shadow_calls_total", {
+        "model": "m", "shadow": "m@staging", "outcome": "compared"}) == 2
+
+
 def test_a_shadow_writer_without_a_shadow_is_idle_and_says_so(
         settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
     svc = service(settings)
