@@ -15,7 +15,7 @@ import yaml
 
 from modelport.config import load_config
 from modelport.jobs.blocks import Block, BlockTable, plan
-from modelport.jobs.sources import FileRows, KeyQuery, Source
+from modelport.jobs.sources import FileRows, KeyQuery, Resume, Source
 from modelport.jobs.state import JobState
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,3 +104,39 @@ def test_ray_is_imported_only_when_a_job_runs_on_it() -> None:
     code = ("import sys, modelport.jobs, modelport.cli, modelport.config; "
             "assert 'ray' not in sys.modules, 'ray imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def repeated(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Rows with key 3 three times and 5 twice, each row told apart by its x."""
+    url = f"sqlite:///{tmp_path / 'rows.db'}" if request.param == "sqlite" else \
+        request.getfixturevalue("pg_url")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE r (id INTEGER, x REAL)"))
+        conn.execute(sa.text("INSERT INTO r VALUES (:id, :x)"),
+                     [{"id": k, "x": i} for i, k in enumerate([1, 2, 3, 3, 3, 4, 5, 5, 6])])
+    engine.dispose()
+    return url
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 3, 4])
+def test_a_rows_query_reads_every_row_once_and_resumes_without_losing_a_repeated_key(
+        repeated: str, chunk_size: int) -> None:
+    """A chunk never ends inside a run of one key: the job's checkpoint (the chunk's
+    last key) resumes after all of that key's rows, and none is skipped on the way."""
+    source = KeyQuery(repeated, "SELECT id, x FROM r")
+    source.check()
+
+    def rows(resume: Resume) -> list[list[tuple[object, float]]]:
+        return [list(zip(c.frame.keys, c.frame.columns["x"].tolist(), strict=True))
+                for c in source.chunks(chunk_size, resume)]
+
+    chunks = rows(Resume())
+    read = [row for chunk in chunks for row in chunk]
+    assert sorted(x for _, x in read) == list(range(9))  # every row once
+    for i, chunk in enumerate(chunks):
+        # a job killed after chunk i resumes after its last key: the rest, exactly
+        rest = [row for c in rows(Resume(last_key=chunk[-1][0])) for row in c]
+        assert sorted(read[:sum(map(len, chunks[:i + 1]))] + rest) == sorted(read)
+    source.close()

@@ -193,7 +193,9 @@ class KeyQuery(Source):
             with self.engine.connect() as conn:
                 copied = self._copy(conn, chunk_size, resume) \
                     if conn.dialect.name == "postgresql" else None
-                yield from copied or self._cursor(conn, chunk_size, resume)
+                chunks = copied or self._cursor(conn, chunk_size, resume)
+                # a keys query is DISTINCT; a rows query may list a key more than once
+                yield from chunks if self.lookup else _whole_keys(chunks)
         except SQLAlchemyError as exc:
             raise sql_error("reading the keys", exc) from exc
 
@@ -239,24 +241,72 @@ class KeyQuery(Source):
         # job, whose read lock would block the job's own writes to the same file
         last = resume.last_key
         while True:
-            try:
-                with self.engine.connect() as conn:
-                    after, until, params = _range(Resume(last, until=resume.until))
-                    stmt = sa.text(f"{self._ordered(after, until=until)} LIMIT :n")
-                    rows = list(conn.execute(stmt, {**params, "n": chunk_size}))
-            except SQLAlchemyError as exc:
-                raise sql_error("reading the keys", exc) from exc
+            # a row past the page tells whether the page's last key goes on after it
+            rows = self._page(Resume(last, until=resume.until), chunk_size + 1)
             if not rows:
                 return
-            chunk = self._rows_chunk(rows)
+            more, page = len(rows) > chunk_size, rows[:chunk_size]
+            if more and rows[chunk_size][0] == page[-1][0]:
+                # the page ends inside a key's rows: it ends before them instead (the
+                # next page reads them all), or, all of one key, reads all of that key
+                cut = _run_start([row[0] for row in page])
+                page = page[:cut] if cut else \
+                    self._page(Resume(last, until=page[-1][0]), None)
+            chunk = self._rows_chunk(page)
             last = chunk.last_key
             yield chunk
-            if len(rows) < chunk_size:
+            if not more:
                 return
+
+    def _page(self, resume: Resume, limit: int | None) -> list[Any]:
+        try:
+            with self.engine.connect() as conn:
+                after, until, params = _range(resume)
+                query = self._ordered(after, until=until)
+                if limit is None:
+                    return list(conn.execute(sa.text(query), params))
+                return list(conn.execute(sa.text(f"{query} LIMIT :n"), {**params, "n": limit}))
+        except SQLAlchemyError as exc:
+            raise sql_error("reading the keys", exc) from exc
 
     def close(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
+
+
+def _whole_keys(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+    """Chunks that never end inside a run of one key: a job's checkpoint is a chunk's
+    last key, and resuming after it must not skip that key's other rows. A chunk takes
+    the next one's leading rows of its last key (one chunk is held back to see them)."""
+    held: Chunk | None = None
+    for chunk in chunks:
+        if held is None:
+            held = chunk
+            continue
+        keys = chunk.frame.keys
+        run = next((i for i, k in enumerate(keys) if k != held.last_key), len(keys))
+        if run:
+            held = Chunk(_joined(held.frame, chunk.frame.take(range(run))), held.last_key)
+            if run == len(keys):
+                continue
+            chunk = Chunk(chunk.frame.take(range(run, len(keys))), chunk.last_key)
+        yield held
+        held = chunk
+    if held is not None:
+        yield held
+
+
+def _joined(a: Frame, b: Frame) -> Frame:
+    return Frame(a.keys + b.keys,
+                 {n: np.concatenate([a.columns[n], b.columns[n]]) for n in a.columns})
+
+
+def _run_start(keys: Sequence[Key]) -> int:
+    """Where the run of the last key at the end of `keys` starts."""
+    i = len(keys) - 1
+    while i > 0 and keys[i - 1] == keys[-1]:
+        i -= 1
+    return i
 
 
 def _range(resume: Resume) -> tuple[str | None, str | None, dict[str, Any]]:
