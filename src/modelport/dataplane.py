@@ -20,24 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelport.batching import AdaptiveBatcher, Infer, Predict
 from modelport.deployment import Deployment as Deployment
 from modelport.deployment import Endpoint as Endpoint
 from modelport.deployment import ModelConfig as ModelConfig
-from modelport.deployment import process_pool, worker_predict
-from modelport.errors import (
-    Conflict,
-    ModelNotFound,
-    ModelOutputError,
-    ModelportError,
-    NotReady,
-    VersionNotFound,
-)
-from modelport.model import Model
+from modelport.deployment import deploy
+from modelport.errors import Conflict, ModelNotFound, ModelportError, NotReady, VersionNotFound
 from modelport.monitoring.livedrift import DriftWatch
 from modelport.monitoring.metrics import Metrics
-from modelport.outputs import Outputs
-from modelport.placement import choose, configured
 from modelport.registry import ModelVersion, Registry, parse_ref
 from modelport.settings import Settings
 from modelport.signature import Batch
@@ -166,7 +155,8 @@ class DataPlane:
                 record = await asyncio.to_thread(self._record, ep.config.ref, version)
                 if ep.current is not None and ep.current.version == record.version:
                     return
-                deployment = await self._deploy(ep.config, record)
+                deployment = await deploy(ep.config, record, self.registry, self.metrics,
+                                          self.settings.batching)
             except Exception as exc:
                 version = record.version if record is not None else version
                 now = asyncio.get_running_loop().time()
@@ -177,6 +167,8 @@ class DataPlane:
                     log.error("model load failed, keeping the serving version: %s "
                               "(trying again in %gs)", ep.error, ep.retry_at - now)
                 return
+            log.info("%s (served as %s) %s", record.ref, ep.config.served_name,
+                     deployment.placement.describe())
             old, ep.current = ep.current, deployment
             ep.settled()
             self.metrics.model_loads.labels(ep.config.served_name, "loaded").inc()
@@ -190,64 +182,6 @@ class DataPlane:
         if version is None:
             return self.registry.resolve(ref)
         return self.registry.get_version(parse_ref(ref)[0], version)
-
-    async def _deploy(self, config: ModelConfig, record: ModelVersion) -> Deployment:
-        path = await asyncio.to_thread(self.registry.artifacts.fetch, record.sha256,
-                                       self.registry.cache_dir)
-        model = Model(record, path, trusted=config.trusted)
-        await asyncio.to_thread(model.load)
-        batching = config.batching or self.settings.batching
-        max_batch_size = batching.max_batch_size if batching.enabled else 1
-        placement = configured(config.on_loop, config.workers)
-        if placement is None:  # on_loop: auto: timed on the sample, in a thread
-            try:
-                placement = await asyncio.to_thread(choose, model, max_batch_size)
-            except Exception as exc:
-                raise ModelportError(
-                    f"smoke test on the signature's sample failed: {exc}") from exc
-        executor = process_pool(record, path, config) if placement.where == "process" \
-            else None
-        name = config.served_name
-        outputs = Outputs.of(record.signature)
-
-        def run(batch: Batch) -> Batch:
-            # the union of what the batch's callers asked for (Deployment.submit)
-            inputs, asked = outputs.untag(batch)
-            try:
-                if executor is None:
-                    return model.predict_batch(inputs, asked)
-                return executor.submit(worker_predict, inputs, asked).result()
-            except ModelOutputError:
-                self.metrics.output_row_errors.labels(name, str(record.version)).inc()
-                raise
-
-        async def on_loop(batch: Batch) -> Batch:
-            return run(batch)
-
-        # a plain function runs on the batcher's own threads; a coroutine on the loop
-        infer: Infer | Predict = on_loop if placement.where == "loop" else run
-
-        def on_batch(rows: int, seconds: float) -> None:
-            self.metrics.batch_size.labels(name, str(record.version)).observe(rows)
-
-        batcher = AdaptiveBatcher(
-            infer,
-            max_batch_size=max_batch_size,
-            max_delay_ms=batching.max_delay_ms if batching.enabled else 0,
-            max_queue=batching.max_queue,
-            concurrency=max(config.workers, 1),
-            on_batch=on_batch,
-        )
-        batcher.start()
-        deployment = Deployment(model, batcher, placement, executor, served=name)
-        try:  # smoke test through the same path requests take
-            if model.signature.sample:
-                await deployment.submit(model.signature.sample_batch(), timeout=60)
-        except Exception as exc:
-            await deployment.close()
-            raise ModelportError(f"smoke test on the signature's sample failed: {exc}") from exc
-        log.info("%s (served as %s) %s", record.ref, name, placement.describe())
-        return deployment
 
     # --- serving --------------------------------------------------------------------
 

@@ -1,28 +1,34 @@
 """What the data plane keeps per served model: its configuration (`ModelConfig`, an
 entry under `models:` in modelport.yaml), the loaded version with its batcher
-(`Deployment`), the state of a served name (`Endpoint`), and the worker processes a
-GIL-bound model runs in."""
+(`Deployment`, built and smoke-tested by `deploy`), the state of a served name
+(`Endpoint`), and the worker processes a GIL-bound model runs in."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Set as AbstractSet
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from modelport.batching import AdaptiveBatcher
+from modelport.batching import AdaptiveBatcher, Infer, Predict
+from modelport.errors import ModelOutputError, ModelportError
 from modelport.model import Model
 from modelport.outputs import Outputs
-from modelport.placement import Placement
+from modelport.placement import Placement, choose, configured
 from modelport.registry import ModelVersion, parse_ref
 from modelport.settings import BatchingSettings
 from modelport.signature import Batch
 from modelport.traffic import CanaryPolicy, ShadowPolicy, Splitter, TrafficPolicy
+
+if TYPE_CHECKING:
+    from modelport.monitoring.metrics import Metrics
+    from modelport.registry import Registry
 
 
 class ModelConfig(BaseModel):
@@ -138,6 +144,67 @@ class Endpoint:
     def settled(self) -> None:
         """Nothing is wrong now: what failed before is no longer what is asked."""
         self.error, self.failed_version, self.failures, self.retry_at = None, None, 0, 0.0
+
+
+async def deploy(config: ModelConfig, record: ModelVersion, registry: Registry,
+                 metrics: Metrics, default_batching: BatchingSettings) -> Deployment:
+    """Load `record`'s version, place it, start its batcher and smoke-test it on its
+    signature's sample; a failure raises, with nothing left running."""
+    path = await asyncio.to_thread(registry.artifacts.fetch, record.sha256,
+                                   registry.cache_dir)
+    model = Model(record, path, trusted=config.trusted)
+    await asyncio.to_thread(model.load)
+    batching = config.batching or default_batching
+    max_batch_size = batching.max_batch_size if batching.enabled else 1
+    placement = configured(config.on_loop, config.workers)
+    if placement is None:  # on_loop: auto: timed on the sample, in a thread
+        try:
+            placement = await asyncio.to_thread(choose, model, max_batch_size)
+        except Exception as exc:
+            raise ModelportError(
+                f"smoke test on the signature's sample failed: {exc}") from exc
+    executor = process_pool(record, path, config) if placement.where == "process" \
+        else None
+    name = config.served_name
+    outputs = Outputs.of(record.signature)
+
+    def run(batch: Batch) -> Batch:
+        # the union of what the batch's callers asked for (Deployment.submit)
+        inputs, asked = outputs.untag(batch)
+        try:
+            if executor is None:
+                return model.predict_batch(inputs, asked)
+            return executor.submit(worker_predict, inputs, asked).result()
+        except ModelOutputError:
+            metrics.output_row_errors.labels(name, str(record.version)).inc()
+            raise
+
+    async def on_loop(batch: Batch) -> Batch:
+        return run(batch)
+
+    # a plain function runs on the batcher's own threads; a coroutine on the loop
+    infer: Infer | Predict = on_loop if placement.where == "loop" else run
+
+    def on_batch(rows: int, seconds: float) -> None:
+        metrics.batch_size.labels(name, str(record.version)).observe(rows)
+
+    batcher = AdaptiveBatcher(
+        infer,
+        max_batch_size=max_batch_size,
+        max_delay_ms=batching.max_delay_ms if batching.enabled else 0,
+        max_queue=batching.max_queue,
+        concurrency=max(config.workers, 1),
+        on_batch=on_batch,
+    )
+    batcher.start()
+    deployment = Deployment(model, batcher, placement, executor, served=name)
+    try:  # smoke test through the same path requests take
+        if model.signature.sample:
+            await deployment.submit(model.signature.sample_batch(), timeout=60)
+    except Exception as exc:
+        await deployment.close()
+        raise ModelportError(f"smoke test on the signature's sample failed: {exc}") from exc
+    return deployment
 
 
 # --- worker processes -----------------------------------------------------------------

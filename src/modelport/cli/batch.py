@@ -35,7 +35,9 @@ from rich.text import Text
 from modelport.cli.context import CliState, load_service_config, state
 from modelport.config import RayConfig, ServiceConfig
 from modelport.errors import ConfigError
-from modelport.jobs.batch import BatchJob, BatchOptions, BatchResult, source_for
+from modelport.jobs.batch import BatchJob
+from modelport.jobs.resolve import source_for
+from modelport.jobs.run import BatchOptions, BatchResult
 from modelport.service import Service
 
 

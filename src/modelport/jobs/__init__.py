@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from modelport.jobs.batch import EXIT_REJECTED, BatchJob, BatchOptions, BatchResult, source_for
+from modelport.jobs.batch import BatchJob
+from modelport.jobs.resolve import source_for
 from modelport.jobs.retrain import (
     RetrainContext,
     Retrainer,
@@ -17,6 +18,7 @@ from modelport.jobs.retrain import (
     TrainerError,
     add_retrain_jobs,
 )
+from modelport.jobs.run import EXIT_REJECTED, BatchOptions, BatchResult
 from modelport.jobs.scheduler import Scheduler, add_pipeline_batches
 from modelport.jobs.sources import FileRows, KeyQuery, Source
 from modelport.lazy import lazy_exports

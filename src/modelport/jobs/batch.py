@@ -20,26 +20,16 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-import sqlalchemy as sa
-
-from modelport.config import PipelineEntry
 from modelport.errors import ConfigError
 from modelport.jobs.definition import definition
-from modelport.jobs.sources import (
-    Chunk,
-    FileRows,
-    KeyQuery,
-    Resume,
-    Source,
-    fingerprint,
-    job_id,
-)
-from modelport.jobs.state import Checkpoint, JobState, RejectRow
-from modelport.pipeline import Frame, Pipeline, PipelineConfig, Scored
+from modelport.jobs.resolve import check_lookup, job_state
+from modelport.jobs.run import BatchOptions, BatchResult, Reporter, rejects_of, tally
+from modelport.jobs.sources import Chunk, Resume, Source, fingerprint, job_id
+from modelport.jobs.state import Checkpoint, JobState
+from modelport.pipeline import Frame, Pipeline, Scored
 from modelport.service import Service
 
 log = logging.getLogger("modelport.jobs.batch")
@@ -50,59 +40,6 @@ WRITES_IN_FLIGHT = 3
 """Chunks being written at once, on as many connections: while one waits for its
 commit, the database works on the others (with bench/batch.py, 3 beat 2, and 4 or 6
 did no better than 3)."""
-EXIT_REJECTED = 3
-"""`modelport batch` exits with this when rows were set aside (the output is partial)."""
-
-
-@dataclass
-class BatchOptions:
-    chunk_size: int = 10_000
-    dry_run: bool = False
-    """Read, validate and score, but write nothing: no results, checkpoints, rejects."""
-    job_id: str | None = None
-    """Default: the pipeline's name and a hash of the pipeline and the source."""
-    rejects_file: Path | None = None
-    """Rejects as JSON lines here, instead of the `<writer table>_rejects` table."""
-    fresh: bool = False
-    """Start over even when an unfinished run of the job could be resumed."""
-
-
-@dataclass
-class BatchResult:
-    """What one run did; `total_*` also count the chunks earlier runs committed."""
-
-    job_id: str
-    pipeline: str
-    dry_run: bool
-    read: int = 0
-    written: int = 0
-    rejected: int = 0
-    seconds: float = 0.0
-    resumed_after: int = 0
-    """Rows an earlier, interrupted run had committed (0 when starting afresh)."""
-    total_rejected: int = 0
-    rejects_to: str = ""
-    reasons: dict[str, int] = field(default_factory=dict)
-    """Up to ten distinct reject reasons with their counts, for the summary."""
-
-    @property
-    def rate(self) -> float:
-        return self.read / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_REJECTED if self.total_rejected or self.rejected else 0
-
-
-class Reporter(Protocol):
-    """Progress display (the CLI's Rich bar); the scheduler passes none."""
-
-    def start(self, total: int | None, done: int, since: float) -> None:
-        """The total (None: unknown), the rows earlier runs did, and when this run
-        started (`time.perf_counter()`): the rate is this run's rows over its time, as
-        `BatchResult.rate` is."""
-
-    def advance(self, rows: int) -> None: ...
 
 
 class BatchJob:
@@ -213,16 +150,7 @@ class BatchJob:
         await writing
         rejects = rejects_of(chunk.frame, found, scored)
         read, written = len(chunk.frame), len(scored.results)
-        result.read += read
-        result.written += written
-        result.rejected += len(rejects)
-        for r in rejects:
-            if r.reason in result.reasons or len(result.reasons) < 10:
-                result.reasons[r.reason] = result.reasons.get(r.reason, 0) + 1
-        cp.chunks += 1
-        cp.read += read
-        cp.written += written
-        cp.rejected += len(rejects)
+        tally(cp, result, read, written, rejects)
         cp.last_key = chunk.last_key
         if state is not None:  # the results are written: now the chunk counts as done
             await asyncio.to_thread(state.commit, cp, rejects)
@@ -291,121 +219,6 @@ class BatchJob:
     def _state(self) -> JobState:
         return job_state(self.service, self.pipeline.name, self.job_id,
                          self.options.rejects_file, self.home)
-
-
-def check_lookup(source: Source, pipe: Pipeline) -> None:
-    """A source of keys needs the pipeline's retriever to look the rows up."""
-    if source.lookup and pipe.retriever is None:
-        raise ConfigError(f"pipeline {pipe.name!r} has no retriever to look the keys "
-                          "up with; select the rows' columns in the query, or give "
-                          "rows with --input")
-
-
-def job_state(service: Service, pipeline: str, job_id: str, rejects_file: Path | None,
-              home: Path) -> JobState:
-    """Checkpoints in the writer's database (with a rejects table) or the registry's."""
-    target = sql_target(service, pipeline)
-    if target is not None:
-        url, table = target
-        return JobState(url, rejects_table=f"{table}_rejects", rejects_file=rejects_file)
-    default = home / "batch" / f"{job_id}.rejects.jsonl"
-    return JobState(service.settings.resolved_registry_url,
-                    rejects_file=rejects_file or default)
-
-
-def sql_target(service: Service, pipeline: str) -> tuple[str, str] | None:
-    """The SQL database and table a pipeline writes to, if it writes to one."""
-    config = _config(service, pipeline)
-    writer = service.pipeline(pipeline).writer
-    if config is not None and config.writer is not None and config.writer.type == "sql":
-        url, table = config.writer.options.get("url"), config.writer.options.get("table")
-    else:  # an injected writer that says where it writes
-        url, table = getattr(writer, "url", None), getattr(writer, "table", None)
-    if isinstance(url, str) and isinstance(table, str) and _is_sql(url):
-        return url, table
-    return None
-
-
-def _is_sql(url: str) -> bool:
-    try:
-        return sa.make_url(url).get_backend_name() in ("sqlite", "postgresql", "mysql",
-                                                       "mariadb", "mssql", "oracle")
-    except sa.exc.ArgumentError:
-        return False
-
-
-def source_for(service: Service, pipeline: str, *, keys: str | None = None,
-               input_file: Path | None = None, keys_url: str | None = None,
-               key: str | None = None) -> Source:
-    """The source a batch run reads: `--keys` / `--input`, else the pipeline's `keys:`
-    (a query, or the path of a .csv/.parquet file of rows)."""
-    service.pipeline(pipeline)  # NotFound for an unknown name, before anything else
-    config = _config(service, pipeline)
-    if keys is not None and input_file is not None:
-        raise ConfigError("give either --keys or --input, not both")
-    if keys is None and input_file is None:
-        declared = config.keys if config is not None else None
-        if not declared:
-            raise ConfigError(f"pipeline {pipeline!r}: give the keys to score (--keys 'SELECT "
-                              "id FROM …') or rows (--input FILE), or set keys: in its config")
-        if declared.strip().lower().endswith((".csv", ".parquet", ".pq")):
-            input_file = Path(declared.strip())
-        else:
-            keys = declared
-    if input_file is not None:
-        return FileRows(input_file, key or _key_column(config))
-    assert keys is not None
-    url = keys_url or _retriever_url(config)
-    if url is None:
-        raise ConfigError(f"pipeline {pipeline!r} has no SQL retriever to run the keys query "
-                          "on; give its database with --keys-url")
-    return KeyQuery(url, keys)
-
-
-def _config(service: Service, pipeline: str) -> PipelineEntry | None:
-    """The pipeline's configuration (none for a pipeline handed to the service built)."""
-    return next((p for p in service.config.pipelines if p.name == pipeline), None)
-
-
-def _retriever_url(config: PipelineConfig | None) -> str | None:
-    if config is None or config.retriever is None:
-        return None
-    url = config.retriever.options.get("url")
-    return url if isinstance(url, str) and _is_sql(url) else None
-
-
-def _key_column(config: PipelineConfig | None) -> str:
-    """The key column of an input file: the writer's key, else the retriever's, else id."""
-    for component in (config.writer, config.retriever) if config else ():
-        if component is not None and isinstance(component.options.get("key"), str):
-            return str(component.options["key"])
-    return "id"
-
-
-def rejects_of(asked: Frame, found: Frame, scored: Scored) -> list[RejectRow]:
-    """A chunk's rows set aside: keys the retriever did not find, rows the pipeline
-    rejected (with their input row)."""
-    rejects = _missing(asked, found) + [RejectRow(r.key, r.reason, None)
-                                        for r in scored.rejects]
-    if scored.rejects:
-        _add_payloads(rejects, found)
-    return rejects
-
-
-def _missing(asked: Frame, found: Frame) -> list[RejectRow]:
-    if len(found) == len(asked) and found.keys == asked.keys:
-        return []
-    have = set(found.keys)
-    return [RejectRow(k, f"no data for key {k!r}", None) for k in asked.keys if k not in have]
-
-
-def _add_payloads(rejects: list[RejectRow], frame: Frame) -> None:
-    """The input row of each rejected key, so it can be fixed and scored again."""
-    where = {k: i for i, k in enumerate(frame.keys)}
-    for r in rejects:
-        i = where.get(r.key)
-        if i is not None and r.payload is None:
-            r.payload = frame.take([i]).records()[0]
 
 
 def _close_iterator(it: Any) -> None:

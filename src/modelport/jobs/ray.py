@@ -4,10 +4,11 @@ reads, scores and writes in parallel (`modelport batch --engine ray`).
 The same job definition, source, checkpoint and writers as the local job; what differs
 is who does the work. The driver (this process) plans the blocks (key ranges of a
 query, row ranges of a file: `modelport.jobs.blocks`), and Ray Data runs a read task
-per block, then `map_batches` over an actor pool: each actor builds the `Service` from
-the same configuration (its registry: verified sha256, the same flavors and signature
-checks) once, and for each batch looks the keys up, scores and upserts with the
-pipeline's own components, answering with what it did per block. The driver counts
+per block, then `map_batches` over an actor pool (both in `modelport.jobs.ray_tasks`):
+each actor builds the `Service` from the same configuration (its registry: verified
+sha256, the same flavors and signature checks) once, and for each batch looks the keys
+up, scores and upserts with the pipeline's own components, answering with what it did
+per block. The driver counts
 each block's rows; when all of a block's rows are written it commits the block with
 its rejects and the checkpoint's counts, in one transaction.
 
@@ -20,8 +21,6 @@ This module imports Ray; nothing imports it unless the Ray engine is chosen.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -34,33 +33,21 @@ import numpy as np
 import orjson
 import ray
 import ray.data
-from ray.data.block import BlockAccessor, BlockMetadata
-from ray.data.datasource import Datasource, ReadTask
 
 from modelport.config import PipelineEntry, RayConfig, ServiceConfig
 from modelport.errors import ConfigError, ModelportError
-from modelport.jobs.batch import (
-    BatchOptions,
-    BatchResult,
-    Reporter,
-    check_lookup,
-    job_state,
-    rejects_of,
-)
 from modelport.jobs.blocks import Block, BlockTable, plan
 from modelport.jobs.definition import definition
-from modelport.jobs.sources import Chunk, Resume, Source, fingerprint, job_id
+from modelport.jobs.ray_tasks import _BlockSource, _Scorer
+from modelport.jobs.resolve import check_lookup, job_state
+from modelport.jobs.run import BatchOptions, BatchResult, Reporter, tally
+from modelport.jobs.sources import Resume, Source, fingerprint, job_id
 from modelport.jobs.state import Checkpoint, JobState, RejectRow
-from modelport.pipeline import Frame
 from modelport.service import Service
 from modelport.settings import Settings
 
 log = logging.getLogger("modelport.jobs.ray")
 
-_KEY, _BLOCK, _TOTAL = "mp_key", "mp_block", "mp_total"
-"""Columns the read tasks add to a block's rows: the key, which block, and (on the
-block's last rows only, else -1) how many rows the block has."""
-_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 READ_CPUS = 0.25
 """CPUs a read task reserves: it mostly waits on the database or the disk, and a whole
 CPU each would leave none for the actors on a small cluster."""
@@ -155,7 +142,7 @@ class RayBatchJob:
 
         def commit(index: int) -> None:
             p = progress.pop(index)
-            _count(p, cp, result)
+            tally(cp, result, p.read, p.read - len(p.rejects), p.rejects)
             if state is not None and table is not None:  # every row of it is written
                 state.commit(cp, p.rejects, table.mark_done(cp.job_id, cp.run, index))
 
@@ -267,126 +254,10 @@ class _Progress:
         return self.total is not None and self.read >= self.total
 
 
-def _count(p: _Progress, cp: Checkpoint, result: BatchResult) -> None:
-    """A finished block's rows, into the checkpoint and this run's result."""
-    written = p.read - len(p.rejects)
-    result.read += p.read
-    result.written += written
-    result.rejected += len(p.rejects)
-    for r in p.rejects:
-        if r.reason in result.reasons or len(result.reasons) < 10:
-            result.reasons[r.reason] = result.reasons.get(r.reason, 0) + 1
-    cp.chunks += 1
-    cp.read += p.read
-    cp.written += written
-    cp.rejected += len(p.rejects)
-
-
-class _BlockSource(Datasource):
-    """A read task per block, each reading its range of the source in chunks."""
-
-    def __init__(self, source: Source, blocks: list[Block], chunk_size: int) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self.source = source
-        self.blocks = blocks
-        self.chunk_size = chunk_size
-
-    def estimate_inmemory_data_size(self) -> int | None:
-        return None
-
-    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
-                       data_context: Any = None) -> list[ReadTask]:
-        source, size = self.source, self.chunk_size
-        return [ReadTask(lambda b=b: _read(source, b, size),  # type: ignore[misc]
-                         BlockMetadata(num_rows=None, size_bytes=None, input_files=None,
-                                       exec_stats=None))
-                for b in self.blocks]
-
-
-def _read(source: Source, block: Block, chunk_size: int) -> Iterator[Any]:
-    """A block's rows, a chunk at a time; the last chunk says how many there were (one
-    chunk is read ahead to know which is last)."""
-    held: Chunk | None = None
-    rows = 0
-    try:
-        for chunk in source.chunks(chunk_size, block.resume(source)):
-            if held is not None:
-                yield _table(held, block.index, -1)
-            held, rows = chunk, rows + len(chunk.frame)
-        if held is not None:
-            yield _table(held, block.index, rows)
-    finally:
-        source.close()
-
-
-def _table(chunk: Chunk, block: int, total: int) -> Any:
-    n = len(chunk.frame)
-    columns = {name: values if isinstance(values, np.ndarray) else np.asarray(values)
-               for name, values in chunk.frame.columns.items()}
-    columns[_KEY] = np.asarray(chunk.frame.keys)
-    columns[_BLOCK] = np.full(n, block, dtype=np.int64)
-    columns[_TOTAL] = np.full(n, total, dtype=np.int64)
-    return BlockAccessor.batch_to_block(columns)
-
-
-class _Scorer:
-    """One actor of the pool: a started Service, then a batch at a time."""
-
-    def __init__(self, settings: Settings, config: ServiceConfig, pipeline: str,
-                 lookup: bool, dry_run: bool, cwd: str) -> None:
-        started = time.perf_counter()
-        if Path(cwd).is_dir():  # on the driver's machine: relative paths mean the same
-            os.chdir(cwd)
-        self.loop = asyncio.new_event_loop()
-        self.service = Service(settings, config, follow=False)
-        self.loop.run_until_complete(self.service.start(follow=False, strict=True))
-        self.pipeline = self.service.pipeline(pipeline)
-        if not lookup:  # rows in hand: the retriever is not used
-            self.pipeline.retriever = None
-        self.lookup, self.dry_run = lookup, dry_run
-        log.info("scoring actor for pipeline %s ready in %.1fs", pipeline,
-                    time.perf_counter() - started)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.loop.run_until_complete(self._score(batch))
-
-    async def _score(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        blocks, totals = batch.pop(_BLOCK), batch.pop(_TOTAL)
-        keys = batch.pop(_KEY).tolist()
-        asked = Frame(keys, dict(batch))
-        if self.lookup:
-            assert self.pipeline.retriever is not None
-            found = await self.pipeline.retriever.get(keys)
-        else:
-            found = asked
-        scored = await self.pipeline.score(found)
-        if not self.dry_run:
-            await self.pipeline.write(scored)
-        block_of = dict(zip(keys, blocks.tolist(), strict=True))
-        per_block: dict[int, list[list[Any]]] = {}
-        for r in rejects_of(asked, found, scored):
-            per_block.setdefault(block_of[r.key], []).append([r.key, r.reason, r.payload])
-        index, read = np.unique(blocks, return_counts=True)
-        total = np.array([totals[blocks == b].max() for b in index], dtype=np.int64)
-        rejects = np.array([orjson.dumps(per_block.get(int(b), []), default=_default,
-                                         option=_OPTS).decode() for b in index], dtype=object)
-        return {"block": index, "read": read, "total": total, "rejects": rejects}
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # an actor going away: no one to tell
-            self.loop.run_until_complete(self.service.stop())
-
-
 def _rows(batch: dict[str, np.ndarray]) -> Iterator[dict[str, Any]]:
     names = list(batch)
     for values in zip(*(batch[n] for n in names), strict=True):
         yield dict(zip(names, values, strict=True))
-
-
-def _default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
 
 
 def _first_line(exc: BaseException) -> str:

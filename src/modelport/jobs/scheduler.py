@@ -27,7 +27,9 @@ from datetime import UTC, datetime, timedelta
 from croniter import croniter
 
 from modelport.errors import ConfigError
-from modelport.jobs.batch import BatchJob, BatchOptions, source_for
+from modelport.jobs.batch import BatchJob
+from modelport.jobs.resolve import source_for
+from modelport.jobs.run import BatchOptions
 from modelport.monitoring.metrics import Metrics
 from modelport.service import Service
 
