@@ -15,7 +15,8 @@ import yaml
 
 from modelport.config import load_config
 from modelport.jobs.blocks import Block, BlockTable, plan
-from modelport.jobs.sources import FileRows, KeyQuery, Resume, Source
+from modelport.jobs.query import KeyQuery
+from modelport.jobs.sources import FileRows, Resume, Source
 from modelport.jobs.state import JobState
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from modelport.jobs.batch import BatchJob
+from modelport.jobs.query import KeyQuery
 from modelport.jobs.resolve import source_for
 from modelport.jobs.retrain import (
     RetrainContext,
@@ -20,7 +21,7 @@ from modelport.jobs.retrain import (
 )
 from modelport.jobs.run import EXIT_REJECTED, BatchOptions, BatchResult
 from modelport.jobs.scheduler import Scheduler, add_pipeline_batches
-from modelport.jobs.sources import FileRows, KeyQuery, Source
+from modelport.jobs.sources import FileRows, Source
 from modelport.lazy import lazy_exports
 
 if TYPE_CHECKING:

@@ -11,7 +11,8 @@ import sqlalchemy as sa
 
 from modelport.config import PipelineEntry
 from modelport.errors import ConfigError
-from modelport.jobs.sources import FileRows, KeyQuery, Source
+from modelport.jobs.query import KeyQuery
+from modelport.jobs.sources import FileRows, Source
 from modelport.jobs.state import JobState
 from modelport.pipeline import Pipeline, PipelineConfig
 from modelport.service import Service
