@@ -25,7 +25,9 @@ free port in place of each, in its blocks' text, and the one for 8000 also as
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import re
 import signal
 import socket
@@ -91,10 +93,23 @@ def blocks(page: Path) -> list[Block]:
     return found
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(span: int = 4) -> int:
+    """A port p with p to p + span - 1 free (`music up --full --port p` takes three).
+
+    Drawn below Linux's ephemeral range (32768 and up): a port the kernel hands out
+    there to an outgoing connection of another test could take p + 1 between this
+    check and the server's start."""
+    rng = random.Random()
+    for _ in range(200):
+        first = rng.randrange(10_000, 32_768 - span)
+        with contextlib.ExitStack() as bound:
+            try:
+                for port in range(first, first + span):
+                    bound.enter_context(socket.create_server(("127.0.0.1", port)))
+            except OSError:
+                continue
+        return first
+    raise AssertionError(f"no {span} consecutive free ports below 32768")
 
 
 @dataclass

@@ -306,14 +306,18 @@ def test_4_promote_and_roll_back_under_traffic_without_a_failed_request(stack: S
 
 
 def three_free_ports() -> int:
-    """A port p with p, p + 1 and p + 2 free: `music up --full` takes all three."""
+    """A port p with p, p + 1 and p + 2 free: `music up --full` takes all three.
+
+    Drawn below Linux's ephemeral range (32768 and up), where an outgoing connection
+    could take p + 1 between this check and the start."""
+    import random
     import socket
 
-    for _ in range(50):
-        first = free_port()
+    for _ in range(200):
+        first = random.randrange(10_000, 32_765)
         with contextlib.ExitStack() as bound:
             try:
-                for port in (first + 1, first + 2):
+                for port in (first, first + 1, first + 2):
                     bound.enter_context(socket.create_server(("127.0.0.1", port)))
             except OSError:
                 continue
