@@ -105,11 +105,16 @@ def load_main(port: int, connections: int, seconds: float, out: str) -> None:
 
 # --- the plan -----------------------------------------------------------------------
 
-def p99(values: list[float]) -> float:
+def quantile(values: list[float], q: float) -> float:
+    """The q quantile of latencies in seconds, in ms."""
     if not values:
         return float("nan")
     values = sorted(values)
-    return values[min(len(values) - 1, int(len(values) * 0.99))] * 1000
+    return values[min(len(values) - 1, int(len(values) * q))] * 1000
+
+
+def p99(values: list[float]) -> float:
+    return quantile(values, 0.99)
 
 
 def pinned(core: int | None) -> list[str]:
@@ -205,7 +210,7 @@ def main() -> None:
 
 def report(runs: dict[int, list[dict[str, object]]], plan: list[int], still: bool,
            args: argparse.Namespace) -> None:
-    def stats(c: int) -> tuple[float, float, float, int]:
+    def stats(c: int) -> tuple[float, float, float, float, int]:
         ok, refused, errors, seconds = [], [], 0, 0.0
         for run in runs[c]:
             latencies: dict[str, list[float]] = run["latencies"]  # type: ignore[assignment]
@@ -214,7 +219,7 @@ def report(runs: dict[int, list[dict[str, object]]], plan: list[int], still: boo
             errors += len(run["errors"]) + sum(  # type: ignore[arg-type]
                 len(v) for k, v in latencies.items() if k not in ("200", "503"))
             seconds += float(run["seconds"])  # type: ignore[arg-type]
-        return len(ok) / seconds, p99(ok), p99(refused), errors
+        return len(ok) / seconds, p99(ok), quantile(refused, 0.5), p99(refused), errors
 
     def cpu_us(c: int, whose: str) -> float:
         """CPU µs per answer (any status) at `c` connections, `whose`: server or load."""
@@ -223,18 +228,19 @@ def report(runs: dict[int, list[dict[str, object]]], plan: list[int], still: boo
                       for v in run["latencies"].values())  # type: ignore[attr-defined]
         return spent / max(1, answers) * 1e6
 
-    capacity, cap_p99, _, _ = stats(plan[0])
+    capacity, cap_p99, _, _, _ = stats(plan[0])
     print(f"model: 20 ms a call, max_batch_size 1, max_queue {QUEUE}; "
           f"{args.rounds} rounds of {args.seconds:g} s; pinned: {'yes' if args.pin else 'no'}")
     print(f"capacity (c={plan[0]}): {capacity:.1f} req/s, p99 {cap_p99:.0f} ms")
     print()
     print("| connections | goodput req/s | goodput / capacity | admitted p99 ms "
-          "| admitted p99 / p99 at capacity | 503 p99 ms | other errors "
+          "| admitted p99 / p99 at capacity | 503 p50 ms | 503 p99 ms | other errors "
           "| server CPU µs / answer | load CPU µs / answer |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for c in plan:
-        goodput, ok_p99, refused_p99, errors = stats(c)
-        refused = "-" if refused_p99 != refused_p99 else f"{refused_p99:.1f}"
+        goodput, ok_p99, refused_p50, refused_p99, errors = stats(c)
+        refused = "- | -" if refused_p99 != refused_p99 else \
+            f"{refused_p50:.1f} | {refused_p99:.1f}"
         print(f"| {c} ({c // QUEUE}x queue) | {goodput:.1f} | {goodput / capacity:.0%} "
               f"| {ok_p99:.0f} | {ok_p99 / cap_p99:.2f}x | {refused} | {errors} "
               f"| {cpu_us(c, 'server'):.0f} | {cpu_us(c, 'load'):.0f} |")

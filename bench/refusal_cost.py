@@ -122,9 +122,11 @@ def _run(server: int, port: int, args: argparse.Namespace) -> None:
     others = sum(len(v) for k, v in result["latencies"].items() if k != "503")
     user, system = ((a - b) / max(1, refused) * 1e6 for a, b in zip(after, before, strict=True))
     load = result["load_cpu_s"] / max(1, refused + others) * 1e6
+    latencies = sorted(result["latencies"].get("503", [])) or [float("nan")]
+    p50, p99 = (latencies[int(len(latencies) * q)] * 1000 for q in (0.5, 0.99))
     print(f"server {user + system:.0f} µs ({user:.0f} + {system:.0f}); load {load:.0f} µs; "
-          f"{refused / args.seconds:.0f} refusals/s; other answers {others}, "
-          f"errors {len(result['errors'])}")
+          f"{refused / args.seconds:.0f} refusals/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
+          f"other answers {others}, errors {len(result['errors'])}")
 
 
 if __name__ == "__main__":

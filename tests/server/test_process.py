@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -319,6 +321,78 @@ def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
         body += chunk
     assert len(body) == int(headers["content-length"]), "more than one response came"
     return int(status_line.split()[1]), headers, body
+
+
+def stopped(pid: int) -> bool:
+    """Whether every thread of process `pid` is stopped (SIGSTOP)."""
+    tasks = Path(f"/proc/{pid}/task").iterdir()
+    return all((t / "stat").read_text().rsplit(")", 1)[1].split()[0] == "T" for t in tasks)
+
+
+def test_a_burst_with_one_slot_free_lets_one_request_through_and_refuses_the_rest_from_heads(
+        tmp_path: Path) -> None:
+    """Heads read in one turn of the server's loop all saw the one free slot: each was
+    let through, had its body read and parsed, and all but one were then refused. Here
+    the server is stopped while six heads arrive (their bodies held back), so it reads
+    them in one turn: five are refused from the head alone, without their bodies."""
+    proc, port, gate, started = serve_gated(tmp_path, MODELPORT_BATCHING__MAX_BATCH_SIZE="1",
+                                            MODELPORT_BATCHING__MAX_QUEUE="2")
+    url = f"http://127.0.0.1:{port}"
+    body = b'{"instances": [[7, 0, 0]]}'
+    head = (b"POST /models/gated/predict HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+
+    def ask(i: int) -> httpx.Response:
+        return httpx.post(f"{url}/models/gated/predict", json={"instances": [[i, 0, 0]]},
+                          timeout=30)
+
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(6)]
+    try:
+        for sock in socks:  # accepted and idle before the burst
+            sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _read_response(sock)[0] == 200
+        gate.unlink()
+        started.unlink()
+        with ThreadPoolExecutor(2) as pool:
+            held = pool.submit(ask, 1)
+            while not started.exists():  # one in the model …
+                time.sleep(0.01)
+            queued = pool.submit(ask, 2)
+            while 'modelport_queue_depth{model="gated"} 1.0' not in httpx.get(
+                    f"{url}/metrics").text:  # … one queued: one slot of two is free
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGSTOP)
+            try:
+                while not stopped(proc.pid):  # a signal is delivered in its own time
+                    time.sleep(0.01)
+                for sock in socks:
+                    sock.sendall(head)
+            finally:
+                proc.send_signal(signal.SIGCONT)
+            waiting = list(socks)
+            refused = 0
+            while len(waiting) > 1:  # the refusals come without the bodies being sent
+                ready, _, _ = select.select(waiting, [], [], 30)
+                assert ready, f"{len(waiting)} requests unanswered: let through to wait for a body"
+                for sock in ready:
+                    status, _, answer = _read_response(sock)
+                    assert status == 503 and b"queue is full" in answer
+                    refused += 1
+                    waiting.remove(sock)
+            assert refused == 5
+            [admitted] = waiting
+            admitted.sendall(body)
+            gate.touch()
+            status, _, answer = _read_response(admitted)
+            assert (status, json.loads(answer)["predictions"]) == (200, [14.0])
+            assert [held.result().json()["predictions"], queued.result().json()["predictions"]] \
+                == [[2.0], [4.0]]
+    finally:
+        for sock in socks:
+            sock.close()
+        proc.terminate()
+        proc.wait()
+        proc.stderr.close()  # type: ignore[union-attr]
 
 
 def test_a_full_queue_is_refused_from_the_request_head_and_the_connection_lives_on(

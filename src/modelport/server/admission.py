@@ -8,7 +8,14 @@ go elsewhere. So the server's HTTP protocol asks `Admission.refusal` as soon as 
 request's head is parsed and, when it says no, writes the 503 itself: no ASGI task,
 no middleware, no JSON encoding (`server.protocol`). The `Admission` middleware asks
 the same question for an app served by another ASGI server. The batcher's own check
-stays the last word: this one only looks at the queue as it is now.
+stays the last word.
+
+A request let through reaches its queue only in the loop's next turn (its ASGI task
+runs then), so the heads the protocol reads in one turn would all see the room one
+slot left: under overload each freed slot let dozens through, to be refused the
+expensive way, after their bodies were parsed, in a burst that stalled the loop. So
+the heads let through in a turn count against every queue's room until the turn
+ends (`let_through`): with one slot free, one request goes on.
 
 Refusals made in the protocol have no access-log line (a flood of them would drown the
 log); they are counted as requests with status 503 and as rejections `queue_full`.
@@ -16,6 +23,7 @@ log); they are counted as requests with status 503 and as rejections `queue_full
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from collections.abc import Iterable
@@ -84,13 +92,30 @@ class Admission:
         # again only when the server's default headers (its date) change. Keyed by
         # value: a retired version's model is not kept alive by it
         self._answers: dict[Refusal, _Answer] = {}
+        self._turn = 0  # heads let through in this turn of the loop: not queued yet
 
     @property
     def pressed(self) -> bool:
-        """Whether any served model's queue is full: the one check made of every
-        request's head, before its path is even parsed."""
-        return any(ep.current is not None and ep.current.batcher.full
+        """Whether any served model's queue has no room for another request: the one
+        check made of every request's head, before its path is even parsed."""
+        turn = self._turn
+        return any(ep.current is not None
+                   and ep.current.batcher.depth + turn >= ep.current.batcher.max_queue
                    for ep in self.dataplane.endpoints.values())
+
+    def let_through(self) -> None:
+        """On the loop: a request's head was let through; until the loop's turn ends
+        it counts against every queue's room (a health check too: one count for all
+        is cheaper than parsing every path, and it only ever refuses early by the
+        requests of one turn, when a queue is nearly full)."""
+        if not self._turn:
+            asyncio.get_running_loop().call_soon(self._new_turn)
+        self._turn += 1
+
+    def _new_turn(self) -> None:
+        # runs before the ASGI tasks of the turn's requests: each was created after
+        # this callback was scheduled, and none of them can be refused by its own count
+        self._turn = 0
 
     def refusal(self, method: str, path: str,
                 headers: Iterable[tuple[bytes, bytes]]) -> Refusal | None:
@@ -104,7 +129,7 @@ class Admission:
         name = match[1] or match[2]
         endpoint = self.dataplane.endpoints.get(name)
         current = endpoint.current if endpoint is not None else None
-        if current is None or not current.batcher.full:
+        if current is None or current.batcher.depth + self._turn < current.batcher.max_queue:
             return None
         if required_scope(path, self.require_predict_key) is not None:
             key = presented_key({"headers": headers})

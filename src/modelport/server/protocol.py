@@ -11,7 +11,7 @@ from typing import Any, cast
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from modelport.server.admission import Admission
+from modelport.server.admission import Admission, Refusal
 
 # How long an idle keep-alive connection stays open once the drain begins: a client
 # may have sent its next request before it could see the close; a longer wait only
@@ -62,28 +62,31 @@ class DrainingHttpToolsProtocol(HttpToolsProtocol):
     def _refused(self) -> bool:
         """Answer 503 from the request's head when admission refuses it, and skip its
         body; a pipelined request (one still running before it) or one that closes
-        its connection takes the usual way."""
-        assert self.admission is not None
-        if not self.admission.pressed:
-            return False
-        if self.cycle is not None and not self.cycle.response_complete:
-            return False
-        if self.parser.get_http_version() != "1.1" or not self.parser.should_keep_alive():
-            return False
-        raw = httptools.parse_url(self.url).path
-        path = urllib.parse.unquote(raw.decode("ascii")) if b"%" in raw \
-            else raw.decode("ascii")
-        refused = self.admission.refusal(self.parser.get_method().decode("ascii"), path,
-                                         self.headers)
+        its connection takes the usual way. A request let through is counted."""
+        admission = self.admission
+        assert admission is not None
+        refused = self._refusal(admission) if admission.pressed else None
         if refused is None:
+            admission.let_through()
             return False
         request_id = next((v for n, v in self.headers if n == b"x-request-id"), None)
-        self.transport.write(self.admission.response(
+        self.transport.write(admission.response(
             refused, request_id, self.server_state.default_headers))
         # an answered cycle: the parser's body and message-complete callbacks skip it
         self.cycle = _ANSWERED
         self.on_response_complete()
         return True
+
+    def _refusal(self, admission: Admission) -> Refusal | None:
+        if self.cycle is not None and not self.cycle.response_complete:
+            return None
+        if self.parser.get_http_version() != "1.1" or not self.parser.should_keep_alive():
+            return None
+        raw = httptools.parse_url(self.url).path
+        path = urllib.parse.unquote(raw.decode("ascii")) if b"%" in raw \
+            else raw.decode("ascii")
+        return admission.refusal(self.parser.get_method().decode("ascii"), path,
+                                 self.headers)
 
 
 class _NoWaiters:
