@@ -50,7 +50,7 @@ import psycopg
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "batch.json"
 URL = "postgresql://postgres@127.0.0.1:5432/test"
-TARGET = 0.5
+TARGET = 0.6  # issue 19: the batch job at least 60 % of a binary COPY read
 FEATURES = 30
 HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # binary COPY: signature, flags, extension
 TRAILER = b"\xff\xff"

@@ -19,8 +19,9 @@ on a noisy machine hits both alike), each repetition on a fresh stream of N mess
 
 Both run in this process, so beside wall-clock rates the table gives the CPU time this
 process spent per message (threads included), which depends less on what else the
-machine runs; broker and database CPU are not in it. The ratio (target: end-to-end at
-least 50% of raw) is the median of the per-repetition ratios. Results also go to
+machine runs; broker and database CPU are not in it. The ratio (targets: end-to-end at
+least 60% of raw on Redis and Kafka, 85% on NATS) is the median of the per-repetition
+ratios. Results also go to
 bench/results/stream.json.
 
 Services: MODELPORT_BENCH_REDIS (default redis://127.0.0.1:6379/15),
@@ -60,7 +61,8 @@ NATS = os.environ.get("MODELPORT_BENCH_NATS", "nats://127.0.0.1:4222")
 KAFKA = os.environ.get("MODELPORT_BENCH_KAFKA")
 POSTGRES = os.environ.get("MODELPORT_BENCH_POSTGRES",
                           "postgresql://postgres@127.0.0.1:5432/test")
-TARGET = 0.5
+TARGETS = {"Redis Streams": 0.60, "NATS JetStream": 0.85, "Kafka": 0.60}
+"""End-to-end against raw, by broker: issue 19's targets."""
 
 
 @dataclass
@@ -432,10 +434,11 @@ def table(rows: list[dict[str, Any]], n: int) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        mark = "ok" if r["ratio"] >= TARGET else "missed"
+        target = TARGETS[r["broker"]]
+        mark = "ok" if r["ratio"] >= target else "missed"
         lines.append(
             f"| {r['broker']} | {r['batch_size']} | {r['raw_msgs_per_s']:,.0f} | "
-            f"{r['end_to_end_msgs_per_s']:,.0f} | {r['ratio']:.0%} | ≥ {TARGET:.0%} {mark} | "
+            f"{r['end_to_end_msgs_per_s']:,.0f} | {r['ratio']:.0%} | ≥ {target:.0%} {mark} | "
             f"{r['raw_cpu_us_per_msg']:,.0f} | {r['end_to_end_cpu_us_per_msg']:,.0f} |")
     return "\n".join(lines)
 
@@ -467,7 +470,7 @@ def main() -> None:
         "quick": args.quick, "seconds": round(time.monotonic() - started, 1),
         "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg(),
                     "python": platform.python_version(), "platform": platform.platform()},
-        "target_ratio": TARGET, "results": rows,
+        "target_ratios": TARGETS, "results": rows,
     }, indent=2) + "\n")
     print(f"\nwritten to {RESULTS.relative_to(HERE.parent)}")
 
