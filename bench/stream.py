@@ -21,8 +21,7 @@ Both run in this process, so beside wall-clock rates the table gives the CPU tim
 process spent per message (threads included), which depends less on what else the
 machine runs; broker and database CPU are not in it. The ratio (targets: end-to-end at
 least 60% of raw on Redis and Kafka, 85% on NATS) is the median of the per-repetition
-ratios. Results also go to
-bench/results/stream.json.
+ratios. Results also go to bench/results/stream.json.
 
 Services: MODELPORT_BENCH_REDIS (default redis://127.0.0.1:6379/15),
 MODELPORT_BENCH_NATS (nats://127.0.0.1:4222), MODELPORT_BENCH_KAFKA (a bootstrap
