@@ -84,6 +84,19 @@ def serve_gated(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[str], int,
     return proc, port, gate, started
 
 
+def stop_gated(proc: subprocess.Popen[str], gate: Path) -> None:
+    """Stop a `serve_gated` server, after a failed test too: with its gate closed, a
+    call held in the model would keep the drain waiting for ever."""
+    gate.touch()
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    proc.stderr.close()  # type: ignore[union-attr]
+
+
 def test_sigterm_drains_in_flight_requests_then_exits(tmp_path: Path) -> None:
     proc, port, gate, started = serve_gated(tmp_path, MODELPORT_BATCHING__MAX_BATCH_SIZE="1")
     url = f"http://127.0.0.1:{port}"
@@ -390,9 +403,7 @@ def test_a_burst_with_one_slot_free_lets_one_request_through_and_refuses_the_res
     finally:
         for sock in socks:
             sock.close()
-        proc.terminate()
-        proc.wait()
-        proc.stderr.close()  # type: ignore[union-attr]
+        stop_gated(proc, gate)
 
 
 def test_a_full_queue_is_refused_from_the_request_head_and_the_connection_lives_on(
@@ -461,6 +472,4 @@ def test_a_full_queue_is_refused_from_the_request_head_and_the_connection_lives_
             in metrics
         assert f'model="gated",route="predict",status="503",version="1"}} {refusals}.0' in metrics
     finally:
-        proc.terminate()
-        proc.wait()
-        proc.stderr.close()  # type: ignore[union-attr]
+        stop_gated(proc, gate)
