@@ -12,7 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -336,6 +336,26 @@ def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     return int(status_line.split()[1]), headers, body
 
 
+def hold_one_and_queue_one(pool: ThreadPoolExecutor, url: str, gate: Path, started: Path
+                           ) -> tuple[Future[httpx.Response], Future[httpx.Response]]:
+    """With the gate closed, one prediction held in the gated model (answers [2.0]) and
+    one queued behind it (answers [4.0]), once the queue's depth says so."""
+    def ask(i: int) -> httpx.Response:
+        return httpx.post(f"{url}/models/gated/predict", json={"instances": [[i, 0, 0]]},
+                          timeout=30)
+
+    gate.unlink()
+    started.unlink()
+    held = pool.submit(ask, 1)
+    while not started.exists():  # one in the model …
+        time.sleep(0.01)
+    queued = pool.submit(ask, 2)
+    while 'modelport_queue_depth{model="gated"} 1.0' not in httpx.get(
+            f"{url}/metrics").text:  # … and one queued
+        time.sleep(0.01)
+    return held, queued
+
+
 def stopped(pid: int) -> bool:
     """Whether every thread of process `pid` is stopped (SIGSTOP)."""
     tasks = Path(f"/proc/{pid}/task").iterdir()
@@ -355,25 +375,13 @@ def test_a_burst_with_one_slot_free_lets_one_request_through_and_refuses_the_res
     head = (b"POST /models/gated/predict HTTP/1.1\r\nHost: x\r\n"
             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
 
-    def ask(i: int) -> httpx.Response:
-        return httpx.post(f"{url}/models/gated/predict", json={"instances": [[i, 0, 0]]},
-                          timeout=30)
-
     socks = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(6)]
     try:
         for sock in socks:  # accepted and idle before the burst
             sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
             assert _read_response(sock)[0] == 200
-        gate.unlink()
-        started.unlink()
         with ThreadPoolExecutor(2) as pool:
-            held = pool.submit(ask, 1)
-            while not started.exists():  # one in the model …
-                time.sleep(0.01)
-            queued = pool.submit(ask, 2)
-            while 'modelport_queue_depth{model="gated"} 1.0' not in httpx.get(
-                    f"{url}/metrics").text:  # … one queued: one slot of two is free
-                time.sleep(0.01)
+            held, queued = hold_one_and_queue_one(pool, url, gate, started)
             proc.send_signal(signal.SIGSTOP)
             try:
                 while not stopped(proc.pid):  # a signal is delivered in its own time
@@ -416,21 +424,9 @@ def test_a_full_queue_is_refused_from_the_request_head_and_the_connection_lives_
                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                % (len(body), body))
 
-    def ask(i: int) -> httpx.Response:
-        return httpx.post(f"{url}/models/gated/predict", json={"instances": [[i, 0, 0]]},
-                          timeout=30)
-
     try:
-        gate.unlink()
-        started.unlink()
         with ThreadPoolExecutor(2) as pool:
-            held = pool.submit(ask, 1)
-            while not started.exists():  # one in the model …
-                time.sleep(0.01)
-            queued = pool.submit(ask, 2)
-            while 'modelport_queue_depth{model="gated"} 1.0' not in httpx.get(
-                    f"{url}/metrics").text:  # … and one queued: the queue is full
-                time.sleep(0.01)
+            held, queued = hold_one_and_queue_one(pool, url, gate, started)  # queue full
             with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
                 sock.sendall(predict)
                 status, headers, answer = _read_response(sock)

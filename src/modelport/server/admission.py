@@ -39,6 +39,7 @@ from modelport.server.auth import presented_key, required_scope
 from modelport.server.responses import error_response
 
 if TYPE_CHECKING:
+    from modelport.batching import AdaptiveBatcher
     from modelport.dataplane import DataPlane
 
 _PREDICT = re.compile(r"/models/([^/]+)/predict|/v2/models/([^/]+)(?:/versions/[^/]+)?/infer")
@@ -98,10 +99,11 @@ class Admission:
     def pressed(self) -> bool:
         """Whether any served model's queue has no room for another request: the one
         check made of every request's head, before its path is even parsed."""
-        turn = self._turn
-        return any(ep.current is not None
-                   and ep.current.batcher.depth + turn >= ep.current.batcher.max_queue
+        return any(ep.current is not None and self._no_room(ep.current.batcher)
                    for ep in self.dataplane.endpoints.values())
+
+    def _no_room(self, batcher: AdaptiveBatcher) -> bool:
+        return batcher.depth + self._turn >= batcher.max_queue
 
     def let_through(self) -> None:
         """On the loop: a request's head was let through; until the loop's turn ends
@@ -129,7 +131,7 @@ class Admission:
         name = match[1] or match[2]
         endpoint = self.dataplane.endpoints.get(name)
         current = endpoint.current if endpoint is not None else None
-        if current is None or current.batcher.depth + self._turn < current.batcher.max_queue:
+        if current is None or not self._no_room(current.batcher):
             return None
         if required_scope(path, self.require_predict_key) is not None:
             key = presented_key({"headers": headers})
