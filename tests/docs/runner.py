@@ -99,9 +99,8 @@ def free_port(span: int = 4) -> int:
     Drawn below Linux's ephemeral range (32768 and up): a port the kernel hands out
     there to an outgoing connection of another test could take p + 1 between this
     check and the server's start."""
-    rng = random.Random()
     for _ in range(200):
-        first = rng.randrange(10_000, 32_768 - span)
+        first = random.randrange(10_000, 32_768 - span)
         with contextlib.ExitStack() as bound:
             try:
                 for port in range(first, first + span):
