@@ -23,6 +23,7 @@ from modelport.server import feedback as feedback_routes
 from modelport.server import pipelines as pipeline_routes
 from modelport.server.admission import Admission
 from modelport.server.auth import ApiKeyGuard
+from modelport.server.direct import ModelApp
 from modelport.server.middleware import BodyLimit, RequestContext
 from modelport.server.openapi import openapi_schema
 from modelport.server.responses import (
@@ -92,7 +93,7 @@ def create_app(service: Service, *, keys: KeyStore | None = None,
         *feedback_routes.routes,
         *docs.routes(),
     ]
-    app = FastAPI(
+    app = ModelApp(
         title="modelport",
         version=__version__,
         docs_url=None,  # served from packaged assets instead of a CDN (server.docs)
@@ -116,6 +117,7 @@ def create_app(service: Service, *, keys: KeyStore | None = None,
                             RequestValidationError: handle_validation_error,
                             Exception: handle_error},
     )
+    app.take_short_way(first_routes=extra_routes)  # predictions skip FastAPI's layers
     app.state.service = service
     app.state.guards = admin.Guards()
     app.state.dataplane = dataplane
