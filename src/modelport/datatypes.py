@@ -118,11 +118,14 @@ class _Sent:
     def __init__(self, field: str, values: Any, shape: tuple[int, ...]) -> None:
         self.field = field
         self.values = values
-        self.scalar = len(shape) == 0
-        self.row_len = max(int(np.prod(shape[1:])), 1) if len(shape) > 1 else 1
+        self.shape = shape  # made on every request: what is only for errors waits
 
     def where(self, flat_index: int) -> str:
-        return "" if self.scalar else f" at row {flat_index // self.row_len}"
+        shape = self.shape
+        if not shape:
+            return ""
+        row_len = max(int(np.prod(shape[1:])), 1) if len(shape) > 1 else 1
+        return f" at row {flat_index // row_len}"
 
     def reject(self, expected: str, ok: Callable[[Any], bool]) -> NoReturn:
         # scan what the caller sent: numpy may have turned [1.5, "abc"] into all-strings

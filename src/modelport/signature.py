@@ -92,6 +92,8 @@ class Signature(BaseModel):
         Accepts a numpy array, a pandas DataFrame, a list of records (dicts), a list of
         rows (lists, in input/column order), or a mapping of input name to values.
         """
+        if type(data) is list and data and type(data[0]) is list:
+            return self._from_rows(data)  # rows as JSON gives them: every request's case
         if isinstance(data, Mapping):
             return self.validate({str(k): v for k, v in data.items()})
         if _is_dataframe(data):

@@ -15,6 +15,7 @@ Two tables, created on first use in the log's database (the registry's by defaul
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import math
 from collections.abc import Sequence
@@ -111,10 +112,8 @@ TrafficKey = tuple[int, str, int, str]
 
 
 def bucket(latency_ms: float) -> int:
-    for i, edge in enumerate(LATENCY_EDGES_MS):
-        if latency_ms <= edge:
-            return i
-    return len(LATENCY_EDGES_MS)
+    """The index of the first edge at or above `latency_ms` (past the last: its count)."""
+    return bisect.bisect_left(LATENCY_EDGES_MS, latency_ms)
 
 
 def percentile(buckets: Sequence[int], q: float) -> float | None:

@@ -24,7 +24,6 @@ log); they are counted as requests with status 503 and as rejections `queue_full
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from modelport.errors import Overloaded
 from modelport.security import KeyStore
 from modelport.server.auth import presented_key, required_scope
+from modelport.server.middleware import new_request_id
 from modelport.server.responses import error_response
 
 if TYPE_CHECKING:
@@ -45,9 +45,6 @@ if TYPE_CHECKING:
 _PREDICT = re.compile(r"/models/([^/]+)/predict|/v2/models/([^/]+)(?:/versions/[^/]+)?/infer")
 RETRY_AFTER_S = 1.0
 _CACHED = 1024  # refusals whose answers are kept built (models x versions x routes)
-# a request id in uuid4's form (what `uuid.uuid4().hex` gives), at half its cost
-_UUID4_CLEAR = ~((0xf000 << 64) | (0xc000 << 48))
-_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
 @dataclass(frozen=True)
@@ -68,11 +65,6 @@ class _Answer:
     def __init__(self, defaults: Iterable[tuple[bytes, bytes]], head: bytes, tail: bytes,
                  count: Counter) -> None:
         self.defaults, self.head, self.tail, self.count = defaults, head, tail, count
-
-
-def new_request_id() -> bytes:
-    """A new request id, as `uuid.uuid4().hex` would make it."""
-    return b"%032x" % (int.from_bytes(os.urandom(16), "big") & _UUID4_CLEAR | _UUID4_SET)
 
 
 class Admission:

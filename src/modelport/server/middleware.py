@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
-from typing import Any
 
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -17,6 +16,14 @@ from modelport.server.responses import error_response
 
 access = logging.getLogger("modelport.access")
 _CACHED = 1024  # label sets whose metric children RequestContext keeps at hand
+# a request id in uuid4's form (what `uuid.uuid4().hex` gives), at half its cost
+_UUID4_CLEAR = ~((0xf000 << 64) | (0xc000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def new_request_id() -> bytes:
+    """A new request id, as `uuid.uuid4().hex` would make it."""
+    return b"%032x" % (int.from_bytes(os.urandom(16), "big") & _UUID4_CLEAR | _UUID4_SET)
 
 
 class RequestContext:
@@ -35,7 +42,8 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        rid = _header(scope, b"x-request-id") or uuid.uuid4().hex
+        raw_id = _raw_header(scope, b"x-request-id") or new_request_id()
+        rid = raw_id.decode("latin-1")
         state = scope.setdefault("state", {})
         state["request_id"] = rid
         status = 500
@@ -45,7 +53,7 @@ class RequestContext:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", []),
-                                      (b"x-request-id", rid.encode())]
+                                      (b"x-request-id", raw_id)]
                 if state.get("model") is not None and state.get("version") is not None:
                     # the version that answered: a canary's share names the canary
                     message["headers"].append(
@@ -120,8 +128,13 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
-def _header(scope: Scope, name: bytes) -> Any:
+def _raw_header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope["headers"]:
         if key == name:
-            return value.decode("latin-1")
+            return bytes(value)
     return None
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    value = _raw_header(scope, name)
+    return None if value is None else value.decode("latin-1")

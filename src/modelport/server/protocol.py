@@ -1,6 +1,7 @@
 """The HTTP/1.1 protocol the server runs: uvicorn's httptools one, with a drain that
-answers requests on idle keep-alive connections instead of resetting them, and
-admission from the request's head (`server.admission`)."""
+answers requests on idle keep-alive connections instead of resetting them, admission
+from the request's head (`server.admission`), and a response's head and body sent in
+one write (`HeadWithBody`)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,9 @@ class DrainingHttpToolsProtocol(HttpToolsProtocol):
     def _close_if_idle(self) -> None:
         if self.cycle is None or self.cycle.response_complete:
             self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(cast(asyncio.Transport, HeadWithBody(transport)))
 
     def on_headers_complete(self) -> None:
         if self.drain_close is not None:
@@ -87,6 +91,44 @@ class DrainingHttpToolsProtocol(HttpToolsProtocol):
             else raw.decode("ascii")
         return admission.refusal(self.parser.get_method().decode("ascii"), path,
                                  self.headers)
+
+
+class HeadWithBody:
+    """A transport that holds a response's head until its body is written, to send
+    both in one write: uvicorn writes them apart, and each write is a system call and
+    a TCP segment the client wakes up for (two writes cost ~7 % of a small
+    prediction's server CPU). A head whose body does not come in the same turn of the
+    loop (a streamed response) is sent at the end of that turn."""
+
+    __slots__ = ("_held", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._held: bytes | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+        elif data[:5] == b"HTTP/" and data[-4:] == b"\r\n\r\n":  # a head (headers end so)
+            self._held = bytes(data)
+            asyncio.get_running_loop().call_soon(self._flush)
+        else:
+            self._transport.write(data)
+
+    def _flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:  # the rest of the transport as it is
+        return getattr(self._transport, name)
 
 
 class _NoWaiters:
