@@ -77,10 +77,14 @@ bench-batch: install  ## Batch benchmark (needs PostgreSQL): modelport batch vs 
 # The peers' harness (../shared/peerbench) builds a venv per peer from PyPI (on the first
 # run; reused while its requirements stay the same), modelport's from this working tree,
 # and writes .peerbench/results.md. Its knobs pass through: PEERS, CONCS, DUR, WARMUP, ...
+# It runs from a copy in .peerbench/harness, with modelport's own service file in place of
+# the harness's (bench/peers/modelport.yaml: modelport's documented defaults).
 PEERBENCH ?= ../shared/peerbench
 PEERS     ?= fastapi bentoml_batch mlserver_batch litserve modelport modelport_v2
 bench-peers:  ## modelport beside FastAPI, BentoML, MLServer, LitServe (about 25 minutes)
 	@test -x $(PEERBENCH)/run_all.sh || { echo "make: no peer harness at $(PEERBENCH) (PEERBENCH=...)"; exit 2; }
+	rm -rf .peerbench/harness && mkdir -p .peerbench && cp -r $(PEERBENCH) .peerbench/harness
+	chmod -R u+w .peerbench/harness && cp bench/peers/modelport.yaml .peerbench/harness/servers/
 	PEERS="$(PEERS)" MODELPORT_SRC="$(CURDIR)" PEERBENCH_DIR="$(CURDIR)/.peerbench" \
-		$(PEERBENCH)/run_all.sh
+		.peerbench/harness/run_all.sh
 	@echo "make: the table is in .peerbench/results.md"
