@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import IO, Any
 
 HERE = Path(__file__).resolve().parent
-FASTAPI = "fastapi"  # the baseline's label; every other server is a modelport one
+FASTAPI = "fastapi"  # the baseline's label
+NOOP = "no-op ASGI app"  # the HTTP limit's; every other server is a modelport one
+BASELINES = (FASTAPI, NOOP)
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,7 @@ class Server:
 
     @property
     def is_modelport(self) -> bool:
-        return self.label != FASTAPI
+        return self.label not in BASELINES
 
 
 def free_port() -> int:
@@ -180,7 +182,7 @@ def launch(cores: Cores, label: str, worker: list[str], home: Path, ref: str,
     with log.open("wb") as out:
         proc = subprocess.Popen([*worker_command(cores, worker, home, ref), "--port", str(port)],
                                 stdout=out, stderr=subprocess.STDOUT, env=child_env())
-    path = "/predict" if label == FASTAPI else f"/models/{ref.split('@')[0]}/predict"
+    path = "/predict" if label in BASELINES else f"/models/{ref.split('@')[0]}/predict"
     return Server(label, port, path, proc, log)
 
 

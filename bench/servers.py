@@ -5,6 +5,8 @@
 - `fastapi`: the baseline, a hand-written FastAPI endpoint the way people usually
   write one: a pydantic body model, `predict` + `predict_proba` per request, a plain
   `def` route (FastAPI runs it in its thread pool), served by uvicorn.
+- `noop`: the HTTP limit, a raw ASGI app under uvicorn that reads the body and
+  answers a fixed prediction (no framework, no model).
 - `raw`: no server at all; times the estimator's `predict` + `predict_proba` (the
   work both servers do per model call) at given batch sizes and prints JSON.
 
@@ -93,6 +95,32 @@ def run_fastapi(home: Path, port: int, ref: str) -> None:
     # the same event loop and HTTP parser modelport's runner picks
     uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
                 access_log=False, log_level="warning")
+
+
+# --- the HTTP limit ----------------------------------------------------------------
+
+
+def run_noop(port: int) -> None:
+    """uvicorn as modelport runs it, with no framework and no model: reads each
+    request's body and answers a fixed prediction. What HTTP alone costs on this core."""
+    import uvicorn
+
+    answer = b'{"predictions":[0],"probabilities":[[0.5,0.5]]}'
+    head = {"type": "http.response.start", "status": 200,
+            "headers": [(b"content-type", b"application/json"),
+                        (b"content-length", b"%d" % len(answer))]}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        more = True
+        while more:
+            more = (await receive()).get("more_body", False)
+        await send(head)
+        await send({"type": "http.response.body", "body": answer})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
+                access_log=False, log_level="warning", lifespan="off")
 
 
 # --- raw in-process predict ---------------------------------------------------------

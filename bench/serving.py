@@ -1,4 +1,5 @@
-"""Serving benchmark: modelport against a hand-written FastAPI endpoint and raw predict.
+"""Serving benchmark: modelport against a hand-written FastAPI endpoint, a no-op ASGI
+app (the HTTP limit) and raw predict.
 
     .venv/bin/python bench/serving.py [--quick]        # or: make bench
 
@@ -31,6 +32,7 @@ import numpy as np
 import servers  # bench/servers.py: what runs in the child processes
 from harness import (
     FASTAPI,
+    NOOP,
     Cores,
     Histogram,
     RawPredict,
@@ -53,7 +55,8 @@ RESULTS = HERE / "results" / "serving.json"
 CONCURRENCY = (1, 8, 64)
 ALIAS = "production"
 MODELPORT, BATCHING_OFF = "modelport", "modelport, batching off"
-LABELS = (MODELPORT, BATCHING_OFF, FASTAPI)
+LABELS = (MODELPORT, BATCHING_OFF, FASTAPI, NOOP)
+LIMIT_CONCURRENCY = 64  # the no-op app runs at this one only, on the small model
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,8 @@ def measure(subject: Subject, home: Path, cores: Cores, plan: Plan,
     script = write_script(tmp / f"{subject.key}.lua", subject.body)
     workers = {MODELPORT: ["modelport"], BATCHING_OFF: ["modelport", "--no-batching"],
                FASTAPI: ["fastapi"]}
+    if subject.key == "small":
+        workers[NOOP] = ["noop"]
     running: list[Server] = []
     raw: RawPredict | None = None
     try:
@@ -176,10 +181,12 @@ def measure(subject: Subject, home: Path, cores: Cores, plan: Plan,
             wrk(cores, server, script, 8, plan.warmup)
         cells: dict[tuple[str, int], Cell] = {}
         for round_ in range(plan.rounds):
-            order = running[round_ % 3:] + running[:round_ % 3]  # rotate who goes first
+            first = round_ % len(running)
+            order = running[first:] + running[:first]  # rotate who goes first
             for c in CONCURRENCY:
                 for server in order:
-                    if server.label == BATCHING_OFF and c != 1:
+                    if (server.label == BATCHING_OFF and c != 1) or (
+                            server.label == NOOP and c != LIMIT_CONCURRENCY):
                         continue
                     cell = cells.setdefault((server.label, c), Cell(subject.key, server.label, c))
                     run_cell(cell, server, raw, cores, script, plan)
@@ -284,6 +291,11 @@ def targets(cells: list[Cell], flip: dict[str, Any]) -> list[dict[str, Any]]:
     add("small c=64: modelport req/s / FastAPI req/s",
         f"{mp.median('ok_per_s'):.0f} vs {fa.median('ok_per_s'):.0f} req/s", ">= 3",
         paired(mp, fa, "ok_per_s"), paired(fa, mp, "cpu_us_per_request"), lambda r: r >= 3)
+    limit = find(cells, "small", NOOP, LIMIT_CONCURRENCY)
+    add("small c=64: modelport req/s / no-op ASGI app req/s (the HTTP limit)",
+        f"{mp.median('ok_per_s'):.0f} vs {limit.median('ok_per_s'):.0f} req/s", ">= 0.75",
+        paired(mp, limit, "ok_per_s"), paired(limit, mp, "cpu_us_per_request"),
+        lambda r: r >= 0.75)
     add("small c=64: modelport p99 / FastAPI p99",
         f"{mp.median('p99_ms'):.1f} vs {fa.median('p99_ms'):.1f} ms", "< 1",
         paired(mp, fa, "p99_ms"), None, lambda r: r < 1)
@@ -434,6 +446,8 @@ def run_worker(args: argparse.Namespace) -> int:
                               on_loop=args.on_loop)
     elif args.worker == "fastapi":
         servers.run_fastapi(home, args.port, args.ref)
+    elif args.worker == "noop":
+        servers.run_noop(args.port)
     else:
         servers.run_raw(home, args.ref, servers.dataset(args.dataset)[0])
     return 0
@@ -448,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary registry and the server logs")
     # internal: what the child processes run
-    parser.add_argument("--worker", choices=["modelport", "fastapi", "raw"],
+    parser.add_argument("--worker", choices=["modelport", "fastapi", "noop", "raw"],
                         help=argparse.SUPPRESS)
     for flag in ("--home", "--ref", "--dataset", "--keys"):
         parser.add_argument(flag, help=argparse.SUPPRESS)

@@ -53,6 +53,11 @@ def create_app(service: Service, *, keys: KeyStore | None = None,
     connections): entered once the models are loaded and the pipelines started, exited
     before they are drained.
 
+    Predictions (`POST /models/{name}/predict`, the v2 `infer` routes) take a short
+    way past FastAPI's own layers to the same middleware and endpoints
+    (`server.direct`); a middleware or an exception handler added to the returned app
+    applies to them as to every route (they then take the ordinary way).
+
     `keys` are the API keys it accepts; by default those of the service's
     `settings.server.api_keys_file` (none when unset: then the admin API refuses every
     request).
