@@ -83,6 +83,37 @@ async def test_idle_model_runs_a_lone_request_without_waiting() -> None:
     await batcher.close()
 
 
+async def test_a_lone_caller_runs_in_its_own_task_and_a_burst_still_batches() -> None:
+    """On the loop, a request to a free model that is alone runs at once in its
+    caller's task, with no batch task in between; requests that come while it runs
+    queue and go together, and after such a batch the next turn's requests queue too."""
+    tasks: list[asyncio.Task[object] | None] = []
+
+    async def double(batch: Batch) -> Batch:
+        tasks.append(asyncio.current_task())
+        await asyncio.sleep(0)  # a model call the others can arrive during
+        return {"y": batch["x"] * 2}
+
+    batcher = AdaptiveBatcher(double, max_batch_size=64, max_delay_ms=0)
+    loop = asyncio.get_running_loop()
+
+    async def alone(i: int) -> tuple[object, list[float]]:
+        return asyncio.current_task(), (await batcher.submit(rows(i)))["y"].tolist()
+
+    await batcher.submit(rows(0))  # started: its batch task waits for work
+    for i in range(3):  # sequential callers: each in a turn of its own
+        me, answer = await loop.create_task(alone(i))
+        assert answer == [2.0 * i] and tasks[-1] is me
+    burst = await asyncio.gather(*(alone(i) for i in range(10)))
+    assert [answer for _, answer in burst] == [[2.0 * i] for i in range(10)]
+    assert tasks[4] is burst[0][0]  # the first of the burst ran at once ...
+    assert len(tasks) == 6  # ... and the other nine together, in the batch task
+    assert all(tasks[5] is not me for me, _ in burst)
+    await asyncio.gather(*(alone(i) for i in range(10)))  # company seen: all queue
+    assert len(tasks) == 7
+    await batcher.close()
+
+
 async def test_a_failing_batch_fails_every_caller_and_the_batcher_keeps_serving() -> None:
     calls = 0
 
