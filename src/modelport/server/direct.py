@@ -10,8 +10,8 @@ the same handlers.
 
 Every other request takes the ordinary way, and so does every request once the app was
 changed after `create_app` (a middleware or an exception handler added, a root path
-set), or when one of
-an application's own routes, which are matched first, matches the request.
+set), or when one of an application's own routes, which are matched first, matches
+the request.
 """
 
 from __future__ import annotations

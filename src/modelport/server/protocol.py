@@ -96,9 +96,8 @@ class DrainingHttpToolsProtocol(HttpToolsProtocol):
 class HeadWithBody:
     """A transport that holds a response's head until its body is written, to send
     both in one write: uvicorn writes them apart, and each write is a system call and
-    a TCP segment the client wakes up for (two writes cost ~7 % of a small
-    prediction's server CPU). A head whose body does not come in the same turn of the
-    loop (a streamed response) is sent at the end of that turn."""
+    a TCP segment the client wakes up for. A head whose body does not come in the same
+    turn of the loop (a streamed response) is sent at the end of that turn."""
 
     __slots__ = ("_held", "_transport")
 
