@@ -42,7 +42,10 @@ if TYPE_CHECKING:
     from modelport.batching import AdaptiveBatcher
     from modelport.dataplane import DataPlane
 
-_PREDICT = re.compile(r"/models/([^/]+)/predict|/v2/models/([^/]+)(?:/versions/[^/]+)?/infer")
+PREDICTION_PATH = re.compile(
+    r"/models/([^/]+)/predict|/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+"""The two prediction routes' paths, as the router's `{name}` and `{version}` match
+them: the JSON API's name (1), or OIP v2's name (2) and version (3, if given)."""
 RETRY_AFTER_S = 1.0
 _CACHED = 1024  # refusals whose answers are kept built (models x versions x routes)
 
@@ -117,7 +120,7 @@ class Admission:
         check would turn away is let through: it gets its 401/403 first."""
         if method != "POST":
             return None
-        match = _PREDICT.fullmatch(path)
+        match = PREDICTION_PATH.fullmatch(path)
         if match is None:
             return None
         name = match[1] or match[2]

@@ -16,7 +16,6 @@ the request.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -30,12 +29,10 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelport.server import predict, v2
+from modelport.server.admission import PREDICTION_PATH
 from modelport.server.responses import handle_error, handle_http_error
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-# the two prediction paths, as the router's `{name}` / `{version}` (str) would match them
-_PATHS = re.compile(
-    r"/models/([^/]+)/predict|/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 
 
 class ModelApp(FastAPI):
@@ -86,7 +83,7 @@ class _Direct:
     def route(self, scope: Scope) -> bool:
         """Whether this is a prediction taken the short way; if so, its endpoint and
         path parameters are put in the scope, as the router would."""
-        match = _PATHS.fullmatch(get_route_path(scope))
+        match = PREDICTION_PATH.fullmatch(get_route_path(scope))
         if match is None:
             return False
         if self.first_routes and any(route.matches(scope)[0] is not Match.NONE
