@@ -20,8 +20,9 @@ from typing import IO, Any
 
 HERE = Path(__file__).resolve().parent
 FASTAPI = "fastapi"  # the baseline's label
+MINIMAL = "fastapi, minimal"  # issue 19's: the peers' harness's minimal endpoint
 NOOP = "no-op ASGI app"  # the HTTP limit's; every other server is a modelport one
-BASELINES = (FASTAPI, NOOP)
+BASELINES = (FASTAPI, MINIMAL, NOOP)
 
 
 @dataclass(frozen=True)

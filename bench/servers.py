@@ -5,6 +5,9 @@
 - `fastapi`: the baseline, a hand-written FastAPI endpoint the way people usually
   write one: a pydantic body model, `predict` + `predict_proba` per request, a plain
   `def` route (FastAPI runs it in its thread pool), served by uvicorn.
+- `fastapi-minimal`: issue 19's baseline, the minimal endpoint of the peers' harness
+  (`../shared/peerbench/servers/fastapi_app.py`): the same pydantic body model, an
+  `async def` route (the model on the event loop) calling `predict` alone.
 - `noop`: the HTTP limit, a raw ASGI app under uvicorn that reads the body and
   answers a fixed prediction (no framework, no model).
 - `raw`: no server at all; times the estimator's `predict` + `predict_proba` (the
@@ -79,18 +82,24 @@ class PredictRequest(BaseModel):
     instances: list[list[float]]
 
 
-def run_fastapi(home: Path, port: int, ref: str) -> None:
+def run_fastapi(home: Path, port: int, ref: str, *, minimal: bool = False) -> None:
     import uvicorn
     from fastapi import FastAPI
 
     model = estimator(home, ref)
     app = FastAPI()
 
-    @app.post("/predict", response_model=None)
-    def predict(request: PredictRequest) -> dict[str, Any]:
-        x = np.asarray(request.instances)
-        return {"predictions": model.predict(x).tolist(),
-                "probabilities": model.predict_proba(x).tolist()}
+    if minimal:
+        @app.post("/predict", response_model=None)
+        async def predict_minimal(request: PredictRequest) -> dict[str, Any]:
+            x = np.asarray(request.instances, dtype=np.float64)
+            return {"predictions": model.predict(x).tolist()}
+    else:
+        @app.post("/predict", response_model=None)
+        def predict(request: PredictRequest) -> dict[str, Any]:
+            x = np.asarray(request.instances)
+            return {"predictions": model.predict(x).tolist(),
+                    "probabilities": model.predict_proba(x).tolist()}
 
     # the same event loop and HTTP parser modelport's runner picks
     uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",

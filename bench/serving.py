@@ -1,5 +1,5 @@
-"""Serving benchmark: modelport against a hand-written FastAPI endpoint, a no-op ASGI
-app (the HTTP limit) and raw predict.
+"""Serving benchmark: modelport against two hand-written FastAPI endpoints (the usual
+one, and issue 19's minimal one), a no-op ASGI app (the HTTP limit) and raw predict.
 
     .venv/bin/python bench/serving.py [--quick]        # or: make bench
 
@@ -32,6 +32,7 @@ import numpy as np
 import servers  # bench/servers.py: what runs in the child processes
 from harness import (
     FASTAPI,
+    MINIMAL,
     NOOP,
     Cores,
     Histogram,
@@ -55,7 +56,7 @@ RESULTS = HERE / "results" / "serving.json"
 CONCURRENCY = (1, 8, 64)
 ALIAS = "production"
 MODELPORT, BATCHING_OFF = "modelport", "modelport, batching off"
-LABELS = (MODELPORT, BATCHING_OFF, FASTAPI, NOOP)
+LABELS = (MODELPORT, BATCHING_OFF, FASTAPI, MINIMAL, NOOP)
 LIMIT_CONCURRENCY = 64  # the no-op app runs at this one only, on the small model
 
 
@@ -167,7 +168,7 @@ def measure(subject: Subject, home: Path, cores: Cores, plan: Plan,
     """Every configuration of one model, interleaved; then raw predict at fixed sizes."""
     script = write_script(tmp / f"{subject.key}.lua", subject.body)
     workers = {MODELPORT: ["modelport"], BATCHING_OFF: ["modelport", "--no-batching"],
-               FASTAPI: ["fastapi"]}
+               FASTAPI: ["fastapi"], MINIMAL: ["fastapi-minimal"]}
     if subject.key == "small":
         workers[NOOP] = ["noop"]
     running: list[Server] = []
@@ -287,10 +288,15 @@ def targets(cells: list[Cell], flip: dict[str, Any]) -> list[dict[str, Any]]:
                     "cpu_ratio": None if cpu is None else round(cpu, 3),
                     "cpu_pass": None if cpu is None else bool(ok(cpu))})
 
+    # issue 19's: against the minimal endpoint, at each concurrency it names
+    for model, c, goal in (("small", 1, 1.0), ("small", 8, 1.0), ("small", 64, 3.0),
+                           ("heavy", 1, 0.9)):
+        mp, mini = find(cells, model, MODELPORT, c), find(cells, model, MINIMAL, c)
+        add(f"{model} c={c}: modelport req/s / minimal FastAPI req/s",
+            f"{mp.median('ok_per_s'):.0f} vs {mini.median('ok_per_s'):.0f} req/s",
+            f">= {goal:g}", paired(mp, mini, "ok_per_s"),
+            paired(mini, mp, "cpu_us_per_request"), lambda r, goal=goal: r >= goal)
     mp, fa = find(cells, "small", MODELPORT, 64), find(cells, "small", FASTAPI, 64)
-    add("small c=64: modelport req/s / FastAPI req/s",
-        f"{mp.median('ok_per_s'):.0f} vs {fa.median('ok_per_s'):.0f} req/s", ">= 3",
-        paired(mp, fa, "ok_per_s"), paired(fa, mp, "cpu_us_per_request"), lambda r: r >= 3)
     limit = find(cells, "small", NOOP, LIMIT_CONCURRENCY)
     add("small c=64: modelport req/s / no-op ASGI app req/s (the HTTP limit)",
         f"{mp.median('ok_per_s'):.0f} vs {limit.median('ok_per_s'):.0f} req/s", ">= 0.75",
@@ -444,8 +450,8 @@ def run_worker(args: argparse.Namespace) -> int:
                               poll_interval_s=args.poll,
                               keys=Path(args.keys) if args.keys else None,
                               on_loop=args.on_loop)
-    elif args.worker == "fastapi":
-        servers.run_fastapi(home, args.port, args.ref)
+    elif args.worker in ("fastapi", "fastapi-minimal"):
+        servers.run_fastapi(home, args.port, args.ref, minimal=args.worker == "fastapi-minimal")
     elif args.worker == "noop":
         servers.run_noop(args.port)
     else:
@@ -462,8 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary registry and the server logs")
     # internal: what the child processes run
-    parser.add_argument("--worker", choices=["modelport", "fastapi", "noop", "raw"],
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--worker", help=argparse.SUPPRESS,
+                        choices=["modelport", "fastapi", "fastapi-minimal", "noop", "raw"])
     for flag in ("--home", "--ref", "--dataset", "--keys"):
         parser.add_argument(flag, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
