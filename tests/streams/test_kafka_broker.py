@@ -75,6 +75,21 @@ async def test_commits_stop_before_the_first_message_still_in_flight() -> None:
     assert consumer.commits[-1] == {TP0: 14}  # the offset after the highest processed
 
 
+async def test_offsets_fetched_again_count_their_deliveries() -> None:
+    # the consumer read part of a partition again (a seek back): second and third
+    # deliveries; the committed offset passes what each first delivery settled
+    broker, consumer = fake([{TP0: [0, 1, 2]}, {TP0: [1, 2]}, {TP0: [2, 3]}])
+    first, second, third = [await broker.fetch(10, 0) for _ in range(3)]
+    assert [m.deliveries for m in first + second + third] == [1, 1, 1, 2, 2, 3, 1]
+    await broker.ack(second)  # 0 is not settled yet
+    assert consumer.commits == []
+    await broker.ack(first)
+    assert consumer.commits == [{TP0: 3}]
+    await broker.ack(first[1:])  # settled already: nothing moves, nothing is kept
+    await broker.ack(third)
+    assert consumer.commits == [{TP0: 3}, {TP0: 4}]
+
+
 async def test_a_commit_refused_by_a_rebalance_is_not_an_error() -> None:
     broker, consumer = fake([{TP0: [0, 1]}])
     messages = await broker.fetch(10, 0)

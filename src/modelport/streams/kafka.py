@@ -71,9 +71,14 @@ class KafkaBroker(Broker):
         self._producer_options = {**PRODUCER_DEFAULTS, **producer_options}
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
-        # per partition, the offsets fetched and not yet committed, in order, each
-        # with whether it has been settled (acked or dead-lettered)
-        self._inflight: dict[TopicPartition, deque[list[Any]]] = {}
+        # per partition, the offsets fetched and not yet settled (acked or
+        # dead-lettered) as an unbroken run, in order (an offset fetched again is there
+        # again); those of them settled already, past a gap; the highest offset fetched,
+        # and how often an offset at or below it was fetched again (only those: a first
+        # delivery keeps no entry)
+        self._inflight: dict[TopicPartition, deque[int]] = {}
+        self._done: dict[TopicPartition, set[int]] = {}
+        self._fetched: dict[TopicPartition, int] = {}
         self._attempts: dict[tuple[TopicPartition, int], int] = {}
         # per partition, the offset settled messages allow committing, and the one
         # committed: acks that come while a commit is in flight share the next one
@@ -145,36 +150,46 @@ class KafkaBroker(Broker):
                                              max_records=max_messages)
         messages: list[Message] = []
         for tp, records in batches.items():
+            if not records:
+                continue
             inflight = self._inflight.setdefault(tp, deque())
+            self._done.setdefault(tp, set())
+            seen = self._fetched.get(tp, -1)
+            prefix = f"{tp.topic}:{tp.partition}:"
             for record in records:
-                inflight.append([record.offset, False])
-                messages.append(self._message(tp, record))
+                offset = record.offset
+                attempt = 1 if offset > seen else self._again(tp, offset)
+                inflight.append(offset)
+                messages.append(Message(prefix + str(offset), record.value or b"", attempt,
+                                        headers=_headers(record), handle=(tp, offset)))
+            self._fetched[tp] = max(seen, records[-1].offset)
         return messages
 
-    def _message(self, tp: TopicPartition, record: ConsumerRecord) -> Message:
-        attempt = self._attempts.get((tp, record.offset), 0) + 1
-        self._attempts[(tp, record.offset)] = attempt
-        headers = {k: v.decode(errors="replace") for k, v in (record.headers or ())}
-        return Message(f"{tp.topic}:{tp.partition}:{record.offset}", record.value or b"",
-                       attempt, headers=headers, handle=(tp, record.offset))
+    def _again(self, tp: TopicPartition, offset: int) -> int:
+        """The attempt an offset fetched before is on now."""
+        attempt = self._attempts.get((tp, offset), 1) + 1
+        self._attempts[(tp, offset)] = attempt
+        return attempt
 
     async def ack(self, messages: Sequence[Message]) -> None:
-        settled: dict[TopicPartition, set[int]] = {}
+        touched: set[TopicPartition] = set()
         for m in messages:
             tp, offset = m.handle
-            settled.setdefault(tp, set()).add(offset)
-        for tp, done in settled.items():
-            inflight = self._inflight.get(tp)
-            if inflight is None:  # revoked by a rebalance: its new owner processes it
+            done = self._done.get(tp)
+            if done is None:  # revoked by a rebalance: its new owner processes it
                 continue
-            for entry in inflight:
-                if entry[0] in done:
-                    entry[1] = True
+            done.add(offset)
+            touched.add(tp)
+        for tp in touched:
+            inflight, done = self._inflight[tp], self._done[tp]
             last = None
-            while inflight and inflight[0][1]:  # only an unbroken run of settled ones
-                last = inflight.popleft()[0]
-                self._attempts.pop((tp, last), None)
+            while inflight and inflight[0] in done:  # only an unbroken run of settled ones
+                last = inflight.popleft()  # every delivery of it: its result is written
+                if self._attempts:
+                    self._attempts.pop((tp, last), None)
             if last is not None:
+                # what is settled past the run waits for the gap before it to close
+                self._done[tp] = {o for o in done if o > last} if inflight else set()
                 self._settled[tp] = last + 1  # Kafka's offset: the next one to read
         # one commit at a time; an ack that waited for one finds its offsets in it, or
         # commits everything settled meanwhile at once (a commit is a round trip to the
@@ -202,6 +217,8 @@ class KafkaBroker(Broker):
         """Partitions taken away by a rebalance: their offsets are another member's."""
         for tp in partitions:
             self._inflight.pop(tp, None)
+            self._done.pop(tp, None)
+            self._fetched.pop(tp, None)
             self._settled.pop(tp, None)
             self._committed.pop(tp, None)
         self._attempts = {k: v for k, v in self._attempts.items() if k[0] not in partitions}
@@ -237,6 +254,11 @@ class KafkaBroker(Broker):
                 committed = await consumer.committed(tp)
                 total += max(ends[tp] - (committed or 0), 0)
         return total
+
+
+def _headers(record: ConsumerRecord) -> dict[str, str]:
+    return {k: v.decode(errors="replace") for k, v in record.headers} \
+        if record.headers else {}
 
 
 async def _started(client: Any) -> None:
