@@ -190,6 +190,7 @@ class Kafka:
         # the group joined before the clock starts, as KafkaBroker.start() does
         while not consumer.assignment():
             await asyncio.sleep(0.05)
+        gc.freeze()  # as for the worker: a full collection of the heap in neither
 
         async def consume() -> int:
             done = 0
@@ -266,6 +267,7 @@ async def raw(broker: Any, n: int, batch: int) -> Timing:
         return done
 
     await broker.start()
+    gc.freeze()  # as for the worker: a full collection of the heap in neither
     try:
         return await timed(n, consume)
     finally:
