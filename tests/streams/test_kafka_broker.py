@@ -85,7 +85,7 @@ async def test_offsets_fetched_again_count_their_deliveries() -> None:
     assert consumer.commits == []
     await broker.ack(first)
     assert consumer.commits == [{TP0: 3}]
-    await broker.ack(first[1:])  # settled already: nothing moves, nothing is kept
+    await broker.ack(first[1:])  # settled already: the commit does not move
     await broker.ack(third)
     assert consumer.commits == [{TP0: 3}, {TP0: 4}]
 
